@@ -1,0 +1,73 @@
+//! Names in the broadcast root.
+
+use crate::error::{Error, Result};
+
+/// The protocol's own directory in the root.
+pub const HANDOFF_DIR: &str = ".handoff";
+/// Versions being written; names here never parse as steps.
+pub const STAGING_DIR: &str = ".handoff/staging";
+/// Versions being deleted.
+pub const TRASH_DIR: &str = ".handoff/trash";
+/// Reader pins: `pins/<prefix><step>/<holder>`.
+pub const PINS_DIR: &str = ".handoff/pins";
+/// The manifest's temporary name while it is written, inside the step
+/// directory; a leftover is ignored by readers and replaced by the next seal.
+pub const MANIFEST_TMP_NAME: &str = ".handoff.manifest.json.tmp";
+
+/// Check a step directory prefix: one path component's start, not hidden.
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.contains(['/', '\\', '\0']) || prefix.starts_with('.') {
+        return Err(Error::InvalidInput(format!(
+            "invalid prefix {prefix:?}: it must not contain `/`, `\\` or NUL, nor start with `.`"
+        )));
+    }
+    Ok(())
+}
+
+/// The directory name of `step`: the prefix and the number without padding.
+pub fn step_name(prefix: &str, step: u64) -> String {
+    format!("{prefix}{step}")
+}
+
+/// The step a directory name stands for, if it is exactly `<prefix><u64>`
+/// with no sign, padding or suffix.
+pub fn parse_step(prefix: &str, name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if canonical { digits.parse().ok() } else { None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_round_trip_and_strays_do_not_parse() {
+        assert_eq!(parse_step("step_", &step_name("step_", 42)), Some(42));
+        assert_eq!(parse_step("step_", "step_0"), Some(0));
+        assert_eq!(parse_step("", "17"), Some(17));
+        for stray in [
+            "step_",
+            "step_01",
+            "step_-1",
+            "step_1a",
+            "step_ 1",
+            "x_1",
+            "step_99999999999999999999",
+            ".nfs0001",
+        ] {
+            assert_eq!(parse_step("step_", stray), None, "{stray}");
+        }
+    }
+
+    #[test]
+    fn prefixes_cannot_escape_or_hide() {
+        assert!(check_prefix("step_").is_ok());
+        assert!(check_prefix("").is_ok());
+        for bad in ["a/b", ".hidden", "a\\b"] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+    }
+}

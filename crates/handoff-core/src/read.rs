@@ -1,0 +1,391 @@
+//! The reader's side: `wait`, `latest`, `list`.
+
+use std::io;
+
+use crate::error::{Error, Result};
+use crate::layout::{check_prefix, parse_step, step_name};
+use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
+use crate::storage::{Clock, Kind, Storage, StorageFile, join};
+use crate::write::hash_file;
+
+/// A committed version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The step number.
+    pub step: u64,
+    /// The step directory, as the storage displays it.
+    pub path: String,
+    /// Writer id from the manifest.
+    pub writer: String,
+    /// Creation time from the manifest, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Payload files, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+impl Version {
+    pub(crate) fn from_manifest(path: String, manifest: Manifest) -> Version {
+        Version {
+            step: manifest.step,
+            path,
+            writer: manifest.writer,
+            created_ms: manifest.created,
+            files: manifest.files,
+        }
+    }
+}
+
+/// How much a reader checks before accepting a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Every listed file exists with the listed size.
+    Size,
+    /// As `Size`, and every hash matches.
+    Hash,
+}
+
+/// Which version to wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Exactly this step.
+    Step(u64),
+    /// The highest step that validates.
+    Latest,
+}
+
+/// Options of [`wait`].
+#[derive(Clone, Debug)]
+pub struct WaitOptions {
+    /// Step directory prefix.
+    pub prefix: String,
+    /// What to check.
+    pub verify: Verify,
+    /// Give up after this long; `None` waits without limit.
+    pub timeout_ms: Option<u64>,
+    /// How long a committed step that does not validate yet is retried before
+    /// it is an integrity error (a lagging cache on a shared filesystem).
+    pub settle_ms: u64,
+    /// Longest pause between attempts.
+    pub poll_ms: u64,
+}
+
+/// Where a step directory stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepState {
+    /// `STABLE` and a valid manifest are present.
+    Committed,
+    /// No `STABLE`.
+    Incomplete,
+    /// `STABLE` present but the manifest is missing or invalid, or the
+    /// payload does not match it.
+    Corrupt,
+    /// Being written under `.handoff/staging/`.
+    Staging,
+    /// Being deleted under `.handoff/trash/`.
+    Trash,
+    /// Not the protocol's.
+    Stray,
+}
+
+/// One entry of [`list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The step number.
+    pub step: u64,
+    /// The step directory, as the storage displays it.
+    pub path: String,
+    /// Its state (from the manifest and `STABLE` alone; payload not opened).
+    pub state: StepState,
+    /// Files in the manifest, 0 without one.
+    pub files: u32,
+    /// Bytes in the manifest, 0 without one.
+    pub bytes: u64,
+}
+
+/// Why one attempt to validate a step did not accept it.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// No `STABLE`: not committed (yet).
+    NotCommitted(String),
+    /// Committed, but something listed is not (yet) as the manifest says.
+    /// On a shared filesystem this can be a lagging cache: retried.
+    Mismatch(String),
+    /// The manifest itself is unacceptable: retrying will not help.
+    Unsafe(String),
+    /// A filesystem error other than "not there".
+    Failed(Error),
+}
+
+/// One attempt: open `STABLE`, the manifest and every listed file afresh, and
+/// check them.
+pub(crate) fn check<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+) -> Result<Version, Rejected> {
+    let dir = step_name(prefix, step);
+    let stable = join(&dir, STABLE_NAME);
+    match fs.stat(&stable) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(Rejected::NotCommitted(format!(
+                "step {step} is not committed: no {}",
+                fs.display(&stable)
+            )));
+        }
+        // A missing or non-directory step_N shows up here as "not found"/"not a directory".
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Err(Rejected::NotCommitted(format!(
+                "step {step} is not committed: no {}",
+                fs.display(&stable)
+            )));
+        }
+        Err(e) => {
+            return Err(Rejected::Failed(Error::io(
+                "inspect",
+                &fs.display(&stable),
+                &e,
+            )));
+        }
+    }
+    let manifest = read_manifest(fs, &dir)?;
+    if manifest.step != step {
+        return Err(Rejected::Unsafe(format!(
+            "{} belongs to step {}, not {step}",
+            fs.display(&join(&dir, MANIFEST_NAME)),
+            manifest.step
+        )));
+    }
+    for entry in &manifest.files {
+        let path = join(&dir, &entry.path);
+        let shown = || fs.display(&path);
+        let mut file = match fs.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Rejected::Mismatch(format!(
+                    "{} is missing (manifest lists {} bytes)",
+                    shown(),
+                    entry.size
+                )));
+            }
+            Err(e) => {
+                return Err(Rejected::Mismatch(format!("cannot open {}: {e}", shown())));
+            }
+        };
+        let size = file
+            .size()
+            .map_err(|e| Rejected::Failed(Error::io("inspect", &shown(), &e)))?;
+        if size != entry.size {
+            let what = if size < entry.size {
+                "short"
+            } else {
+                "too long"
+            };
+            return Err(Rejected::Mismatch(format!(
+                "{} is {what}: {size} bytes, manifest lists {}",
+                shown(),
+                entry.size
+            )));
+        }
+        if verify == Verify::Hash {
+            let (read, hash) = hash_file(fs, &mut file, &path).map_err(Rejected::Failed)?;
+            if read != entry.size || hash != entry.blake3 {
+                return Err(Rejected::Mismatch(format!(
+                    "{} does not match its hash: read {read} bytes with blake3 {hash}, \
+                     manifest lists {} bytes with blake3 {}",
+                    shown(),
+                    entry.size,
+                    entry.blake3
+                )));
+            }
+        }
+    }
+    Ok(Version::from_manifest(fs.display(&dir), manifest))
+}
+
+/// Read and parse `<dir>/handoff.manifest.json` of a committed step.
+fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
+    let path = join(dir, MANIFEST_NAME);
+    let shown = fs.display(&path);
+    let mut file = match fs.open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Rejected::Mismatch(format!(
+                "STABLE is present but {shown} is missing"
+            )));
+        }
+        Err(e) => return Err(Rejected::Mismatch(format!("cannot open {shown}: {e}"))),
+    };
+    let size = file
+        .size()
+        .map_err(|e| Rejected::Failed(Error::io("inspect", &shown, &e)))?;
+    if size > MAX_MANIFEST_BYTES {
+        return Err(Rejected::Unsafe(format!(
+            "{shown} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have"
+        )));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(Rejected::Failed(Error::io("read", &shown, &e))),
+        }
+    }
+    bytes.truncate(filled);
+    Manifest::parse(&bytes).map_err(|why| {
+        if why.starts_with("unsafe path") || why.starts_with("protocol version") {
+            Rejected::Unsafe(format!("{shown}: {why}"))
+        } else {
+            // Possibly a short read through a stale cache: worth a retry.
+            Rejected::Mismatch(format!("{shown}: {why}"))
+        }
+    })
+}
+
+/// The steps present in the root, highest first, and the root listing's
+/// names (for `list`).
+fn steps_desc<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<u64>> {
+    let entries = fs
+        .read_dir("")
+        .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+    let mut steps: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .filter_map(|e| parse_step(prefix, &e.name))
+        .collect();
+    steps.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(steps)
+}
+
+/// The highest committed step that validates, in one pass.
+pub fn latest<S: Storage>(fs: &S, prefix: &str, verify: Verify) -> Result<Option<Version>> {
+    check_prefix(prefix)?;
+    for step in steps_desc(fs, prefix)? {
+        match check(fs, prefix, step, verify) {
+            Ok(version) => return Ok(Some(version)),
+            // A step being written, lagging or broken does not hide older ones.
+            Err(Rejected::NotCommitted(_) | Rejected::Mismatch(_) | Rejected::Unsafe(_)) => {}
+            Err(Rejected::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Wait until `target` is committed and validates.
+///
+/// Each attempt opens everything afresh, so a shared filesystem's client
+/// revalidates its caches. Between attempts the pause grows from a few
+/// milliseconds to `poll_ms`, with jitter so many readers do not poll in step.
+/// A step that is committed but does not validate is retried for `settle_ms`
+/// (a lagging cache), then reported as an integrity error; a step never
+/// committed before the deadline is `TimedOut`.
+pub fn wait<S: Storage, C: Clock>(
+    fs: &S,
+    clock: &C,
+    target: Target,
+    options: &WaitOptions,
+) -> Result<Version> {
+    check_prefix(&options.prefix)?;
+    match fs.stat("") {
+        Ok(Some(m)) if m.kind == Kind::Dir => {}
+        Ok(_) => {
+            return Err(Error::NotFound(format!(
+                "root {} is not a directory",
+                fs.display("")
+            )));
+        }
+        Err(e) => return Err(Error::io("inspect root", &fs.display(""), &e)),
+    }
+    let start = clock.now_ms();
+    let deadline = options.timeout_ms.map(|t| start.saturating_add(t));
+    let mut first_mismatch: Option<u64> = None;
+    let mut pause = 2u64.min(options.poll_ms.max(1));
+    loop {
+        let outcome = match target {
+            Target::Step(step) => check(fs, &options.prefix, step, options.verify),
+            Target::Latest => match latest(fs, &options.prefix, options.verify)? {
+                Some(version) => Ok(version),
+                None => Err(Rejected::NotCommitted(format!(
+                    "no step under {} is committed and valid",
+                    fs.display("")
+                ))),
+            },
+        };
+        let now = clock.now_ms();
+        let expired = deadline.is_some_and(|d| now >= d);
+        match outcome {
+            Ok(version) => return Ok(version),
+            Err(Rejected::Failed(e)) => return Err(e),
+            Err(Rejected::Unsafe(why)) => return Err(Error::Integrity(why)),
+            Err(Rejected::Mismatch(why)) => {
+                let since = *first_mismatch.get_or_insert(now);
+                if expired || now.saturating_sub(since) >= options.settle_ms {
+                    return Err(Error::Integrity(why));
+                }
+            }
+            Err(Rejected::NotCommitted(why)) => {
+                first_mismatch = None;
+                if expired {
+                    return Err(Error::TimedOut(format!(
+                        "timed out after {} ms: {why}",
+                        now.saturating_sub(start)
+                    )));
+                }
+            }
+        }
+        // Jitter: between half and all of the pause.
+        let jittered = pause / 2 + clock.random_u64() % (pause / 2 + 1);
+        let sleep = match deadline {
+            Some(d) => jittered.min(d.saturating_sub(now)).max(1),
+            None => jittered.max(1),
+        };
+        clock.sleep_ms(sleep);
+        pause = (pause * 2).min(options.poll_ms.max(1));
+    }
+}
+
+/// Every step directory in the root, in step order, with its state.
+pub fn list<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<StepInfo>> {
+    check_prefix(prefix)?;
+    let mut steps = steps_desc(fs, prefix)?;
+    steps.reverse();
+    let mut infos = Vec::with_capacity(steps.len());
+    for step in steps {
+        let dir = step_name(prefix, step);
+        let committed = fs
+            .stat(&join(&dir, STABLE_NAME))
+            .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
+            .is_some();
+        let mut info = StepInfo {
+            step,
+            path: fs.display(&dir),
+            state: StepState::Incomplete,
+            files: 0,
+            bytes: 0,
+        };
+        if committed {
+            match read_manifest(fs, &dir) {
+                Ok(m) if m.step == step => {
+                    info.state = StepState::Committed;
+                    info.files = m.files.len() as u32;
+                    info.bytes = m.bytes();
+                }
+                Ok(_)
+                | Err(Rejected::Mismatch(_) | Rejected::Unsafe(_) | Rejected::NotCommitted(_)) => {
+                    info.state = StepState::Corrupt;
+                }
+                Err(Rejected::Failed(e)) => return Err(e),
+            }
+        }
+        infos.push(info);
+    }
+    Ok(infos)
+}

@@ -1,0 +1,149 @@
+//! The storage trait: every filesystem effect the protocol has goes through it,
+//! so the same protocol code runs on a real directory (inside the component), on
+//! a model of a crashing disk (the simulation), or on anything else.
+//!
+//! Paths are relative to the storage's root, `/`-separated, without `.` or `..`
+//! components; the empty path names the root itself.
+
+use std::io;
+
+/// What kind of object a path names. Symbolic links are reported as such and
+/// never followed by the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// Anything else: a device, socket or pipe.
+    Other,
+}
+
+/// Metadata of a path, as `lstat` would give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Size in bytes (files only; unspecified otherwise).
+    pub size: u64,
+    /// Last data modification, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name (a single path component).
+    pub name: String,
+    /// The entry's kind, without following symbolic links.
+    pub kind: Kind,
+}
+
+/// A directory tree the protocol reads and writes.
+///
+/// Durability contract, which the simulation models and the protocol relies
+/// on: file data is durable only after [`StorageFile::sync`] of that file; a
+/// directory entry (created by [`create_dir`](Storage::create_dir) or
+/// [`create_new`](Storage::create_new), changed by [`rename`](Storage::rename)
+/// or [`remove_file`](Storage::remove_file)/[`remove_dir`](Storage::remove_dir))
+/// is durable only after [`sync_dir`](Storage::sync_dir) of its parent; a rename
+/// is atomic.
+pub trait Storage {
+    /// An open file.
+    type File: StorageFile;
+
+    /// Metadata of `path` without following a final symbolic link; `Ok(None)`
+    /// when nothing is there.
+    fn stat(&self, path: &str) -> io::Result<Option<Metadata>>;
+
+    /// The entries of directory `path`, in no particular order, without `.`
+    /// and `..`.
+    fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>>;
+
+    /// Create directory `path`; fails with `AlreadyExists` if anything is there.
+    fn create_dir(&self, path: &str) -> io::Result<()>;
+
+    /// Open the regular file `path` for reading. A symbolic link is not
+    /// followed (the open fails).
+    fn open(&self, path: &str) -> io::Result<Self::File>;
+
+    /// Create the regular file `path` for writing; fails with
+    /// `AlreadyExists` if anything is there.
+    fn create_new(&self, path: &str) -> io::Result<Self::File>;
+
+    /// Rename `from` to `to` atomically. Renaming a directory onto a non-empty
+    /// directory fails (`DirectoryNotEmpty` or `AlreadyExists`): that failure is
+    /// the protocol's writer fence.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Remove the file (or symbolic link) `path`.
+    fn remove_file(&self, path: &str) -> io::Result<()>;
+
+    /// Remove the empty directory `path`.
+    fn remove_dir(&self, path: &str) -> io::Result<()>;
+
+    /// Make the entries of directory `path` durable (`fsync` of the
+    /// directory). `Unsupported` means the filesystem refuses directory
+    /// flushes; any other error means the entries may not be durable.
+    fn sync_dir(&self, path: &str) -> io::Result<()>;
+
+    /// How `path` should be named in a message: the full path the user knows.
+    fn display(&self, path: &str) -> String;
+}
+
+/// An open file of a [`Storage`].
+pub trait StorageFile {
+    /// Read into `buf` from `offset`; 0 at end of file.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Write `buf` at `offset`, returning how much was written.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<usize>;
+
+    /// The file's current size, read afresh (not from a cache of this handle).
+    fn size(&mut self) -> io::Result<u64>;
+
+    /// Make the file's data and metadata durable (`fsync`).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// Time and randomness, kept out of [`Storage`] so a model can control them.
+pub trait Clock {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Pause the caller for `ms` milliseconds.
+    fn sleep_ms(&self, ms: u64);
+
+    /// A random number, for unique staging names and backoff jitter.
+    fn random_u64(&self) -> u64;
+}
+
+/// Join two relative paths.
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Write all of `buf` at `offset`.
+pub(crate) fn write_all_at<F: StorageFile>(
+    file: &mut F,
+    mut buf: &[u8],
+    mut offset: u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = file.write_at(buf, offset)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes"));
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
