@@ -12,11 +12,20 @@ mod error;
 pub mod layout;
 pub mod manifest;
 mod read;
+mod retain;
 mod storage;
 mod write;
 
 pub use error::{Error, Result};
 pub use manifest::{FileEntry, Manifest};
-pub use read::{StepInfo, StepState, Target, Verify, Version, WaitOptions, latest, list, wait};
+pub use read::{
+    PinRequest, StepInfo, StepState, Target, Verify, Version, WaitOptions, latest, list, wait,
+};
+pub use retain::{FsckEntry, GcOptions, GcReport, PinInfo, check_holder, fsck, gc, pin, unpin};
 pub use storage::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
 pub use write::{PublishReport, WriteOptions, publish, seal};
+
+#[cfg(test)]
+mod testfs;
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@ use std::io;
 use crate::error::{Error, Result};
 use crate::layout::{check_prefix, parse_step, step_name};
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
+use crate::retain::{pin, release_other_pins};
 use crate::storage::{Clock, Kind, Storage, StorageFile, join};
 use crate::write::hash_file;
 
@@ -51,6 +52,17 @@ pub enum Target {
     Step(u64),
     /// The highest step that validates.
     Latest,
+    /// The lowest step above this one that validates.
+    After(u64),
+}
+
+/// A pin to take on the version a wait returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinRequest {
+    /// Who holds the pin.
+    pub holder: String,
+    /// How long it lasts.
+    pub ttl_ms: u64,
 }
 
 /// Options of [`wait`].
@@ -67,6 +79,9 @@ pub struct WaitOptions {
     pub settle_ms: u64,
     /// Longest pause between attempts.
     pub poll_ms: u64,
+    /// Pin the version before returning it, then release the holder's pins
+    /// on other steps.
+    pub pin: Option<PinRequest>,
 }
 
 /// Where a step directory stands.
@@ -268,7 +283,29 @@ fn steps_desc<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<u64>> {
 /// The highest committed step that validates, in one pass.
 pub fn latest<S: Storage>(fs: &S, prefix: &str, verify: Verify) -> Result<Option<Version>> {
     check_prefix(prefix)?;
-    for step in steps_desc(fs, prefix)? {
+    first_valid(fs, prefix, verify, steps_desc(fs, prefix)?)
+}
+
+/// The lowest committed step above `after` that validates, in one pass.
+fn next_after<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    verify: Verify,
+    after: u64,
+) -> Result<Option<Version>> {
+    let mut steps = steps_desc(fs, prefix)?;
+    steps.retain(|&s| s > after);
+    steps.reverse();
+    first_valid(fs, prefix, verify, steps)
+}
+
+fn first_valid<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    verify: Verify,
+    steps: Vec<u64>,
+) -> Result<Option<Version>> {
+    for step in steps {
         match check(fs, prefix, step, verify) {
             Ok(version) => return Ok(Some(version)),
             // A step being written, lagging or broken does not hide older ones.
@@ -309,16 +346,43 @@ pub fn wait<S: Storage, C: Clock>(
     let mut first_mismatch: Option<u64> = None;
     let mut pause = 2u64.min(options.poll_ms.max(1));
     loop {
-        let outcome = match target {
-            Target::Step(step) => check(fs, &options.prefix, step, options.verify),
-            Target::Latest => match latest(fs, &options.prefix, options.verify)? {
-                Some(version) => Ok(version),
-                None => Err(Rejected::NotCommitted(format!(
-                    "no step under {} is committed and valid",
+        let found = |v: Option<Version>, what: String| {
+            v.ok_or_else(|| {
+                Rejected::NotCommitted(format!(
+                    "{what} under {} is committed and valid",
                     fs.display("")
-                ))),
-            },
+                ))
+            })
         };
+        let mut outcome = match target {
+            Target::Step(step) => check(fs, &options.prefix, step, options.verify),
+            Target::Latest => found(
+                latest(fs, &options.prefix, options.verify)?,
+                "no step".into(),
+            ),
+            Target::After(after) => found(
+                next_after(fs, &options.prefix, options.verify, after)?,
+                format!("no step above {after}"),
+            ),
+        };
+        if let (Ok(version), Some(request)) = (&outcome, &options.pin) {
+            outcome = match pin(
+                fs,
+                clock,
+                &options.prefix,
+                version.step,
+                &request.holder,
+                request.ttl_ms,
+            ) {
+                Ok(_) => {
+                    release_other_pins(fs, &options.prefix, version.step, &request.holder)?;
+                    outcome
+                }
+                // gc unpublished it between our check and our pin: look again.
+                Err(Error::NotFound(why)) => Err(Rejected::NotCommitted(why)),
+                Err(e) => return Err(e),
+            };
+        }
         let now = clock.now_ms();
         let expired = deadline.is_some_and(|d| now >= d);
         match outcome {

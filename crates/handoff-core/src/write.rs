@@ -312,7 +312,11 @@ fn report<S: Storage>(
 }
 
 /// Create `path` if missing, making its name durable in `parent`.
-fn ensure_dir<S: Storage>(flush: &mut Flusher<'_, S>, path: &str, parent: &str) -> Result<()> {
+pub(crate) fn ensure_dir<S: Storage>(
+    flush: &mut Flusher<'_, S>,
+    path: &str,
+    parent: &str,
+) -> Result<()> {
     let fs = flush.fs;
     match fs.create_dir(path) {
         Ok(()) => flush.dir(parent),

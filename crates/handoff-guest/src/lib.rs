@@ -58,6 +58,7 @@ impl Guest for Component {
         let target = match target {
             Target::Step(step) => core::Target::Step(step),
             Target::Latest => core::Target::Latest,
+            Target::After(step) => core::Target::After(step),
         };
         let options = core::WaitOptions {
             prefix: options.prefix,
@@ -65,6 +66,10 @@ impl Guest for Component {
             timeout_ms: options.timeout_ms,
             settle_ms: options.settle_ms,
             poll_ms: options.poll_ms,
+            pin: options.pin.map(|p| core::PinRequest {
+                holder: p.holder,
+                ttl_ms: p.ttl_ms,
+            }),
         };
         core::wait(&root, &WasiClock, target, &options)
             .map(version)
@@ -94,32 +99,56 @@ impl Guest for Component {
     }
 
     fn pin(
-        _root: String,
-        _prefix: String,
-        _step: u64,
-        _holder: String,
-        _ttl_ms: u64,
+        root: String,
+        prefix: String,
+        step: u64,
+        holder: String,
+        ttl_ms: u64,
     ) -> Result<PinInfo, Error> {
-        Err(not_yet("pin"))
+        let root = open(&root)?;
+        let pin = core::pin(&root, &WasiClock, &prefix, step, &holder, ttl_ms).map_err(error)?;
+        Ok(PinInfo {
+            step: pin.step,
+            holder: pin.holder,
+            expires_ms: pin.expires_ms,
+        })
     }
 
-    fn unpin(_root: String, _prefix: String, _step: u64, _holder: String) -> Result<(), Error> {
-        Err(not_yet("unpin"))
+    fn unpin(root: String, prefix: String, step: u64, holder: String) -> Result<(), Error> {
+        let root = open(&root)?;
+        core::unpin(&root, &prefix, step, &holder).map_err(error)
     }
 
-    fn gc(_root: String, _options: GcOptions) -> Result<GcReport, Error> {
-        Err(not_yet("gc"))
+    fn gc(root: String, options: GcOptions) -> Result<GcReport, Error> {
+        let root = open(&root)?;
+        let options = core::GcOptions {
+            prefix: options.prefix,
+            keep: options.keep,
+            grace_ms: options.grace_ms,
+            skew_ms: options.skew_ms,
+        };
+        let report = core::gc(&root, &WasiClock, &options).map_err(error)?;
+        Ok(GcReport {
+            removed: report.removed,
+            kept: report.kept,
+            pinned: report.pinned,
+            staging_removed: report.staging_removed,
+        })
     }
 
-    fn fsck(_root: String, _prefix: String, _repair: bool) -> Result<Vec<FsckEntry>, Error> {
-        Err(not_yet("fsck"))
+    fn fsck(root: String, prefix: String, repair: bool) -> Result<Vec<FsckEntry>, Error> {
+        let root = open(&root)?;
+        let entries = core::fsck(&root, &WasiClock, &prefix, repair).map_err(error)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| FsckEntry {
+                name: e.name,
+                state: step_state(e.state),
+                detail: e.detail,
+                action: e.action,
+            })
+            .collect())
     }
-}
-
-fn not_yet(what: &str) -> Error {
-    Error::InvalidInput(format!(
-        "{what} is not available in this build of the component"
-    ))
 }
 
 fn open(path: &str) -> Result<WasiDir, Error> {

@@ -1,0 +1,585 @@
+//! Retention: reader pins, gc, and fsck.
+//!
+//! The race between gc and a reader that has found a step but not yet pinned
+//! it is closed by ordering, as in Dekker's algorithm:
+//! - a reader writes its pin, then checks that `STABLE` is still there;
+//! - gc removes `STABLE`, then reads the pins.
+//!
+//! Either the reader's check comes before gc's removal, and then so does its
+//! pin, which gc's later read sees: gc puts `STABLE` back and keeps the step.
+//! Or the check comes after the removal: the reader sees no `STABLE`, drops its
+//! pin and does not use the step. docs/PROTOCOL.md states what this assumes of
+//! the filesystem.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layout::{
+    HANDOFF_DIR, PINS_DIR, STAGING_DIR, TRASH_DIR, check_prefix, parse_step, step_name,
+};
+use crate::manifest::STABLE_NAME;
+use crate::read::{Rejected, StepState, Verify, check};
+use crate::storage::{Clock, Kind, Storage, join, write_all_at};
+use crate::write::{Flusher, ensure_dir, remove_tree};
+
+/// A reader's hold on a step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinInfo {
+    /// The pinned step.
+    pub step: u64,
+    /// Who holds it.
+    pub holder: String,
+    /// Expiry, milliseconds since the Unix epoch, by the pinner's clock.
+    pub expires_ms: u64,
+}
+
+/// Options of [`gc`].
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Step directory prefix.
+    pub prefix: String,
+    /// Keep the newest `keep` committed steps; at least 1.
+    pub keep: u32,
+    /// Staging directories untouched for longer than this are removed.
+    pub grace_ms: u64,
+    /// A pin counts until `expires_ms + skew_ms`: clocks of nodes differ.
+    pub skew_ms: u64,
+}
+
+/// What [`gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Steps removed.
+    pub removed: Vec<u64>,
+    /// Committed steps kept as the newest `keep`.
+    pub kept: Vec<u64>,
+    /// Steps beyond `keep` held by an unexpired pin.
+    pub pinned: Vec<u64>,
+    /// Abandoned staging directories removed.
+    pub staging_removed: Vec<String>,
+}
+
+/// One entry of [`fsck`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsckEntry {
+    /// The entry's path relative to the root.
+    pub name: String,
+    /// What it is.
+    pub state: StepState,
+    /// What was found, for anything but a healthy committed step.
+    pub detail: Option<String>,
+    /// What repair did.
+    pub action: Option<String>,
+}
+
+/// Check a pin holder id: it becomes a file name.
+pub fn check_holder(holder: &str) -> Result<()> {
+    let ok = !holder.is_empty()
+        && holder.len() <= 128
+        && !holder.starts_with('.')
+        && holder
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid holder {holder:?}: use 1 to 128 letters, digits, `.`, `_`, `-`, `:` or `@`, \
+             not starting with `.`"
+        )))
+    }
+}
+
+fn pin_dir(prefix: &str, step: u64) -> String {
+    join(PINS_DIR, &step_name(prefix, step))
+}
+
+/// Pin committed `step` for `holder` until now + `ttl_ms`. Pinning again
+/// refreshes the expiry.
+pub fn pin<S: Storage, C: Clock>(
+    fs: &S,
+    clock: &C,
+    prefix: &str,
+    step: u64,
+    holder: &str,
+    ttl_ms: u64,
+) -> Result<PinInfo> {
+    check_prefix(prefix)?;
+    check_holder(holder)?;
+    let not_committed = |why: String| Error::NotFound(format!("cannot pin step {step}: {why}"));
+    match check(fs, prefix, step, Verify::Size) {
+        Ok(_) => {}
+        Err(Rejected::NotCommitted(why) | Rejected::Mismatch(why) | Rejected::Unsafe(why)) => {
+            return Err(not_committed(why));
+        }
+        Err(Rejected::Failed(e)) => return Err(e),
+    }
+    let info = PinInfo {
+        step,
+        holder: holder.to_string(),
+        expires_ms: clock.now_ms().saturating_add(ttl_ms),
+    };
+    let mut flush = Flusher::new(fs);
+    ensure_dir(&mut flush, HANDOFF_DIR, "")?;
+    ensure_dir(&mut flush, PINS_DIR, HANDOFF_DIR)?;
+    let dir = pin_dir(prefix, step);
+    ensure_dir(&mut flush, &dir, PINS_DIR)?;
+    // Written whole under a temporary name and renamed: gc never reads a
+    // half-written pin.
+    let tmp = join(&dir, &format!(".{holder}.{:016x}.tmp", clock.random_u64()));
+    let path = join(&dir, holder);
+    let result = (|| {
+        let mut file = fs
+            .create_new(&tmp)
+            .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
+        let bytes = serde_json::to_vec(&info).expect("a pin always serializes");
+        write_all_at(&mut file, &bytes, 0)
+            .map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
+        flush.file(&mut file, &tmp)?;
+        drop(file);
+        fs.rename(&tmp, &path)
+            .map_err(|e| Error::io("rename pin to", &fs.display(&path), &e))?;
+        flush.dir(&dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs.remove_file(&tmp);
+        return Err(e);
+    }
+    // The pin is in place; only now may the step be used, if gc has not
+    // already unpublished it (see the module docs).
+    let stable = join(&step_name(prefix, step), STABLE_NAME);
+    match fs.stat(&stable) {
+        Ok(Some(_)) => Ok(info),
+        Ok(None) => {
+            let _ = fs.remove_file(&path);
+            Err(not_committed(format!(
+                "it was removed while pinning: no {}",
+                fs.display(&stable)
+            )))
+        }
+        Err(e) => Err(Error::io("inspect", &fs.display(&stable), &e)),
+    }
+}
+
+/// Release `holder`'s pin on `step`.
+pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Result<()> {
+    check_prefix(prefix)?;
+    check_holder(holder)?;
+    let dir = pin_dir(prefix, step);
+    let path = join(&dir, holder);
+    match fs.remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!(
+                "{holder} holds no pin on step {step}: no {}",
+                fs.display(&path)
+            )));
+        }
+        Err(e) => return Err(Error::io("remove", &fs.display(&path), &e)),
+    }
+    // Durable release is not needed for safety (a lost unpin only delays gc
+    // until the pin expires), but flush anyway so gc can act sooner.
+    let _ = fs.sync_dir(&dir);
+    // The last pin's directory goes too; another pinner may race us, so a
+    // "not empty" here is normal.
+    let _ = fs.remove_dir(&dir);
+    Ok(())
+}
+
+/// Release `holder`'s pins on every step but `keep`: one pin per holder.
+pub(crate) fn release_other_pins<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    keep: u64,
+    holder: &str,
+) -> Result<()> {
+    for (step, holders) in pins(fs, prefix)? {
+        if step != keep && holders.iter().any(|(h, _)| h == holder) {
+            match unpin(fs, prefix, step, holder) {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A step's pin holders with their parsed pins.
+type Holders = Vec<(String, Option<PinInfo>)>;
+
+/// Every pin directory: step and its holders with their parsed pins (`None`
+/// for a malformed pin, which counts as held: a broken pin must not let gc
+/// delete what a reader may be using; fsck reports it).
+fn pins<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, Holders)>> {
+    let entries = match fs.read_dir(PINS_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", &fs.display(PINS_DIR), &e)),
+    };
+    let mut all = Vec::new();
+    for entry in entries {
+        let Some(step) = parse_step(prefix, &entry.name) else {
+            continue;
+        };
+        if entry.kind != Kind::Dir {
+            continue;
+        }
+        all.push((step, step_pins(fs, prefix, step)?));
+    }
+    all.sort_by_key(|(step, _)| *step);
+    Ok(all)
+}
+
+fn step_pins<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<Holders> {
+    let dir = pin_dir(prefix, step);
+    let entries = match fs.read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(Error::io("list", &fs.display(&dir), &e)),
+    };
+    let mut holders = Vec::new();
+    for entry in entries {
+        if entry.name.starts_with('.') {
+            continue; // a pin being written
+        }
+        let parsed = match entry.kind {
+            Kind::File => read_pin(fs, &join(&dir, &entry.name))
+                .filter(|p| p.step == step && p.holder == entry.name),
+            _ => None,
+        };
+        holders.push((entry.name, parsed));
+    }
+    Ok(holders)
+}
+
+fn read_pin<S: Storage>(fs: &S, path: &str) -> Option<PinInfo> {
+    use crate::storage::StorageFile;
+    let mut file = fs.open(path).ok()?;
+    let size = file.size().ok()?;
+    if size > 4096 {
+        return None;
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    serde_json::from_slice(&buf[..filled]).ok()
+}
+
+/// Whether an unexpired (or unreadable) pin holds `step`.
+fn is_pinned<S: Storage>(fs: &S, prefix: &str, step: u64, now: u64, skew_ms: u64) -> Result<bool> {
+    Ok(step_pins(fs, prefix, step)?
+        .iter()
+        .any(|(_, pin)| match pin {
+            Some(pin) => now < pin.expires_ms.saturating_add(skew_ms),
+            None => true,
+        }))
+}
+
+/// Committed and incomplete step directories in the root, ascending.
+fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, bool)>> {
+    let entries = fs
+        .read_dir("")
+        .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+    let mut steps = Vec::new();
+    for entry in entries {
+        if entry.kind != Kind::Dir {
+            continue;
+        }
+        if let Some(step) = parse_step(prefix, &entry.name) {
+            let stable = join(&entry.name, STABLE_NAME);
+            let committed = fs
+                .stat(&stable)
+                .map_err(|e| Error::io("inspect", &fs.display(&stable), &e))?
+                .is_some();
+            steps.push((step, committed));
+        }
+    }
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// Remove committed steps beyond the newest `keep` that no unexpired pin
+/// holds, abandoned staging directories, leftover trash, and expired pins.
+///
+/// A step goes in this order: `STABLE` removed and the step directory flushed
+/// (no reader accepts it from here on), pins read again (a reader that pinned
+/// in the meantime keeps it: `STABLE` is put back), then the directory is
+/// renamed into trash, the root flushed, and the tree deleted. A crash at any
+/// point leaves either a committed step, an incomplete one, or trash, all of
+/// which fsck --repair settles.
+pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Result<GcReport> {
+    check_prefix(&options.prefix)?;
+    if options.keep == 0 {
+        return Err(Error::InvalidInput(
+            "keep must be at least 1: gc never removes the newest step".into(),
+        ));
+    }
+    let prefix = options.prefix.as_str();
+    let mut report = GcReport::default();
+    let mut flush = Flusher::new(fs);
+    let committed: Vec<u64> = step_dirs(fs, prefix)?
+        .into_iter()
+        .filter(|(_, c)| *c)
+        .map(|(s, _)| s)
+        .collect();
+    let split = committed.len().saturating_sub(options.keep as usize);
+    let (old, newest) = committed.split_at(split);
+    report.kept = newest.to_vec();
+
+    for &step in old {
+        let now = clock.now_ms();
+        if is_pinned(fs, prefix, step, now, options.skew_ms)? {
+            report.pinned.push(step);
+            continue;
+        }
+        let dir = step_name(prefix, step);
+        let stable = join(&dir, STABLE_NAME);
+        match fs.remove_file(&stable) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // another gc
+            Err(e) => return Err(Error::io("remove", &fs.display(&stable), &e)),
+        }
+        flush.dir(&dir)?;
+        if is_pinned(fs, prefix, step, clock.now_ms(), options.skew_ms)? {
+            // A reader pinned between our two reads and may have seen STABLE:
+            // republish. The manifest and data were never touched.
+            let mut file = fs
+                .create_new(&stable)
+                .map_err(|e| Error::io("recreate", &fs.display(&stable), &e))?;
+            flush.file(&mut file, &stable)?;
+            flush.dir(&dir)?;
+            report.pinned.push(step);
+            continue;
+        }
+        move_to_trash(&mut flush, &dir, clock)?;
+        let _ = remove_tree(fs, &pin_dir(prefix, step));
+        report.removed.push(step);
+    }
+
+    // Abandoned staging: nothing in it changed for the grace period. A
+    // publisher in progress keeps writing, so its newest mtime stays fresh.
+    let now = clock.now_ms();
+    for entry in list_or_empty(fs, STAGING_DIR)? {
+        let path = join(STAGING_DIR, &entry.name);
+        let newest =
+            newest_mtime(fs, &path).map_err(|e| Error::io("inspect", &fs.display(&path), &e))?;
+        if now.saturating_sub(newest) > options.grace_ms {
+            remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+            report.staging_removed.push(entry.name);
+        }
+    }
+    // Trash left by an earlier gc that crashed before deleting.
+    for entry in list_or_empty(fs, TRASH_DIR)? {
+        let path = join(TRASH_DIR, &entry.name);
+        remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+    }
+    // Expired pins, and pins of steps that are gone.
+    let live: Vec<u64> = step_dirs(fs, prefix)?.into_iter().map(|(s, _)| s).collect();
+    for (step, holders) in pins(fs, prefix)? {
+        for (holder, pin) in holders {
+            let expired = pin
+                .as_ref()
+                .is_some_and(|p| now >= p.expires_ms.saturating_add(options.skew_ms));
+            if expired || (!live.contains(&step) && pin.is_some()) {
+                let _ = fs.remove_file(&join(&pin_dir(prefix, step), &holder));
+            }
+        }
+        let _ = fs.remove_dir(&pin_dir(prefix, step));
+    }
+    // NFS "silly rename" leftovers (.nfsXXXX) of files deleted while open;
+    // the server refuses while the file is still open, which is fine.
+    for entry in fs
+        .read_dir("")
+        .map_err(|e| Error::io("list", &fs.display(""), &e))?
+    {
+        if entry.name.starts_with(".nfs") && entry.kind == Kind::File {
+            let _ = fs.remove_file(&entry.name);
+        }
+    }
+    Ok(report)
+}
+
+fn list_or_empty<S: Storage>(fs: &S, dir: &str) -> Result<Vec<crate::storage::DirEntry>> {
+    match fs.read_dir(dir) {
+        Ok(mut entries) => {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(entries)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("list", &fs.display(dir), &e)),
+    }
+}
+
+/// The newest modification time anywhere in a tree.
+fn newest_mtime<S: Storage>(fs: &S, path: &str) -> io::Result<u64> {
+    let Some(meta) = fs.stat(path)? else {
+        return Ok(0);
+    };
+    let mut newest = meta.modified_ms;
+    if meta.kind == Kind::Dir {
+        for entry in fs.read_dir(path)? {
+            newest = newest.max(newest_mtime(fs, &join(path, &entry.name))?);
+        }
+    }
+    Ok(newest)
+}
+
+/// Rename `dir` (relative to the root) into trash durably, then delete it.
+fn move_to_trash<S: Storage, C: Clock>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    clock: &C,
+) -> Result<()> {
+    let fs = flush.fs;
+    ensure_dir(flush, HANDOFF_DIR, "")?;
+    ensure_dir(flush, TRASH_DIR, HANDOFF_DIR)?;
+    let name = dir.rsplit('/').next().unwrap_or(dir);
+    let target = join(TRASH_DIR, &format!("{name}.{:016x}", clock.random_u64()));
+    fs.rename(dir, &target)
+        .map_err(|e| Error::io("move into trash", &fs.display(dir), &e))?;
+    // Both directories changed; the root's flush makes the step's name go.
+    flush.dir("")?;
+    flush.dir(TRASH_DIR)?;
+    remove_tree(fs, &target).map_err(|e| Error::io("remove", &fs.display(&target), &e))
+}
+
+/// Classify every entry of the root and, with `repair`, settle what a crash
+/// left: incomplete and corrupt steps, staging and trash are removed (a
+/// corrupt step is unpublished first), malformed or orphaned pins deleted.
+/// Committed steps and names the protocol does not own are never touched.
+///
+/// Repair assumes no writer is active: an in-place writer's unfinished step is
+/// indistinguishable from a crashed one.
+pub fn fsck<S: Storage, C: Clock>(
+    fs: &S,
+    clock: &C,
+    prefix: &str,
+    repair: bool,
+) -> Result<Vec<FsckEntry>> {
+    check_prefix(prefix)?;
+    let mut flush = Flusher::new(fs);
+    let mut out = Vec::new();
+    let mut root = fs
+        .read_dir("")
+        .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+    root.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut live = Vec::new();
+    for entry in &root {
+        if entry.name == HANDOFF_DIR {
+            continue;
+        }
+        let Some(step) = parse_step(prefix, &entry.name).filter(|_| entry.kind == Kind::Dir) else {
+            out.push(FsckEntry {
+                name: entry.name.clone(),
+                state: StepState::Stray,
+                detail: None,
+                action: None,
+            });
+            continue;
+        };
+        let (state, detail) = match check(fs, prefix, step, Verify::Size) {
+            Ok(_) => (StepState::Committed, None),
+            Err(Rejected::NotCommitted(why)) => (StepState::Incomplete, Some(why)),
+            Err(Rejected::Mismatch(why) | Rejected::Unsafe(why)) => (StepState::Corrupt, Some(why)),
+            Err(Rejected::Failed(e)) => return Err(e),
+        };
+        let mut action = None;
+        if repair && state != StepState::Committed {
+            if state == StepState::Corrupt {
+                // Unpublish before anything else, so no reader accepts it.
+                let stable = join(&entry.name, STABLE_NAME);
+                fs.remove_file(&stable)
+                    .map_err(|e| Error::io("remove", &fs.display(&stable), &e))?;
+                flush.dir(&entry.name)?;
+            }
+            move_to_trash(&mut flush, &entry.name, clock)?;
+            action = Some("removed".to_string());
+        } else {
+            live.push(step);
+        }
+        out.push(FsckEntry {
+            name: entry.name.clone(),
+            state,
+            detail,
+            action,
+        });
+    }
+
+    for (dir, state) in [
+        (STAGING_DIR, StepState::Staging),
+        (TRASH_DIR, StepState::Trash),
+    ] {
+        for entry in list_or_empty(fs, dir)? {
+            let path = join(dir, &entry.name);
+            let mut action = None;
+            if repair {
+                remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+                flush.dir(dir)?;
+                action = Some("removed".to_string());
+            }
+            out.push(FsckEntry {
+                name: path,
+                state,
+                detail: None,
+                action,
+            });
+        }
+    }
+
+    // Pins: a malformed pin (or one that is a directory) blocks gc forever,
+    // and a pin on a step that is gone is noise.
+    for entry in list_or_empty(fs, PINS_DIR)? {
+        let dir = join(PINS_DIR, &entry.name);
+        let step = parse_step(prefix, &entry.name).filter(|_| entry.kind == Kind::Dir);
+        let Some(step) = step else {
+            out.push(stray_pin(
+                fs,
+                &dir,
+                "not a pin directory of this prefix",
+                repair,
+            )?);
+            continue;
+        };
+        for (holder, pin) in step_pins(fs, prefix, step)? {
+            let path = join(&dir, &holder);
+            let why = match pin {
+                None => "malformed pin",
+                Some(_) if !live.contains(&step) => "pin on a step that does not exist",
+                Some(_) => continue,
+            };
+            out.push(stray_pin(fs, &path, why, repair)?);
+        }
+        if repair {
+            let _ = fs.remove_dir(&dir); // only if now empty
+        }
+    }
+    Ok(out)
+}
+
+fn stray_pin<S: Storage>(fs: &S, path: &str, why: &str, repair: bool) -> Result<FsckEntry> {
+    let mut action = None;
+    if repair {
+        remove_tree(fs, path).map_err(|e| Error::io("remove", &fs.display(path), &e))?;
+        action = Some("removed".to_string());
+    }
+    Ok(FsckEntry {
+        name: path.to_string(),
+        state: StepState::Stray,
+        detail: Some(format!("{why}: {}", fs.display(path))),
+        action,
+    })
+}

@@ -1,0 +1,150 @@
+//! A `Storage` over a real directory with `std::fs`, for the unit tests.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::storage::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+
+pub struct StdDir(pub PathBuf);
+
+fn kind(t: fs::FileType) -> Kind {
+    if t.is_symlink() {
+        Kind::Symlink
+    } else if t.is_dir() {
+        Kind::Dir
+    } else if t.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    }
+}
+
+impl StdDir {
+    fn path(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.0.clone()
+        } else {
+            self.0.join(rel)
+        }
+    }
+}
+
+impl Storage for StdDir {
+    type File = fs::File;
+
+    fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
+        match fs::symlink_metadata(self.path(path)) {
+            Ok(m) => Ok(Some(Metadata {
+                kind: kind(m.file_type()),
+                size: m.len(),
+                modified_ms: m
+                    .modified()?
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
+        fs::read_dir(self.path(path))?
+            .map(|e| {
+                let e = e?;
+                Ok(DirEntry {
+                    name: e.file_name().into_string().unwrap(),
+                    kind: kind(e.file_type()?),
+                })
+            })
+            .collect()
+    }
+
+    fn create_dir(&self, path: &str) -> io::Result<()> {
+        fs::create_dir(self.path(path))
+    }
+
+    fn open(&self, path: &str) -> io::Result<fs::File> {
+        if fs::symlink_metadata(self.path(path))?
+            .file_type()
+            .is_symlink()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a symbolic link",
+            ));
+        }
+        let file = fs::File::open(self.path(path))?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(file)
+    }
+
+    fn create_new(&self, path: &str) -> io::Result<fs::File> {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.path(path))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn remove_file(&self, path: &str) -> io::Result<()> {
+        fs::remove_file(self.path(path))
+    }
+
+    fn remove_dir(&self, path: &str) -> io::Result<()> {
+        fs::remove_dir(self.path(path))
+    }
+
+    fn sync_dir(&self, path: &str) -> io::Result<()> {
+        fs::File::open(self.path(path))?.sync_all()
+    }
+
+    fn display(&self, path: &str) -> String {
+        self.path(path).display().to_string()
+    }
+}
+
+impl StorageFile for fs::File {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        FileExt::write_at(self, buf, offset)
+    }
+    fn size(&mut self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_all()
+    }
+}
+
+pub struct RealClock;
+
+impl Clock for RealClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+    fn sleep_ms(&self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    fn random_u64(&self) -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::Instant::now())
+    }
+}

@@ -1,0 +1,428 @@
+//! The protocol against a real directory.
+
+use std::fs;
+use std::path::Path;
+
+use crate::manifest::{MANIFEST_NAME, Manifest};
+use crate::testfs::{RealClock, StdDir};
+use crate::*;
+
+fn opts() -> WriteOptions {
+    WriteOptions {
+        prefix: "step_".into(),
+        writer: "test".into(),
+        created_ms: Some(1),
+    }
+}
+
+fn wait_opts(verify: Verify, timeout_ms: u64) -> WaitOptions {
+    WaitOptions {
+        prefix: "step_".into(),
+        verify,
+        timeout_ms: Some(timeout_ms),
+        settle_ms: 0,
+        poll_ms: 5,
+        pin: None,
+    }
+}
+
+fn gc_opts(keep: u32) -> GcOptions {
+    GcOptions {
+        prefix: "step_".into(),
+        keep,
+        grace_ms: 60_000,
+        skew_ms: 0,
+    }
+}
+
+fn payload(dir: &Path, tag: &str) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(
+        dir.join("adapter.safetensors"),
+        format!("weights {tag}").repeat(1000),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("sub/config.json"),
+        format!("{{\"tag\":\"{tag}\"}}"),
+    )
+    .unwrap();
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: StdDir,
+    src: StdDir,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let src = tmp.path().join("src");
+    fs::create_dir(&root).unwrap();
+    payload(&src, "a");
+    Fixture {
+        root: StdDir(root),
+        src: StdDir(src),
+        _tmp: tmp,
+    }
+}
+
+impl Fixture {
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.root.0.join(rel)
+    }
+    fn publish(&self, step: u64) -> Result<PublishReport> {
+        publish(&self.root, &self.src, &RealClock, step, &opts())
+    }
+}
+
+#[test]
+fn publish_then_wait_returns_the_version() {
+    let f = fixture();
+    let report = f.publish(3).unwrap();
+    assert_eq!(report.version.files.len(), 2);
+    assert!(report.syncs >= 6, "{report:?}");
+    assert!(f.path("step_3/STABLE").exists());
+    let got = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(3),
+        &wait_opts(Verify::Hash, 1000),
+    )
+    .unwrap();
+    assert_eq!(got, report.version);
+    // Staging is empty after a publish.
+    assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
+}
+
+#[test]
+fn seal_in_place_matches_publish_bytes() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    payload(&f.path("step_2"), "a");
+    let sealed = seal(&f.root, &RealClock, 2, &opts()).unwrap();
+    assert_eq!(
+        sealed.version.files,
+        wait(
+            &f.root,
+            &RealClock,
+            Target::Step(1),
+            &wait_opts(Verify::Hash, 0)
+        )
+        .unwrap()
+        .files
+    );
+    let m1 = Manifest::parse(&fs::read(f.path("step_1").join(MANIFEST_NAME)).unwrap()).unwrap();
+    let m2 = fs::read(f.path("step_2").join(MANIFEST_NAME)).unwrap();
+    assert_eq!(
+        Manifest { step: 2, ..m1 }.to_bytes(),
+        m2,
+        "same input, same bytes"
+    );
+}
+
+#[test]
+fn second_publish_conflicts_and_first_stays() {
+    let f = fixture();
+    f.publish(5).unwrap();
+    let before = fs::read(f.path("step_5").join(MANIFEST_NAME)).unwrap();
+    payload(&f.src.0, "b");
+    assert!(matches!(f.publish(5), Err(Error::Conflict(_))));
+    assert!(matches!(
+        seal(&f.root, &RealClock, 5, &opts()),
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        fs::read(f.path("step_5").join(MANIFEST_NAME)).unwrap(),
+        before
+    );
+    assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
+}
+
+#[test]
+fn seal_refuses_symlinks_before_writing_anything() {
+    let f = fixture();
+    payload(&f.path("step_4"), "a");
+    std::os::unix::fs::symlink("/etc/passwd", f.path("step_4/sub/link")).unwrap();
+    let err = seal(&f.root, &RealClock, 4, &opts()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("sub/link") && m.contains("symbolic link")),
+        "{err}"
+    );
+    assert!(!f.path("step_4/STABLE").exists());
+    assert!(!f.path("step_4").join(MANIFEST_NAME).exists());
+}
+
+#[test]
+fn truncated_payload_is_an_integrity_error_naming_the_file() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(f.path("step_1/adapter.safetensors"))
+        .unwrap();
+    file.set_len(10).unwrap();
+    let err = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(1),
+        &wait_opts(Verify::Size, 100),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity(m) if m.contains("adapter.safetensors") && m.contains("short: 10 bytes")),
+        "{err}"
+    );
+}
+
+#[test]
+fn same_size_corruption_needs_hash_verify() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let path = f.path("step_1/sub/config.json");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(
+        wait(
+            &f.root,
+            &RealClock,
+            Target::Step(1),
+            &wait_opts(Verify::Size, 0)
+        )
+        .is_ok()
+    );
+    let err = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(1),
+        &wait_opts(Verify::Hash, 0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity(m) if m.contains("config.json") && m.contains("hash")),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsafe_manifest_paths_fail_at_once() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let path = f.path("step_1").join(MANIFEST_NAME);
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("sub/config.json", "../../etc/passwd");
+    fs::write(&path, text).unwrap();
+    let err = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(1),
+        &wait_opts(Verify::Size, 60_000),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity(m) if m.contains("unsafe path")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_step_never_committed_times_out() {
+    let f = fixture();
+    payload(&f.path("step_9"), "a"); // written, never sealed
+    let err = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(9),
+        &wait_opts(Verify::Size, 50),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::TimedOut(m) if m.contains("step_9/STABLE")),
+        "{err}"
+    );
+}
+
+#[test]
+fn latest_skips_incomplete_corrupt_and_stray() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    payload(&f.path("step_7"), "x"); // incomplete
+    fs::create_dir(f.path("step_007")).unwrap(); // stray
+    fs::write(f.path("step_8"), "a file").unwrap(); // stray
+    fs::remove_file(f.path("step_2/sub/config.json")).unwrap(); // corrupt
+    let got = latest(&f.root, "step_", Verify::Size).unwrap().unwrap();
+    assert_eq!(got.step, 1);
+    let states: Vec<_> = list(&f.root, "step_")
+        .unwrap()
+        .iter()
+        .map(|i| (i.step, i.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (1, StepState::Committed),
+            (2, StepState::Committed),
+            (7, StepState::Incomplete)
+        ]
+    );
+    let after = wait(
+        &f.root,
+        &RealClock,
+        Target::After(0),
+        &wait_opts(Verify::Size, 0),
+    )
+    .unwrap();
+    assert_eq!(after.step, 1);
+}
+
+#[test]
+fn gc_keeps_newest_and_pinned_and_removes_stable_first() {
+    let f = fixture();
+    for step in 1..=5 {
+        f.publish(step).unwrap();
+    }
+    pin(&f.root, &RealClock, "step_", 2, "reader-1", 60_000).unwrap();
+    let report = gc(&f.root, &RealClock, &gc_opts(2)).unwrap();
+    assert_eq!(report.removed, [1, 3]);
+    assert_eq!(report.kept, [4, 5]);
+    assert_eq!(report.pinned, [2]);
+    assert!(f.path("step_2/STABLE").exists());
+    assert_eq!(fs::read_dir(f.path(".handoff/trash")).unwrap().count(), 0);
+    unpin(&f.root, "step_", 2, "reader-1").unwrap();
+    assert!(matches!(
+        unpin(&f.root, "step_", 2, "reader-1"),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(2)).unwrap().removed, [2]);
+    assert!(matches!(
+        gc(&f.root, &RealClock, &gc_opts(0)),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn expired_pins_do_not_hold_and_malformed_pins_do() {
+    let f = fixture();
+    for step in 1..=3 {
+        f.publish(step).unwrap();
+    }
+    pin(&f.root, &RealClock, "step_", 1, "old", 0).unwrap();
+    fs::create_dir_all(f.path(".handoff/pins/step_2/weird")).unwrap(); // a pin that is a directory
+    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    assert_eq!(report.removed, [1]);
+    assert_eq!(report.pinned, [2]);
+    let entries = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name.ends_with("step_2/weird") && e.action.is_some()),
+        "{entries:?}"
+    );
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [2]);
+}
+
+#[test]
+fn pins_need_a_committed_step_and_a_sane_holder() {
+    let f = fixture();
+    payload(&f.path("step_1"), "a");
+    assert!(matches!(
+        pin(&f.root, &RealClock, "step_", 1, "r", 1000),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        pin(&f.root, &RealClock, "step_", 2, "r", 1000),
+        Err(Error::NotFound(_))
+    ));
+    f.publish(3).unwrap();
+    for bad in ["", "../x", ".hidden", "a/b", &"x".repeat(129)] {
+        assert!(
+            matches!(
+                pin(&f.root, &RealClock, "step_", 3, bad, 1000),
+                Err(Error::InvalidInput(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn wait_with_pin_moves_the_holders_pin_forward() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let mut o = wait_opts(Verify::Size, 0);
+    o.pin = Some(PinRequest {
+        holder: "srv".into(),
+        ttl_ms: 60_000,
+    });
+    assert_eq!(
+        wait(&f.root, &RealClock, Target::Latest, &o).unwrap().step,
+        1
+    );
+    f.publish(2).unwrap();
+    assert_eq!(
+        wait(&f.root, &RealClock, Target::Latest, &o).unwrap().step,
+        2
+    );
+    assert!(f.path(".handoff/pins/step_2/srv").exists());
+    assert!(!f.path(".handoff/pins/step_1/srv").exists());
+}
+
+#[test]
+fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    payload(&f.path("step_3"), "x"); // crashed in-place writer
+    payload(&f.path(".handoff/staging/step_4.0000"), "x"); // crashed publisher
+    payload(&f.path(".handoff/trash/step_0.0000"), "x"); // crashed gc
+    fs::remove_file(f.path("step_2/adapter.safetensors")).unwrap(); // damage
+    fs::write(f.path("notes.txt"), "mine").unwrap();
+    let first = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let state = |name: &str| first.iter().find(|e| e.name == name).map(|e| e.state);
+    assert_eq!(state("step_1"), Some(StepState::Committed));
+    assert_eq!(state("step_2"), Some(StepState::Corrupt));
+    assert_eq!(state("step_3"), Some(StepState::Incomplete));
+    assert_eq!(
+        state(".handoff/staging/step_4.0000"),
+        Some(StepState::Staging)
+    );
+    assert_eq!(state(".handoff/trash/step_0.0000"), Some(StepState::Trash));
+    assert_eq!(state("notes.txt"), Some(StepState::Stray));
+    let second = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let names: Vec<_> = second
+        .iter()
+        .map(|e| (e.name.as_str(), e.state, e.action.is_some()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("notes.txt", StepState::Stray, false),
+            ("step_1", StepState::Committed, false)
+        ]
+    );
+    assert_eq!(fsck(&f.root, &RealClock, "step_", true).unwrap(), second);
+}
+
+#[test]
+fn gc_removes_abandoned_staging_only() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    payload(&f.path(".handoff/staging/step_2.fresh"), "x");
+    let mut o = gc_opts(1);
+    assert!(
+        gc(&f.root, &RealClock, &o)
+            .unwrap()
+            .staging_removed
+            .is_empty()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    o.grace_ms = 10;
+    assert_eq!(
+        gc(&f.root, &RealClock, &o).unwrap().staging_removed,
+        ["step_2.fresh"]
+    );
+}
