@@ -125,15 +125,21 @@ pub fn pin<S: Storage, C: Clock>(
     ensure_dir(&mut flush, HANDOFF_DIR, "")?;
     ensure_dir(&mut flush, PINS_DIR, HANDOFF_DIR)?;
     let dir = pin_dir(prefix, step);
-    ensure_dir(&mut flush, &dir, PINS_DIR)?;
-    // Written whole under a temporary name and renamed: gc never reads a
-    // half-written pin.
-    let tmp = join(&dir, &format!(".{holder}.{:016x}.tmp", clock.random_u64()));
     let path = join(&dir, holder);
+    // Written whole under a temporary name and renamed: gc never reads a
+    // half-written pin. Another holder's unpin may remove the (then empty)
+    // directory between our mkdir and our create: make it again.
+    let tmp = join(&dir, &format!(".{holder}.{:016x}.tmp", clock.random_u64()));
+    let mut attempts = 0;
+    let mut file = loop {
+        ensure_dir(&mut flush, &dir, PINS_DIR)?;
+        match fs.create_new(&tmp) {
+            Ok(file) => break file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => attempts += 1,
+            Err(e) => return Err(Error::io("create", &fs.display(&tmp), &e)),
+        }
+    };
     let result = (|| {
-        let mut file = fs
-            .create_new(&tmp)
-            .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
         let bytes = serde_json::to_vec(&info).expect("a pin always serializes");
         write_all_at(&mut file, &bytes, 0)
             .map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
@@ -252,8 +258,11 @@ fn step_pins<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<Holders> {
             continue; // a pin being written
         }
         let parsed = match entry.kind {
-            Kind::File => read_pin(fs, &join(&dir, &entry.name))
-                .filter(|p| p.step == step && p.holder == entry.name),
+            Kind::File => match read_pin(fs, &join(&dir, &entry.name)) {
+                PinRead::Gone => continue, // unpinned while we listed
+                PinRead::Malformed => None,
+                PinRead::Pin(p) => Some(p).filter(|p| p.step == step && p.holder == entry.name),
+            },
             _ => None,
         };
         holders.push((entry.name, parsed));
@@ -261,12 +270,24 @@ fn step_pins<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<Holders> {
     Ok(holders)
 }
 
-fn read_pin<S: Storage>(fs: &S, path: &str) -> Option<PinInfo> {
+enum PinRead {
+    Pin(PinInfo),
+    Malformed,
+    Gone,
+}
+
+fn read_pin<S: Storage>(fs: &S, path: &str) -> PinRead {
     use crate::storage::StorageFile;
-    let mut file = fs.open(path).ok()?;
-    let size = file.size().ok()?;
+    let mut file = match fs.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return PinRead::Gone,
+        Err(_) => return PinRead::Malformed,
+    };
+    let Ok(size) = file.size() else {
+        return PinRead::Malformed;
+    };
     if size > 4096 {
-        return None;
+        return PinRead::Malformed;
     }
     let mut buf = vec![0u8; size as usize];
     let mut filled = 0;
@@ -276,7 +297,10 @@ fn read_pin<S: Storage>(fs: &S, path: &str) -> Option<PinInfo> {
             Ok(n) => filled += n,
         }
     }
-    serde_json::from_slice(&buf[..filled]).ok()
+    match serde_json::from_slice(&buf[..filled]) {
+        Ok(pin) => PinRead::Pin(pin),
+        Err(_) => PinRead::Malformed,
+    }
 }
 
 /// Whether an unexpired (or unreadable) pin holds `step`.

@@ -318,17 +318,29 @@ pub(crate) fn ensure_dir<S: Storage>(
     parent: &str,
 ) -> Result<()> {
     let fs = flush.fs;
-    match fs.create_dir(path) {
-        Ok(()) => flush.dir(parent),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs.stat(path) {
-            Ok(Some(m)) if m.kind == Kind::Dir => Ok(()),
-            _ => Err(Error::Io(format!(
-                "{} exists and is not a directory",
-                fs.display(path)
-            ))),
-        },
-        Err(e) => Err(Error::io("create", &fs.display(path), &e)),
+    // A directory seen as existing can vanish before the stat (the last pin of
+    // a step released by another reader): create it again.
+    for _ in 0..8 {
+        match fs.create_dir(path) {
+            Ok(()) => return flush.dir(parent),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs.stat(path) {
+                Ok(Some(m)) if m.kind == Kind::Dir => return Ok(()),
+                Ok(None) => continue,
+                Ok(Some(_)) => {
+                    return Err(Error::Io(format!(
+                        "{} exists and is not a directory",
+                        fs.display(path)
+                    )));
+                }
+                Err(e) => return Err(Error::io("inspect", &fs.display(path), &e)),
+            },
+            Err(e) => return Err(Error::io("create", &fs.display(path), &e)),
+        }
     }
+    Err(Error::Io(format!(
+        "{} keeps disappearing while being created",
+        fs.display(path)
+    )))
 }
 
 /// List a payload tree: files and directories relative to `dir`, sorted, with

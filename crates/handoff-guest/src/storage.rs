@@ -108,7 +108,15 @@ impl Storage for WasiDir {
         let dir = self.open_dir(path)?;
         let stream = dir.read_directory().map_err(error)?;
         let mut entries = Vec::new();
-        while let Some(entry) = stream.read_directory_entry().map_err(error)? {
+        loop {
+            let entry = match stream.read_directory_entry() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                // The host stats each entry as it lists; one removed meanwhile
+                // (gc moving a step to trash) is simply no longer there.
+                Err(ErrorCode::NoEntry) => continue,
+                Err(code) => return Err(error(code)),
+            };
             let kind = match entry.type_ {
                 // Some filesystems do not say; ask without following links.
                 DescriptorType::Unknown => dir

@@ -1,0 +1,124 @@
+//! Builds the handoff guest component so the runtime can embed it.
+//!
+//! The guest is a workspace member built for `wasm32-wasip2` by a nested
+//! cargo with its own target directory (`target/guest`): sharing the outer
+//! target directory would deadlock on cargo's build lock. The release profile
+//! is overridden through the environment so the component stays small
+//! (~100 KB) without changing how the host itself is built.
+//!
+//! `HANDOFF_GUEST_WASM=/path/to/handoff_guest.wasm` skips the nested build and
+//! embeds that file instead (for packagers that build the guest separately).
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Environment the outer build sets for itself; passed on, it would point the
+/// nested build at the host's target, flags or wrapper (clippy-driver).
+const LEAKING_VARS: &[&str] = &[
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_WRAPPER",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_CRATE_NAME",
+    "TARGET",
+    "HOST",
+    "OUT_DIR",
+    "OPT_LEVEL",
+    "PROFILE",
+    "DEBUG",
+];
+
+/// Prefixes of per-package variables the outer build sets for this script.
+const LEAKING_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "DEP_"];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("crates/handoff-runtime lives two levels below the workspace root")
+        .to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let embedded = out_dir.join("handoff_guest.wasm");
+
+    println!("cargo::rerun-if-env-changed=HANDOFF_GUEST_WASM");
+    if let Some(prebuilt) = env::var_os("HANDOFF_GUEST_WASM") {
+        println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
+        copy(Path::new(&prebuilt), &embedded);
+        return;
+    }
+
+    for input in [
+        "wit",
+        "crates/handoff-core",
+        "crates/handoff-guest",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
+        println!(
+            "cargo::rerun-if-changed={}",
+            workspace.join(input).display()
+        );
+    }
+
+    let guest_target = workspace.join("target").join("guest");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .args(["--target", "wasm32-wasip2", "-p", "handoff-guest"])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&guest_target)
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+    for name in LEAKING_VARS {
+        cmd.env_remove(name);
+    }
+    for (name, _) in env::vars_os() {
+        let leaks = name
+            .to_str()
+            .is_some_and(|n| LEAKING_PREFIXES.iter().any(|p| n.starts_with(p)));
+        if leaks {
+            cmd.env_remove(&name);
+        }
+    }
+
+    let output = cmd.output().unwrap_or_else(|e| {
+        panic!("failed to run cargo to build the handoff guest component: {e}");
+    });
+    if !output.status.success() {
+        // Cargo shows a build script's stderr only when it fails; pass the
+        // nested build's diagnostics through so the guest error is visible.
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        panic!(
+            "building the handoff guest component failed ({}); its output is above",
+            output.status
+        );
+    }
+
+    let built = guest_target.join("wasm32-wasip2/release/handoff_guest.wasm");
+    copy(&built, &embedded);
+}
+
+fn copy(from: &Path, to: &Path) {
+    if let Err(e) = std::fs::copy(from, to) {
+        panic!("failed to copy {} to {}: {e}", from.display(), to.display());
+    }
+}

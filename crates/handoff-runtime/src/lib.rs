@@ -1,0 +1,795 @@
+//! Run the handoff component in a native host.
+//!
+//! `handoff` publishes a directory of model weights on a shared filesystem so
+//! that readers on other machines see it only once it is complete and
+//! durable, waits for it, and retains it while readers hold it. The protocol
+//! itself is a WebAssembly component (embedded in this crate); this crate
+//! gives it the broadcast root as its only capability, answers its
+//! durability calls with real `fsync`, and bounds its time and memory.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use handoff_runtime::{Runtime, Target, WaitOptions, WriteOptions};
+//!
+//! # fn main() -> Result<(), handoff_runtime::Error> {
+//! let runtime = Runtime::new()?;
+//! let report = runtime.publish(Path::new("/shared/adapters"), 7, Path::new("out/step7"), &WriteOptions::default())?;
+//! println!("published {} with {} fsyncs", report.version.path.display(), report.fsyncs);
+//!
+//! // Elsewhere, a reader:
+//! let version = runtime.wait(Path::new("/shared/adapters"), Target::Step(7), &WaitOptions::default())?;
+//! println!("{} files ready in {}", version.files.len(), version.path.display());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`Runtime`] compiles (or loads from its on-disk cache) the component
+//! once; every call then gets a fresh, isolated instance that sees only the
+//! root (read-write) and, for `publish`, the source (read-only), each at its
+//! canonical absolute path.
+#![deny(missing_docs)]
+
+mod bindings;
+mod cache;
+mod component;
+mod error;
+mod host;
+mod types;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+use crate::bindings::{Handoff, HandoffPre, wit};
+use crate::host::HostState;
+
+pub use crate::component::LoadInfo;
+pub use crate::error::Error;
+pub use crate::types::{
+    DEFAULT_PREFIX, FileEntry, FsckEntry, GcOptions, GcReport, PinInfo, PinRequest, PublishReport,
+    StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, default_writer_id,
+};
+
+/// The handoff component built from this workspace, embedded at build time.
+pub const DEFAULT_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/handoff_guest.wasm"));
+
+/// How often the engine's epoch advances; the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits on one call into the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time limit of every call. `None` applies the defaults: for `wait`,
+    /// its timeout plus [`Limits::WAIT_MARGIN`] (no limit when it waits
+    /// without a timeout); for everything else [`Limits::DEFAULT_DEADLINE`].
+    pub deadline: Option<Duration>,
+    /// Largest linear memory the component may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Limits {
+    /// Default time limit of a call other than `wait`.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
+    /// Extra time a `wait` call gets beyond its own timeout.
+    pub const WAIT_MARGIN: Duration = Duration::from_secs(60);
+    /// Default memory limit: 512 MiB.
+    pub const DEFAULT_MEMORY: usize = 512 * 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: None,
+            memory: Limits::DEFAULT_MEMORY,
+        }
+    }
+}
+
+/// Configures and builds a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    component: Option<PathBuf>,
+    cache: bool,
+    cache_dir: Option<PathBuf>,
+    limits: Limits,
+}
+
+impl RuntimeBuilder {
+    /// Use the component in this file instead of the embedded one.
+    pub fn component(mut self, path: impl Into<PathBuf>) -> Self {
+        self.component = Some(path.into());
+        self
+    }
+
+    /// Whether to load and store compiled components in the on-disk cache
+    /// (on by default). Without it every build compiles the component.
+    pub fn cache(mut self, enabled: bool) -> Self {
+        self.cache = enabled;
+        self
+    }
+
+    /// Cache directory to use instead of the default (`$HANDOFF_CACHE_DIR`,
+    /// else `$XDG_CACHE_HOME/handoff`, else `~/.cache/handoff`).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Time and memory limits of each call.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Create the engine, load the component and check it against the
+    /// `handoff` world.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let start = Instant::now();
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Epoch checks let a looping component be stopped at its deadline.
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| Error::Setup(format!("{e:#}")))?;
+
+        let (name, wasm) = match &self.component {
+            None => ("<embedded>".to_string(), DEFAULT_COMPONENT.to_vec()),
+            Some(path) => {
+                let name = path.display().to_string();
+                let wasm = std::fs::read(path).map_err(|e| Error::BadComponent {
+                    path: name.clone(),
+                    reason: format!("cannot read it: {e}"),
+                })?;
+                (name, wasm)
+            }
+        };
+        let cache_dir = if self.cache {
+            self.cache_dir.or_else(cache::default_dir)
+        } else {
+            None
+        };
+        let (component, mut load) = component::load(&engine, &name, &wasm, cache_dir.as_deref())?;
+
+        // Resolve imports and exports now, once, so a component of another
+        // world is reported here and each call only instantiates.
+        let wrong_world = |e: wasmtime::Error| Error::BadComponent {
+            path: name.clone(),
+            reason: format!("it does not implement the handoff world: {e:#}"),
+        };
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::Setup(format!("{e:#}")))?;
+        bindings::durability::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| Error::Setup(format!("{e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = HandoffPre::new(instance_pre).map_err(wrong_world)?;
+        load.load_time = start.elapsed();
+
+        start_epoch_ticker(&engine)?;
+        Ok(Runtime {
+            engine,
+            pre,
+            limits: self.limits,
+            load,
+        })
+    }
+}
+
+/// Advance the engine's epoch in the background so deadlines expire. The
+/// thread holds the engine weakly and ends once the engine is gone.
+fn start_epoch_ticker(engine: &Engine) -> Result<(), Error> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("handoff-epoch".to_string())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map_err(|e| Error::Setup(format!("cannot start the deadline thread: {e}")))?;
+    Ok(())
+}
+
+/// The engine and the compiled, checked component: build once, then call it
+/// any number of times, from any number of threads.
+pub struct Runtime {
+    engine: Engine,
+    pre: HandoffPre<HostState>,
+    limits: Limits,
+    load: LoadInfo,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.limits)
+            .field("load", &self.load)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A directory handed to the component.
+#[derive(Debug)]
+struct Preopen {
+    /// Canonical host path; also the path the guest sees.
+    path: String,
+    perms: FsPerms,
+}
+
+/// What one call produced besides its result.
+struct CallStats {
+    fsync: host::FsyncStats,
+}
+
+impl Runtime {
+    /// A builder, with the embedded component, the cache on and default limits.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            component: None,
+            cache: true,
+            cache_dir: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The embedded component with the cache on and default limits.
+    pub fn new() -> Result<Runtime, Error> {
+        Runtime::builder().build()
+    }
+
+    /// How the component was loaded (cache use, load time).
+    pub fn load_info(&self) -> &LoadInfo {
+        &self.load
+    }
+
+    /// Copy the payload under `source` into staging under `root`, seal it
+    /// and rename it to `<root>/<prefix><step>`. Durable and visible once
+    /// `Ok` is returned; on error earlier versions are untouched.
+    pub fn publish(
+        &self,
+        root: &Path,
+        step: u64,
+        source: &Path,
+        options: &WriteOptions,
+    ) -> Result<PublishReport, Error> {
+        let root = preopen_root(root)?;
+        let source = preopen_dir(source, FsPerms::ReadOnly)
+            .map_err(|(path, reason)| Error::Source { path, reason })?;
+        let guest_root = root.path.clone();
+        let guest_source = source.path.clone();
+        let (report, stats) = self.call(
+            &[root, source],
+            self.deadline(CallKind::Other),
+            |h, store| {
+                h.handoff_protocol_protocol().call_publish(
+                    store,
+                    &guest_root,
+                    step,
+                    &guest_source,
+                    &options.into(),
+                )
+            },
+        )?;
+        Ok(publish_report(report, stats))
+    }
+
+    /// Seal a payload already written in `<root>/<prefix><step>`: flush it,
+    /// write the manifest and `STABLE`, flush the directories.
+    pub fn seal(
+        &self,
+        root: &Path,
+        step: u64,
+        options: &WriteOptions,
+    ) -> Result<PublishReport, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (report, stats) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_seal(store, &guest_root, step, &options.into())
+        })?;
+        Ok(publish_report(report, stats))
+    }
+
+    /// Wait until `target` is committed under `root` and validates.
+    pub fn wait(
+        &self,
+        root: &Path,
+        target: Target,
+        options: &WaitOptions,
+    ) -> Result<Version, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let deadline = self.deadline(CallKind::Wait(options.timeout));
+        let (version, _) = self.call(&[root], deadline, |h, store| {
+            h.handoff_protocol_protocol().call_wait(
+                store,
+                &guest_root,
+                target.into(),
+                &options.into(),
+            )
+        })?;
+        Ok(version.into())
+    }
+
+    /// The highest committed step that validates, in one attempt.
+    pub fn latest(
+        &self,
+        root: &Path,
+        prefix: &str,
+        verify: Verify,
+    ) -> Result<Option<Version>, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (version, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_latest(store, &guest_root, prefix, verify.into())
+        })?;
+        Ok(version.map(Version::from))
+    }
+
+    /// Every step directory under `root`, in step order, with its state.
+    pub fn list(&self, root: &Path, prefix: &str) -> Result<Vec<StepInfo>, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (steps, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_list(store, &guest_root, prefix)
+        })?;
+        Ok(steps.into_iter().map(StepInfo::from).collect())
+    }
+
+    /// Pin a committed step for `holder` for `ttl`; pinning again refreshes.
+    pub fn pin(
+        &self,
+        root: &Path,
+        prefix: &str,
+        step: u64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<PinInfo, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (pin, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol().call_pin(
+                store,
+                &guest_root,
+                prefix,
+                step,
+                holder,
+                types::millis(ttl),
+            )
+        })?;
+        Ok(pin.into())
+    }
+
+    /// Release `holder`'s pin on `step`.
+    pub fn unpin(&self, root: &Path, prefix: &str, step: u64, holder: &str) -> Result<(), Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_unpin(store, &guest_root, prefix, step, holder)
+        })?;
+        Ok(())
+    }
+
+    /// Remove committed steps beyond the newest `keep` that no pin holds,
+    /// and abandoned staging directories.
+    pub fn gc(&self, root: &Path, options: &GcOptions) -> Result<GcReport, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (report, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_gc(store, &guest_root, &options.into())
+        })?;
+        Ok(report.into())
+    }
+
+    /// Classify every entry under `root`; with `repair`, finish or undo what
+    /// a crash left.
+    pub fn fsck(&self, root: &Path, prefix: &str, repair: bool) -> Result<Vec<FsckEntry>, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (entries, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_fsck(store, &guest_root, prefix, repair)
+        })?;
+        Ok(entries.into_iter().map(FsckEntry::from).collect())
+    }
+
+    fn deadline(&self, call: CallKind) -> Option<Duration> {
+        call_deadline(&self.limits, call)
+    }
+
+    /// Run one call in a fresh store and instance that sees only
+    /// `preopens`, mapping traps, deadlines and the WIT error.
+    fn call<R>(
+        &self,
+        preopens: &[Preopen],
+        deadline: Option<Duration>,
+        f: impl FnOnce(
+            &Handoff,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<R, bindings::wit_types::Error>>,
+    ) -> Result<(R, CallStats), Error> {
+        let mut wasi = WasiCtx::builder();
+        // Blocking on this thread avoids a round trip through a thread pool
+        // for every file operation; calls are synchronous anyway. Stderr is
+        // inherited so a panicking component can say why.
+        wasi.allow_blocking_current_thread(true).inherit_stderr();
+        for p in preopens {
+            wasi.preopened_dir(&p.path, &p.path, p.perms)
+                .map_err(|e| Error::Setup(format!("cannot open {}: {e:#}", p.path)))?;
+        }
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(wasi.build(), self.limits.memory),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline.map_or(u64::MAX / 2, epoch_ticks));
+
+        let outcome = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| f(&instance, &mut store));
+        match outcome {
+            Ok(Ok(value)) => Ok((
+                value,
+                CallStats {
+                    fsync: store.data().fsync,
+                },
+            )),
+            Ok(Err(protocol)) => Err(protocol.into()),
+            Err(e) => Err(self.host_failure(e, &store, deadline)),
+        }
+    }
+
+    /// Turn a trap or host error into the most telling [`Error`].
+    fn host_failure(
+        &self,
+        e: wasmtime::Error,
+        store: &Store<HostState>,
+        deadline: Option<Duration>,
+    ) -> Error {
+        if store.data().limiter.exceeded {
+            return Error::MemoryExceeded {
+                limit: self.limits.memory,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Error::DeadlineExceeded {
+                limit: deadline.unwrap_or(Duration::MAX),
+            },
+            Some(trap) => Error::Trap(trap.to_string()),
+            None => Error::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+fn publish_report(report: wit::PublishReport, stats: CallStats) -> PublishReport {
+    PublishReport {
+        version: report.version.into(),
+        syncs: report.syncs,
+        fsyncs: stats.fsync.count,
+        fsync_ms: stats.fsync.time.as_secs_f64() * 1000.0,
+        warnings: report.warnings,
+    }
+}
+
+/// Which default time limit a call gets.
+#[derive(Debug, Clone, Copy)]
+enum CallKind {
+    /// A `wait` with this timeout.
+    Wait(Option<Duration>),
+    /// Anything else.
+    Other,
+}
+
+/// The time limit of a call: the configured one, else for `wait` its
+/// timeout plus a margin (none without a timeout: waiting forever was
+/// asked for), else the general default.
+fn call_deadline(limits: &Limits, call: CallKind) -> Option<Duration> {
+    match (limits.deadline, call) {
+        (Some(d), _) => Some(d),
+        (None, CallKind::Wait(Some(timeout))) => Some(timeout.saturating_add(Limits::WAIT_MARGIN)),
+        (None, CallKind::Wait(None)) => None,
+        (None, CallKind::Other) => Some(Limits::DEFAULT_DEADLINE),
+    }
+}
+
+/// Epoch ticks covering `d`, at least one.
+fn epoch_ticks(d: Duration) -> u64 {
+    let ticks = d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX / 2)
+        .min(u64::MAX / 2)
+}
+
+fn preopen_root(root: &Path) -> Result<Preopen, Error> {
+    preopen_dir(root, FsPerms::ReadWrite).map_err(|(path, reason)| Error::Root { path, reason })
+}
+
+/// Resolve `path` to a canonical absolute directory the guest can be given
+/// under the same name, so paths in its messages are real paths.
+fn preopen_dir(path: &Path, perms: FsPerms) -> Result<Preopen, (PathBuf, String)> {
+    let fail = |reason: String| (path.to_path_buf(), reason);
+    let canonical = std::fs::canonicalize(path).map_err(|e| fail(e.to_string()))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(fail("not a directory".to_string()));
+    }
+    let text = canonical
+        .to_str()
+        .ok_or_else(|| fail("the path is not valid UTF-8, which WASI paths must be".to_string()))?;
+    Ok(Preopen {
+        path: text.to_string(),
+        perms,
+    })
+}
+
+/// A duration the way the CLI takes it: `500ms`, `30s`, `2m`, `1h`, or
+/// `1m30s` when it is not a whole number of one unit.
+pub fn format_duration(d: Duration) -> String {
+    if d == Duration::MAX {
+        return "unlimited".to_string();
+    }
+    let ms = d.as_millis();
+    if ms == 0 {
+        return format!("{}ms", ms);
+    }
+    let units: [(u128, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+    let mut rest = ms;
+    let mut out = String::new();
+    for (size, unit) in units {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_duration_uses_the_cli_units() {
+        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(format_duration(Duration::MAX), "unlimited");
+    }
+
+    #[test]
+    fn epoch_ticks_round_up() {
+        assert_eq!(epoch_ticks(Duration::ZERO), 1);
+        assert_eq!(epoch_ticks(Duration::from_millis(1)), 1);
+        assert_eq!(epoch_ticks(Duration::from_millis(25)), 3);
+        assert_eq!(epoch_ticks(Duration::MAX), u64::MAX / 2);
+    }
+
+    #[test]
+    fn preopen_dir_refuses_missing_paths_and_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, reason) =
+            preopen_dir(&tmp.path().join("missing"), FsPerms::ReadOnly).unwrap_err();
+        assert!(path.ends_with("missing"));
+        assert!(reason.contains("No such file"), "{reason}");
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let (_, reason) = preopen_dir(&file, FsPerms::ReadOnly).unwrap_err();
+        assert_eq!(reason, "not a directory");
+    }
+
+    #[test]
+    fn preopen_dir_canonicalizes() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("r")).unwrap();
+        let p = preopen_dir(&tmp.path().join("r/../r/."), FsPerms::ReadWrite).unwrap();
+        assert_eq!(
+            Path::new(&p.path),
+            std::fs::canonicalize(tmp.path().join("r")).unwrap()
+        );
+    }
+
+    #[test]
+    fn root_errors_name_the_path() {
+        let err = preopen_root(Path::new("/nonexistent/handoff-root")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("root /nonexistent/handoff-root: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn component_of_another_world_is_a_bad_component() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("empty.wasm");
+        // A valid component that exports nothing.
+        std::fs::write(&path, b"\0asm\x0d\x00\x01\x00").unwrap();
+        let err = Runtime::builder()
+            .component(&path)
+            .cache(false)
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("bad component {}: ", path.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains("does not implement the handoff world"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_component_file_is_a_bad_component() {
+        let err = Runtime::builder()
+            .component("/nonexistent/h.wasm")
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("bad component /nonexistent/h.wasm: cannot read it: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deadline_defaults() {
+        let limits = |deadline| Limits {
+            deadline,
+            memory: Limits::DEFAULT_MEMORY,
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(call_deadline(&limits(None), CallKind::Other), secs(3600));
+        assert_eq!(
+            call_deadline(&limits(None), CallKind::Wait(secs(5))),
+            secs(65)
+        );
+        assert_eq!(call_deadline(&limits(None), CallKind::Wait(None)), None);
+        assert_eq!(
+            call_deadline(&limits(secs(1)), CallKind::Wait(None)),
+            secs(1)
+        );
+        assert_eq!(call_deadline(&limits(secs(1)), CallKind::Other), secs(1));
+    }
+
+    /// These run the embedded guest component.
+    mod with_guest {
+        use super::*;
+
+        fn runtime(limits: Limits) -> Runtime {
+            let cache = tempfile::tempdir().unwrap();
+            Runtime::builder()
+                .cache_dir(cache.path())
+                .limits(limits)
+                .build()
+                .unwrap()
+        }
+
+        fn payload(dir: &Path) {
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("a.bin"), vec![7u8; 10_000]).unwrap();
+            std::fs::write(dir.join("sub/b.json"), b"{}").unwrap();
+        }
+
+        #[test]
+        fn publish_then_wait_counts_real_fsyncs() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (root, src) = (tmp.path().join("root"), tmp.path().join("src"));
+            std::fs::create_dir(&root).unwrap();
+            payload(&src);
+            let rt = runtime(Limits::default());
+            let report = rt
+                .publish(&root, 3, &src, &WriteOptions::default())
+                .unwrap();
+            assert_eq!(report.version.step, 3);
+            assert_eq!(
+                report.version.path,
+                root.canonicalize().unwrap().join("step_3")
+            );
+            assert!(report.fsyncs >= 6, "{report:?}");
+            assert!(report.warnings.is_empty(), "{report:?}");
+            let options = WaitOptions {
+                verify: Verify::Hash,
+                timeout: Some(Duration::from_secs(1)),
+                ..WaitOptions::default()
+            };
+            let version = rt.wait(&root, Target::Step(3), &options).unwrap();
+            assert_eq!(version, report.version);
+            let again = rt
+                .publish(&root, 3, &src, &WriteOptions::default())
+                .unwrap_err();
+            assert!(matches!(again, Error::Conflict(_)), "{again}");
+        }
+
+        #[test]
+        fn the_guest_cannot_follow_a_symlink_out_of_the_root() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (root, src) = (tmp.path().join("root"), tmp.path().join("src"));
+            let outside = tmp.path().join("outside");
+            std::fs::create_dir(&root).unwrap();
+            std::fs::create_dir(&outside).unwrap();
+            payload(&src);
+            let rt = runtime(Limits::default());
+            rt.publish(&outside, 1, &src, &WriteOptions::default())
+                .unwrap();
+            // A committed step elsewhere, linked into the root: valid on
+            // disk, but outside the only directory the guest was given.
+            std::os::unix::fs::symlink(outside.join("step_1"), root.join("step_1")).unwrap();
+            let options = WaitOptions {
+                timeout: Some(Duration::from_millis(200)),
+                settle: Duration::from_millis(200),
+                ..WaitOptions::default()
+            };
+            assert!(rt.wait(&root, Target::Step(1), &options).is_err());
+        }
+
+        #[test]
+        fn a_call_past_its_deadline_is_stopped() {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = runtime(Limits {
+                deadline: Some(Duration::from_millis(100)),
+                ..Limits::default()
+            });
+            let start = Instant::now();
+            let err = rt
+                .wait(tmp.path(), Target::Step(1), &WaitOptions::default())
+                .unwrap_err();
+            assert_eq!(
+                err,
+                Error::DeadlineExceeded {
+                    limit: Duration::from_millis(100)
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                "component exceeded its time limit of 100ms"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+
+        #[test]
+        fn a_component_over_its_memory_limit_is_stopped() {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = runtime(Limits {
+                memory: 64 * 1024,
+                ..Limits::default()
+            });
+            let err = rt.list(tmp.path(), DEFAULT_PREFIX).unwrap_err();
+            assert_eq!(err, Error::MemoryExceeded { limit: 64 * 1024 });
+        }
+
+        #[test]
+        fn a_runtime_is_reusable_across_threads() {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = runtime(Limits::default());
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| assert_eq!(rt.list(tmp.path(), DEFAULT_PREFIX).unwrap(), vec![]));
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,188 @@
+use std::fs;
+
+use crate::util::*;
+
+const MANIFEST: &str = "handoff.manifest.json";
+
+fn rewrite_manifest(env: &Env, step: u64, from: &str, to: &str) {
+    let path = env.root().join(format!("step_{step}")).join(MANIFEST);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from));
+    fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn manifest_paths_with_dotdot_or_absolute_are_integrity_errors() {
+    let env = Env::new();
+    env.publish(1);
+    env.publish(2);
+    rewrite_manifest(&env, 1, "sub/adapter_config.json", "../../../etc/passwd");
+    rewrite_manifest(&env, 2, "sub/adapter_config.json", "/etc/passwd");
+    for step in ["1", "2"] {
+        // No retry fixes an unsafe manifest: this fails at once, not at the timeout.
+        let out = env.run("wait", &["--step", step, "--timeout", "30s"]);
+        assert_exit(&out, 4, "unsafe path");
+    }
+}
+
+#[test]
+fn seal_refuses_a_payload_symlink_and_writes_nothing() {
+    let env = Env::new();
+    let step = env.root().join("step_5");
+    payload(&step, "a", 100);
+    std::os::unix::fs::symlink("/etc/passwd", step.join("sub/evil")).unwrap();
+    let out = env.run("seal", &["--step", "5"]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("sub/evil") && stderr(&out).contains("symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!step.join("STABLE").exists());
+    assert!(!step.join(MANIFEST).exists());
+}
+
+#[test]
+fn publish_refuses_a_source_symlink_and_leaves_nothing_visible() {
+    let env = Env::new();
+    std::os::unix::fs::symlink("/etc/passwd", env.src().join("link")).unwrap();
+    let out = env.run("publish", &["--step", "5", env.src().to_str().unwrap()]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("link"), "{}", stderr(&out));
+    assert!(!env.root().join("step_5").exists());
+    let staging = env.root().join(".handoff/staging");
+    assert!(!staging.exists() || fs::read_dir(staging).unwrap().count() == 0);
+}
+
+#[test]
+fn a_truncated_payload_exits_4_naming_the_file() {
+    let env = Env::new();
+    env.publish(1);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(env.root().join("step_1/adapter_model.safetensors"))
+        .unwrap();
+    file.set_len(100).unwrap();
+    let out = env.run(
+        "wait",
+        &["--step", "1", "--timeout", "1s", "--settle", "200ms"],
+    );
+    assert_exit(&out, 4, "adapter_model.safetensors is short: 100 bytes");
+}
+
+#[test]
+fn a_same_size_corruption_is_caught_by_verify_hash() {
+    let env = Env::new();
+    env.publish(1);
+    let path = env.root().join("step_1/adapter_model.safetensors");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    assert_ok(&env.run(
+        "wait",
+        &["--step", "1", "--timeout", "1s", "--verify", "size"],
+    ));
+    let out = env.run(
+        "wait",
+        &[
+            "--step",
+            "1",
+            "--timeout",
+            "1s",
+            "--settle",
+            "200ms",
+            "--verify",
+            "hash",
+        ],
+    );
+    assert_exit(&out, 4, "adapter_model.safetensors does not match its hash");
+}
+
+#[test]
+fn a_second_publish_exits_5_and_the_first_stays_intact() {
+    let env = Env::new();
+    env.publish(3);
+    let manifest = fs::read(env.root().join("step_3").join(MANIFEST)).unwrap();
+    payload(&env.src(), "other", 5000);
+    let out = env.run("publish", &["--step", "3", env.src().to_str().unwrap()]);
+    assert_exit(&out, 5, "already published");
+    let out = env.run("seal", &["--step", "3"]);
+    assert_exit(&out, 5, "already sealed");
+    assert_eq!(
+        fs::read(env.root().join("step_3").join(MANIFEST)).unwrap(),
+        manifest
+    );
+    assert_ok(&env.run(
+        "wait",
+        &["--step", "3", "--verify", "hash", "--timeout", "1s"],
+    ));
+}
+
+#[test]
+fn a_missing_root_is_a_clear_error() {
+    let env = Env::new();
+    let missing = env.tmp.path().join("nope");
+    for args in [
+        vec!["wait", "--step", "1", "--timeout", "1s"],
+        vec!["ls"],
+        vec!["seal", "--step", "1"],
+    ] {
+        let out = handoff()
+            .arg(args[0])
+            .arg("--root")
+            .arg(&missing)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert_exit(&out, 1, "nope");
+    }
+}
+
+#[test]
+fn seal_of_a_missing_step_directory_names_it() {
+    let env = Env::new();
+    let out = env.run("seal", &["--step", "9"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("step_9"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    for args in [
+        vec!["wait"],                                     // neither --step nor --latest
+        vec!["wait", "--step", "1", "--latest"],          // both
+        vec!["wait", "--step", "1", "--timeout", "soon"], // bad duration
+        vec!["wait", "--step", "-1"],                     // not a u64
+        vec!["wait", "--step", "1", "--verify", "maybe"], // bad verify
+    ] {
+        let out = env.run(args[0], &args[1..]);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_bad_component_file_is_a_clear_error() {
+    let env = Env::new();
+    env.publish(1);
+    let garbage = env.tmp.path().join("garbage.wasm");
+    fs::write(&garbage, b"this is not wasm").unwrap();
+    let missing = env.tmp.path().join("missing.wasm");
+    for (path, needle) in [(&garbage, "garbage.wasm"), (&missing, "missing.wasm")] {
+        let out = handoff()
+            .arg("--component")
+            .arg(path)
+            .args([
+                "wait",
+                "--root",
+                &env.root_str(),
+                "--step",
+                "1",
+                "--timeout",
+                "1s",
+            ])
+            .output()
+            .unwrap();
+        assert_exit(&out, 1, needle);
+    }
+}

@@ -1,0 +1,226 @@
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+fn steps(v: &Value, key: &str) -> Vec<u64> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn pin_holds_a_step_against_gc_until_unpinned() {
+    let env = Env::new();
+    for step in 1..=4 {
+        env.publish(step);
+    }
+    assert_ok(&env.run(
+        "pin",
+        &["--step", "2", "--holder", "server-a", "--ttl", "10m"],
+    ));
+    let v = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&v, "removed"), [1, 3]);
+    assert_eq!(steps(&v, "kept"), [4]);
+    assert_eq!(steps(&v, "pinned"), [2]);
+    assert!(v["staging_removed"].as_array().unwrap().is_empty());
+    assert!(!env.root().join("step_1").exists());
+    assert!(env.root().join("step_2/STABLE").exists());
+    assert_ok(&env.run("unpin", &["--step", "2", "--holder", "server-a"]));
+    let v = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&v, "removed"), [2]);
+}
+
+#[test]
+fn pin_and_unpin_bad_input() {
+    let env = Env::new();
+    env.publish(1);
+    payload(&env.root().join("step_2"), "x", 10); // not committed
+    assert_exit(
+        &env.run("pin", &["--step", "2", "--holder", "a"]),
+        1,
+        "step_2",
+    );
+    assert_exit(
+        &env.run("pin", &["--step", "9", "--holder", "a"]),
+        1,
+        "step_9",
+    );
+    assert_exit(
+        &env.run("pin", &["--step", "1", "--holder", "../escape"]),
+        2,
+        "holder",
+    );
+    assert_exit(
+        &env.run("unpin", &["--step", "1", "--holder", "nobody"]),
+        1,
+        "nobody",
+    );
+    assert_eq!(code(&env.run("pin", &["--step", "1"])), 2);
+}
+
+#[test]
+fn gc_bad_input() {
+    let env = Env::new();
+    env.publish(1);
+    assert_eq!(code(&env.run("gc", &["--keep", "0"])), 2);
+    assert_eq!(code(&env.run("gc", &["--keep", "-1"])), 2);
+    assert_eq!(code(&env.run("gc", &[])), 2);
+}
+
+#[test]
+fn gc_with_malformed_pins_and_garbage_names_keeps_going() {
+    let env = Env::new();
+    for step in 1..=3 {
+        env.publish(step);
+    }
+    let pins = env.root().join(".handoff/pins");
+    fs::create_dir_all(pins.join("step_1")).unwrap();
+    fs::write(pins.join("step_1/broken"), b"{not json").unwrap();
+    fs::create_dir_all(pins.join("step_2/dir-not-file")).unwrap();
+    fs::create_dir_all(pins.join("garbage")).unwrap();
+    for junk in ["step_x", "step_007", "README", ".nfs000123"] {
+        fs::write(env.root().join(junk), b"junk").unwrap();
+    }
+    fs::create_dir(env.root().join("step_-4")).unwrap();
+    let v = json(&env.run("gc", &["--keep", "1", "--json"]));
+    // A pin gc cannot read holds its step: better to keep than to pull it away.
+    assert_eq!(steps(&v, "pinned"), [1, 2]);
+    assert!(env.root().join("README").exists() && env.root().join("step_x").exists());
+    assert!(!env.root().join(".nfs000123").exists());
+    let v = json(&env.run("fsck", &["--repair", "--json"]));
+    let entries = v["entries"].as_array().unwrap();
+    let stray: Vec<_> = entries
+        .iter()
+        .filter(|e| e["state"] == "stray")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        stray.iter().any(|n| n.ends_with("step_1/broken")),
+        "{stray:?}"
+    );
+    assert!(
+        stray.iter().any(|n| n.ends_with("step_2/dir-not-file")),
+        "{stray:?}"
+    );
+    let v = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&v, "removed"), [1, 2]);
+}
+
+#[test]
+fn fsck_classifies_and_repair_is_idempotent() {
+    let env = Env::new();
+    env.publish(1);
+    env.publish(2);
+    payload(&env.root().join("step_3"), "x", 10);
+    payload(&env.root().join(".handoff/staging/step_4.0001"), "x", 10);
+    payload(&env.root().join(".handoff/trash/step_0.0001"), "x", 10);
+    fs::remove_file(env.root().join("step_2/adapter_model.safetensors")).unwrap();
+    let v = json(&env.run("fsck", &["--json"]));
+    let state = |v: &Value, name: &str| {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state(&v, "step_1").as_deref(), Some("committed"));
+    assert_eq!(state(&v, "step_2").as_deref(), Some("corrupt"));
+    assert_eq!(state(&v, "step_3").as_deref(), Some("incomplete"));
+    assert_eq!(
+        state(&v, ".handoff/staging/step_4.0001").as_deref(),
+        Some("staging")
+    );
+    assert_eq!(
+        state(&v, ".handoff/trash/step_0.0001").as_deref(),
+        Some("trash")
+    );
+    // Without --repair nothing changed.
+    assert!(env.root().join("step_3").exists());
+    json(&env.run("fsck", &["--repair", "--json"]));
+    let second = json(&env.run("fsck", &["--repair", "--json"]));
+    let third = json(&env.run("fsck", &["--repair", "--json"]));
+    assert_eq!(second, third);
+    let names: Vec<_> = second["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["step_1"]);
+}
+
+#[test]
+fn publish_with_keep_collects_old_steps() {
+    let env = Env::new();
+    for step in 1..=4 {
+        let out = env.run(
+            "publish",
+            &[
+                "--step",
+                &step.to_string(),
+                "--keep",
+                "2",
+                env.src().to_str().unwrap(),
+            ],
+        );
+        assert_ok(&out);
+    }
+    let mut left: Vec<_> = fs::read_dir(env.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step_"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["step_3", "step_4"]);
+}
+
+#[test]
+fn wait_with_pin_holds_the_step() {
+    let env = Env::new();
+    env.publish(1);
+    env.publish(2);
+    let v = json(&env.run(
+        "wait",
+        &["--latest", "--pin", "srv", "--json", "--timeout", "1s"],
+    ));
+    assert_eq!(v["step"], 2);
+    env.publish(3);
+    env.publish(4);
+    // srv still holds 2; gc keeps it.
+    let g = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&g, "pinned"), [2]);
+    // Moving forward releases the old pin.
+    json(&env.run(
+        "wait",
+        &["--latest", "--pin", "srv", "--json", "--timeout", "1s"],
+    ));
+    let g = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&g, "removed"), [2]);
+}
+
+#[test]
+fn watch_prints_each_new_step_in_order() {
+    let env = Env::new();
+    env.publish(1);
+    let mut child = env.spawn("watch", &["--from", "1", "--json"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["step"], 1);
+    env.publish(2);
+    env.publish(3);
+    assert_eq!(next()["step"], 2);
+    let third = next();
+    assert_eq!(third["step"], 3);
+    assert!(third["path"].as_str().unwrap().ends_with("step_3"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = Duration::ZERO;
+}

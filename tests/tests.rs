@@ -1,0 +1,21 @@
+//! End-to-end tests of the `handoff` binary, across processes.
+//!
+//! One integration binary; a module per topic.
+
+/// Running the binary, temporary roots and payloads.
+mod util;
+
+/// publish, seal, wait and ls: the happy paths and their JSON.
+mod publish_wait;
+
+/// Bad input: every case ends in a clear error and loses nothing.
+mod bad_input;
+
+/// The syscall order of `seal`, observed with strace.
+mod strace;
+
+/// pin, unpin, gc, fsck and watch.
+mod retention;
+
+/// Many processes at once: racing publishers, readers against gc.
+mod concurrency;

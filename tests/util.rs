@@ -1,0 +1,123 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A temporary directory with a root and a source payload in it.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let env = Env {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir(env.root()).unwrap();
+        payload(&env.src(), "a", 64 * 1024);
+        env
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+
+    pub fn src(&self) -> PathBuf {
+        self.tmp.path().join("src")
+    }
+
+    pub fn root_str(&self) -> String {
+        self.root().display().to_string()
+    }
+
+    /// `handoff <args>` with `--root` inserted after the subcommand.
+    pub fn cmd(&self, sub: &str, args: &[&str]) -> Command {
+        let mut cmd = handoff();
+        cmd.arg(sub).arg("--root").arg(self.root()).args(args);
+        cmd
+    }
+
+    pub fn run(&self, sub: &str, args: &[&str]) -> Output {
+        self.cmd(sub, args).output().unwrap()
+    }
+
+    pub fn publish(&self, step: u64) -> Output {
+        let out = self.run(
+            "publish",
+            &["--step", &step.to_string(), self.src().to_str().unwrap()],
+        );
+        assert_ok(&out);
+        out
+    }
+
+    pub fn spawn(&self, sub: &str, args: &[&str]) -> Child {
+        self.cmd(sub, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The binary under test, with its compiled-component cache in the target dir
+/// so tests never write to the home directory.
+pub fn handoff() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff"));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("handoff-cache");
+    cmd.env("HANDOFF_CACHE_DIR", cache);
+    cmd
+}
+
+/// Two files, one in a subdirectory, `size` bytes of content derived from `tag`.
+pub fn payload(dir: &Path, tag: &str, size: usize) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    let mut data = Vec::with_capacity(size);
+    let mut x: u64 = tag
+        .bytes()
+        .fold(0x9e3779b97f4a7c15, |h, b| h.rotate_left(5) ^ u64::from(b));
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    fs::write(dir.join("adapter_model.safetensors"), data).unwrap();
+    fs::write(
+        dir.join("sub/adapter_config.json"),
+        format!("{{\"tag\":\"{tag}\"}}"),
+    )
+    .unwrap();
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "exit {}: {}", code(out), stderr(out));
+}
+
+#[track_caller]
+pub fn assert_exit(out: &Output, expected: i32, needle: &str) {
+    assert_eq!(code(out), expected, "stderr: {}", stderr(out));
+    assert!(
+        stderr(out).contains(needle),
+        "expected {needle:?} in stderr: {}",
+        stderr(out)
+    );
+}
+
+/// The one JSON object a `--json` run prints.
+#[track_caller]
+pub fn json(out: &Output) -> Value {
+    assert_ok(out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
