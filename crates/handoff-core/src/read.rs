@@ -169,6 +169,17 @@ pub(crate) fn check<S: Storage>(
             )));
         }
     }
+    check_contents(fs, prefix, step, verify)
+}
+
+/// The part of [`check`] after `STABLE`: the manifest and every listed file.
+pub(crate) fn check_contents<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+) -> Result<Version, Rejected> {
+    let dir = step_name(prefix, step);
     let manifest = read_manifest(fs, &dir)?;
     if manifest.step != step {
         return Err(Rejected::Unsafe(format!(

@@ -20,9 +20,12 @@ use crate::layout::{
     HANDOFF_DIR, PINS_DIR, STAGING_DIR, TRASH_DIR, check_prefix, parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
-use crate::read::{Rejected, StepState, Verify, check};
+use crate::read::{Rejected, StepState, Verify, check, check_contents};
 use crate::storage::{Clock, Kind, Storage, join, write_all_at};
 use crate::write::{Flusher, ensure_dir, remove_tree};
+
+/// The clock-skew allowance fsck gives pins (gc takes its own as an option).
+pub const FSCK_SKEW_MS: u64 = 120_000;
 
 /// A reader's hold on a step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -522,6 +525,45 @@ pub fn fsck<S: Storage, C: Clock>(
             Err(Rejected::Failed(e)) => return Err(e),
         };
         let mut action = None;
+        // An incomplete step with a live pin is one gc unpublished and was
+        // about to put back when it died (a reader pinned it meanwhile):
+        // finish what gc would have done, if the payload is whole.
+        if state == StepState::Incomplete
+            && is_pinned(fs, prefix, step, clock.now_ms(), FSCK_SKEW_MS)?
+        {
+            match check_contents(fs, prefix, step, Verify::Hash) {
+                Ok(_) if repair => {
+                    let stable = join(&entry.name, STABLE_NAME);
+                    let mut file = fs
+                        .create_new(&stable)
+                        .map_err(|e| Error::io("recreate", &fs.display(&stable), &e))?;
+                    flush.file(&mut file, &stable)?;
+                    flush.dir(&entry.name)?;
+                    out.push(FsckEntry {
+                        name: entry.name.clone(),
+                        state: StepState::Committed,
+                        detail: Some("pinned, unpublished by an interrupted gc".into()),
+                        action: Some("republished".into()),
+                    });
+                }
+                Ok(_) => out.push(FsckEntry {
+                    name: entry.name.clone(),
+                    state,
+                    detail: Some(
+                        "pinned, unpublished by an interrupted gc; repair republishes it".into(),
+                    ),
+                    action: None,
+                }),
+                Err(_) => out.push(FsckEntry {
+                    name: entry.name.clone(),
+                    state,
+                    detail: Some("incomplete but pinned: kept until the pin expires".into()),
+                    action: None,
+                }),
+            }
+            live.push(step);
+            continue;
+        }
         if repair && state != StepState::Committed {
             if state == StepState::Corrupt {
                 // Unpublish before anything else, so no reader accepts it.

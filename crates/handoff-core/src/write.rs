@@ -455,20 +455,29 @@ fn copy_file<S: Storage, Src: Storage>(
 }
 
 /// Remove a tree bottom-up. Used only on directories the protocol owns
-/// (its own staging copy, trash).
+/// (its own staging copy, trash). Anything already gone counts as removed:
+/// two gcs, or gc and fsck, may sweep the same trash.
 pub(crate) fn remove_tree<S: Storage>(fs: &S, path: &str) -> io::Result<()> {
+    let gone_ok = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
     match fs.stat(path)? {
         None => return Ok(()),
-        Some(m) if m.kind != Kind::Dir => return fs.remove_file(path),
+        Some(m) if m.kind != Kind::Dir => return gone_ok(fs.remove_file(path)),
         Some(_) => {}
     }
-    for entry in fs.read_dir(path)? {
+    let entries = match fs.read_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
         let child = join(path, &entry.name);
         if entry.kind == Kind::Dir {
             remove_tree(fs, &child)?;
         } else {
-            fs.remove_file(&child)?;
+            gone_ok(fs.remove_file(&child))?;
         }
     }
-    fs.remove_dir(path)
+    gone_ok(fs.remove_dir(path))
 }
