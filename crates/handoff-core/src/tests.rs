@@ -426,3 +426,26 @@ fn gc_removes_abandoned_staging_only() {
         ["step_2.fresh"]
     );
 }
+
+#[test]
+fn fsck_republishes_a_pinned_step_an_interrupted_gc_unpublished() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    pin(&f.root, &RealClock, "step_", 1, "reader", 60_000).unwrap();
+    // gc removed STABLE, a reader pinned meanwhile, gc died before putting it back.
+    fs::remove_file(f.path("step_1/STABLE")).unwrap();
+    let dry = fsck(&f.root, &RealClock, "step_", false).unwrap();
+    assert_eq!(dry[0].state, StepState::Incomplete);
+    assert!(f.path("step_1").exists());
+    let repaired = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    assert_eq!(repaired[0].action.as_deref(), Some("republished"));
+    assert!(f.path("step_1/STABLE").exists());
+    assert!(wait(&f.root, &RealClock, Target::Step(1), &wait_opts(Verify::Hash, 0)).is_ok());
+    // Without the pin, the same state is removed.
+    unpin(&f.root, "step_", 2, "reader").unwrap_err();
+    fs::remove_file(f.path("step_1/STABLE")).unwrap();
+    unpin(&f.root, "step_", 1, "reader").unwrap();
+    fsck(&f.root, &RealClock, "step_", true).unwrap();
+    assert!(!f.path("step_1").exists());
+}
