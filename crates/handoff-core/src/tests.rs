@@ -441,7 +441,15 @@ fn fsck_republishes_a_pinned_step_an_interrupted_gc_unpublished() {
     let repaired = fsck(&f.root, &RealClock, "step_", true).unwrap();
     assert_eq!(repaired[0].action.as_deref(), Some("republished"));
     assert!(f.path("step_1/STABLE").exists());
-    assert!(wait(&f.root, &RealClock, Target::Step(1), &wait_opts(Verify::Hash, 0)).is_ok());
+    assert!(
+        wait(
+            &f.root,
+            &RealClock,
+            Target::Step(1),
+            &wait_opts(Verify::Hash, 0)
+        )
+        .is_ok()
+    );
     // Without the pin, the same state is removed.
     unpin(&f.root, "step_", 2, "reader").unwrap_err();
     fs::remove_file(f.path("step_1/STABLE")).unwrap();
