@@ -206,7 +206,7 @@ pub(crate) fn check_contents<S: Storage>(
         };
         let size = file
             .size()
-            .map_err(|e| Rejected::Failed(Error::io("inspect", &shown(), &e)))?;
+            .map_err(|e| Rejected::Mismatch(format!("cannot inspect {}: {e}", shown())))?;
         if size != entry.size {
             let what = if size < entry.size {
                 "short"
@@ -220,7 +220,8 @@ pub(crate) fn check_contents<S: Storage>(
             )));
         }
         if verify == Verify::Hash {
-            let (read, hash) = hash_file(fs, &mut file, &path).map_err(Rejected::Failed)?;
+            let (read, hash) =
+                hash_file(fs, &mut file, &path).map_err(|e| Rejected::Mismatch(e.to_string()))?;
             if read != entry.size || hash != entry.blake3 {
                 return Err(Rejected::Mismatch(format!(
                     "{} does not match its hash: read {read} bytes with blake3 {hash}, \
@@ -250,7 +251,7 @@ fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
     };
     let size = file
         .size()
-        .map_err(|e| Rejected::Failed(Error::io("inspect", &shown, &e)))?;
+        .map_err(|e| Rejected::Mismatch(format!("cannot inspect {shown}: {e}")))?;
     if size > MAX_MANIFEST_BYTES {
         return Err(Rejected::Unsafe(format!(
             "{shown} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have"
@@ -262,7 +263,7 @@ fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
         match file.read_at(&mut bytes[filled..], filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) => return Err(Rejected::Failed(Error::io("read", &shown, &e))),
+            Err(e) => return Err(Rejected::Mismatch(format!("cannot read {shown}: {e}"))),
         }
     }
     bytes.truncate(filled);

@@ -189,11 +189,9 @@ pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Resul
         Err(e) => return Err(Error::io("remove", &fs.display(&path), &e)),
     }
     // Durable release is not needed for safety (a lost unpin only delays gc
-    // until the pin expires), but flush anyway so gc can act sooner.
+    // until the pin expires), but flush anyway so gc can act sooner. The
+    // directory stays while the step does: gc relies on it existing (see gc).
     let _ = fs.sync_dir(&dir);
-    // The last pin's directory goes too; another pinner may race us, so a
-    // "not empty" here is normal.
-    let _ = fs.remove_dir(&dir);
     Ok(())
 }
 
@@ -368,6 +366,13 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
     report.kept = newest.to_vec();
 
     for &step in old {
+        // The pin directory must exist before the first check: gc then reads
+        // a directory it knows, never a name its node may have cached as
+        // absent (NFS negative look-ups), which would hide a new pin in the
+        // check after unpublishing.
+        ensure_dir(&mut flush, HANDOFF_DIR, "")?;
+        ensure_dir(&mut flush, PINS_DIR, HANDOFF_DIR)?;
+        ensure_dir(&mut flush, &pin_dir(prefix, step), PINS_DIR)?;
         let now = clock.now_ms();
         if is_pinned(fs, prefix, step, now, options.skew_ms)? {
             report.pinned.push(step);
@@ -425,7 +430,9 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
                 let _ = fs.remove_file(&join(&pin_dir(prefix, step), &holder));
             }
         }
-        let _ = fs.remove_dir(&pin_dir(prefix, step));
+        if !live.contains(&step) {
+            let _ = fs.remove_dir(&pin_dir(prefix, step));
+        }
     }
     // NFS "silly rename" leftovers (.nfsXXXX) of files deleted while open;
     // the server refuses while the file is still open, which is fine.
