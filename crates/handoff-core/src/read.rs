@@ -387,7 +387,7 @@ pub fn wait<S: Storage, C: Clock>(
                 request.ttl_ms,
             ) {
                 Ok(_) => {
-                    release_other_pins(fs, &options.prefix, version.step, &request.holder)?;
+                    release_other_pins(fs, &options.prefix, version.step, &request.holder);
                     outcome
                 }
                 // gc unpublished it between our check and our pin: look again.

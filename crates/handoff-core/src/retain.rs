@@ -196,21 +196,22 @@ pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Resul
 }
 
 /// Release `holder`'s pins on every step but `keep`: one pin per holder.
-pub(crate) fn release_other_pins<S: Storage>(
-    fs: &S,
-    prefix: &str,
-    keep: u64,
-    holder: &str,
-) -> Result<()> {
-    for (step, holders) in pins(fs, prefix)? {
-        if step != keep && holders.iter().any(|(h, _)| h == holder) {
-            match unpin(fs, prefix, step, holder) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+///
+/// Best effort: a step may vanish under us (gc on another node removes it
+/// and its pin directory), and a pin left behind only delays gc until it
+/// expires, so failures here never fail the caller's wait.
+pub(crate) fn release_other_pins<S: Storage>(fs: &S, prefix: &str, keep: u64, holder: &str) {
+    let Ok(entries) = fs.read_dir(PINS_DIR) else {
+        return;
+    };
+    for entry in entries {
+        match parse_step(prefix, &entry.name) {
+            Some(step) if step != keep => {
+                let _ = fs.remove_file(&join(&pin_dir(prefix, step), holder));
             }
+            _ => {}
         }
     }
-    Ok(())
 }
 
 /// A step's pin holders with their parsed pins.

@@ -1,0 +1,1480 @@
+//! The model behind every mount: one in-memory store of inodes ("the server"),
+//! an optional durable layer (lazy mode), and the per-name and per-file
+//! history that decides what each node sees and when. The rules themselves are
+//! stated once, in the crate documentation (`lib.rs`); this module implements
+//! them and the unit tests below pin them without FUSE.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::rng::{SeededRng, hash};
+
+/// An inode number, as the kernel sees it. Never reused within one store.
+pub(crate) type Ino = u64;
+
+/// Which mount (simulated node) a request came from: `0..nodes`.
+pub type NodeId = usize;
+
+/// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
+pub(crate) const ROOT: Ino = 1;
+
+/// The "author" of state that did not come from any node (loaded from the
+/// backing directory, or what a crash left): visible to every node.
+const NOBODY: NodeId = usize::MAX;
+
+/// A `libc` errno value; the FUSE layer turns it into a reply.
+pub(crate) type Errno = i32;
+pub(crate) type Res<T> = Result<T, Errno>;
+
+/// File or directory; nothing else is supported (symlinks, devices and hard
+/// links are refused with `EPERM`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+}
+
+/// What `stat` shows one node.
+#[derive(Clone, Debug)]
+pub(crate) struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// How late other nodes see a node's changes (nodes mode), and how long each
+/// node caches what it saw. All zero means "one coherent local filesystem".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delays {
+    /// Longest time a name created, renamed or removed by another node stays
+    /// unseen (each name's delay is drawn from the seed, per observing node),
+    /// unless the author flushes it earlier by fsyncing the parent directory.
+    pub name_delay_max: Duration,
+    /// Longest time data written by another node stays unseen (each file's lag
+    /// is drawn from the seed, per observing node), unless the writer flushes
+    /// it earlier by fsyncing the file.
+    pub data_lag_max: Duration,
+    /// How long a node remembers that a name did not exist (NFS `lookupcache`).
+    pub negative_ttl: Duration,
+    /// How long a node reuses attributes (size, mtime) it fetched (NFS
+    /// `acregmin`); `open` revalidates them (close-to-open).
+    pub attr_ttl: Duration,
+}
+
+/// What a seeded background writeback made durable before a crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Writeback {
+    /// Directory-entry operations committed, from the oldest.
+    pub entry_ops: usize,
+    /// Directory-entry operations that were pending.
+    pub pending: usize,
+    /// Files whose unsynced data was partly or wholly written back.
+    pub files: usize,
+}
+
+/// One state of one name in a directory, as some node changed it.
+#[derive(Clone, Debug)]
+struct Version {
+    /// `None`: the name was removed (or renamed away).
+    target: Option<Ino>,
+    by: NodeId,
+    at: Instant,
+    /// Unique per version: the seed of its visibility delay.
+    generation: u64,
+    /// Its author fsynced the directory after the change: every node sees it.
+    flushed: bool,
+}
+
+#[derive(Debug)]
+struct Inode {
+    kind: Kind,
+    mode: u32,
+    mtime: SystemTime,
+    ctime: SystemTime,
+    nlink: u32,
+    /// File contents, as the server holds them.
+    data: Vec<u8>,
+    /// Directory entries: each name's recent history, oldest first. The last
+    /// version is the server's truth; older ones are what lagging nodes may
+    /// still see.
+    names: BTreeMap<OsString, Vec<Version>>,
+    /// The node whose writes are not yet (all) visible to the others.
+    writer: NodeId,
+    /// The file's length after each of `writer`'s changes: what a lagging
+    /// node sees is the length as of some moment in the past.
+    growth: Vec<(Instant, u64)>,
+    /// Bytes every node sees regardless of lag (the writer fsynced them).
+    flushed_len: u64,
+    /// Open handles per node. Only the node that removes the last name keeps
+    /// an open file alive (POSIX locally, NFS "silly rename" across nodes):
+    /// the others' handles go stale.
+    opens: Vec<u32>,
+    /// Written since its last fsync (lazy mode's background writeback).
+    dirty: bool,
+}
+
+impl Inode {
+    fn new(kind: Kind, mode: u32, nodes: usize, now: SystemTime) -> Inode {
+        Inode {
+            kind,
+            mode,
+            mtime: now,
+            ctime: now,
+            nlink: 1,
+            data: Vec::new(),
+            names: BTreeMap::new(),
+            writer: NOBODY,
+            growth: Vec::new(),
+            flushed_len: 0,
+            opens: vec![0; nodes],
+            dirty: false,
+        }
+    }
+
+    fn live(&self, name: &OsStr) -> Option<Ino> {
+        self.names
+            .get(name)
+            .and_then(|h| h.last())
+            .and_then(|v| v.target)
+    }
+
+    fn is_empty_dir(&self) -> bool {
+        self.names
+            .values()
+            .all(|h| h.last().is_none_or(|v| v.target.is_none()))
+    }
+}
+
+/// The durable image (lazy mode): what a crash leaves.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    inodes: HashMap<Ino, DurableInode>,
+    /// Directory-entry operations not yet durable, in the order they happened.
+    pending: Vec<EntryOp>,
+}
+
+#[derive(Clone, Debug)]
+struct DurableInode {
+    kind: Kind,
+    mode: u32,
+    mtime: SystemTime,
+    data: Vec<u8>,
+    entries: BTreeMap<OsString, Ino>,
+}
+
+impl DurableInode {
+    fn empty(kind: Kind, mode: u32) -> DurableInode {
+        DurableInode {
+            kind,
+            mode,
+            mtime: SystemTime::now(),
+            data: Vec::new(),
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+/// A change to directory entries, waiting for a directory fsync.
+#[derive(Clone, Debug)]
+enum EntryOp {
+    Link {
+        dir: Ino,
+        name: OsString,
+        ino: Ino,
+        kind: Kind,
+        mode: u32,
+    },
+    Unlink {
+        dir: Ino,
+        name: OsString,
+    },
+    Rename {
+        from: Ino,
+        from_name: OsString,
+        to: Ino,
+        to_name: OsString,
+        ino: Ino,
+        kind: Kind,
+        mode: u32,
+    },
+}
+
+impl EntryOp {
+    fn touches(&self, dirs: &HashSet<Ino>) -> bool {
+        match self {
+            EntryOp::Link { dir, .. } | EntryOp::Unlink { dir, .. } => dirs.contains(dir),
+            EntryOp::Rename { from, to, .. } => dirs.contains(from) || dirs.contains(to),
+        }
+    }
+
+    fn dirs(&self) -> [Option<Ino>; 2] {
+        match self {
+            EntryOp::Link { dir, .. } | EntryOp::Unlink { dir, .. } => [Some(*dir), None],
+            EntryOp::Rename { from, to, .. } => [Some(*from), Some(*to)],
+        }
+    }
+}
+
+impl Durable {
+    fn ensure(&mut self, ino: Ino, kind: Kind, mode: u32) -> &mut DurableInode {
+        self.inodes
+            .entry(ino)
+            .or_insert_with(|| DurableInode::empty(kind, mode))
+    }
+
+    /// Makes one entry operation durable. A name whose inode never had its
+    /// own data synced points to an empty file or directory: the name is
+    /// durable, the contents are not.
+    fn apply(&mut self, op: &EntryOp) {
+        match op {
+            EntryOp::Link {
+                dir,
+                name,
+                ino,
+                kind,
+                mode,
+            } => {
+                self.ensure(*ino, *kind, *mode);
+                self.ensure(*dir, Kind::Dir, 0o755)
+                    .entries
+                    .insert(name.clone(), *ino);
+            }
+            EntryOp::Unlink { dir, name } => {
+                self.ensure(*dir, Kind::Dir, 0o755).entries.remove(name);
+            }
+            EntryOp::Rename {
+                from,
+                from_name,
+                to,
+                to_name,
+                ino,
+                kind,
+                mode,
+            } => {
+                self.ensure(*ino, *kind, *mode);
+                self.ensure(*from, Kind::Dir, 0o755)
+                    .entries
+                    .remove(from_name);
+                self.ensure(*to, Kind::Dir, 0o755)
+                    .entries
+                    .insert(to_name.clone(), *ino);
+            }
+        }
+    }
+
+    /// fsync of directory `dir`: commits every pending operation on `dir`,
+    /// together with every operation entangled with those through a rename
+    /// (transitively), in their original order. What stays pending touches
+    /// none of those directories, so the two sets commute.
+    fn sync_dir(&mut self, dir: Ino) {
+        let mut dirs = HashSet::from([dir]);
+        loop {
+            let before = dirs.len();
+            for op in self
+                .pending
+                .iter()
+                .filter(|op| op.touches(&dirs))
+                .collect::<Vec<_>>()
+            {
+                dirs.extend(op.dirs().into_iter().flatten());
+            }
+            if dirs.len() == before {
+                break;
+            }
+        }
+        let (commit, keep): (Vec<EntryOp>, Vec<EntryOp>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|op| op.touches(&dirs));
+        self.pending = keep;
+        for op in &commit {
+            self.apply(op);
+        }
+    }
+
+    /// A journal commit: the oldest `n` pending operations become durable.
+    fn commit_prefix(&mut self, n: usize) {
+        let rest = self.pending.split_off(n.min(self.pending.len()));
+        for op in std::mem::replace(&mut self.pending, rest) {
+            self.apply(&op);
+        }
+    }
+}
+
+/// Which tree to write out to the backing directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Image {
+    /// What a crash now would leave (lazy mode).
+    Durable,
+    /// The server's current tree.
+    Live,
+}
+
+/// The whole filesystem state shared by every mount.
+#[derive(Debug)]
+pub(crate) struct Store {
+    inodes: HashMap<Ino, Inode>,
+    next_ino: Ino,
+    next_generation: u64,
+    nodes: usize,
+    pub(crate) seed: u64,
+    pub(crate) delays: Delays,
+    /// `Some` in lazy mode.
+    durable: Option<Durable>,
+}
+
+impl Store {
+    /// An empty store: a root directory and nothing else.
+    pub(crate) fn new(nodes: usize, lazy: bool) -> Store {
+        let mut root = Inode::new(Kind::Dir, 0o755, nodes.max(1), SystemTime::now());
+        root.nlink = 2;
+        let mut store = Store {
+            inodes: HashMap::from([(ROOT, root)]),
+            next_ino: ROOT + 1,
+            next_generation: 1,
+            nodes: nodes.max(1),
+            seed: 0,
+            delays: Delays::default(),
+            durable: None,
+        };
+        if lazy {
+            store.durable = Some(store.snapshot_durable());
+        }
+        store
+    }
+
+    /// A store holding the tree at `backing` (files and directories; other
+    /// file types are skipped), all of it durable and visible to every node.
+    pub(crate) fn load(backing: &Path, nodes: usize, lazy: bool) -> io::Result<Store> {
+        let mut store = Store::new(nodes, false);
+        store.import(ROOT, backing)?;
+        if lazy {
+            store.durable = Some(store.snapshot_durable());
+        }
+        Ok(store)
+    }
+
+    fn import(&mut self, dir: Ino, path: &Path) -> io::Result<()> {
+        let mut children: Vec<_> = fs::read_dir(path)?.collect::<io::Result<_>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let meta = child.metadata()?;
+            let kind = if meta.is_dir() {
+                Kind::Dir
+            } else if meta.is_file() {
+                Kind::File
+            } else {
+                continue;
+            };
+            let ino = self.next_ino;
+            self.next_ino += 1;
+            let mut inode = Inode::new(
+                kind,
+                meta.permissions().mode() & 0o7777,
+                self.nodes,
+                SystemTime::now(),
+            );
+            inode.mtime = meta.modified().unwrap_or_else(|_| SystemTime::now());
+            inode.ctime = inode.mtime;
+            if kind == Kind::Dir {
+                inode.nlink = 2;
+            }
+            if kind == Kind::File {
+                inode.data = fs::read(child.path())?;
+                inode.flushed_len = inode.data.len() as u64;
+            }
+            self.inodes.insert(ino, inode);
+            self.push_version(dir, child.file_name(), Some(ino), NOBODY, Instant::now());
+            if kind == Kind::Dir {
+                self.import(ino, &child.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The durable image equal to the live tree (right after load).
+    fn snapshot_durable(&self) -> Durable {
+        let inodes = self
+            .inodes
+            .iter()
+            .map(|(ino, inode)| {
+                let entries = inode
+                    .names
+                    .keys()
+                    .filter_map(|n| inode.live(n).map(|t| (n.clone(), t)))
+                    .collect();
+                let durable = DurableInode {
+                    kind: inode.kind,
+                    mode: inode.mode,
+                    mtime: inode.mtime,
+                    data: inode.data.clone(),
+                    entries,
+                };
+                (*ino, durable)
+            })
+            .collect();
+        Durable {
+            inodes,
+            pending: Vec::new(),
+        }
+    }
+
+    // ---- visibility ------------------------------------------------------
+
+    fn delay(&self, max: Duration, parts: &[u64], bytes: &[u8]) -> Duration {
+        let max = max.as_micros() as u64;
+        if max == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(hash(self.seed, parts, bytes) % (max + 1))
+        }
+    }
+
+    fn name_delay(&self, observer: NodeId, dir: Ino, name: &OsStr, generation: u64) -> Duration {
+        use std::os::unix::ffi::OsStrExt;
+        self.delay(
+            self.delays.name_delay_max,
+            &[1, observer as u64, dir, generation],
+            name.as_bytes(),
+        )
+    }
+
+    fn data_lag(&self, observer: NodeId, ino: Ino) -> Duration {
+        self.delay(self.delays.data_lag_max, &[2, observer as u64, ino], &[])
+    }
+
+    fn sees(&self, observer: NodeId, dir: Ino, name: &OsStr, v: &Version, now: Instant) -> bool {
+        v.by == observer
+            || v.flushed
+            || now.saturating_duration_since(v.at)
+                >= self.name_delay(observer, dir, name, v.generation)
+    }
+
+    /// The inode `observer` finds under `name`: the newest version it sees,
+    /// if that names an inode that still exists.
+    fn visible(&self, observer: NodeId, dir: Ino, name: &OsStr, now: Instant) -> Option<Ino> {
+        let history = self.inodes.get(&dir)?.names.get(name)?;
+        let v = history
+            .iter()
+            .rev()
+            .find(|v| self.sees(observer, dir, name, v, now))?;
+        v.target.filter(|t| self.inodes.contains_key(t))
+    }
+
+    /// How many bytes of a file `observer` sees.
+    fn visible_len(&self, observer: NodeId, ino: Ino, inode: &Inode, now: Instant) -> u64 {
+        let len = inode.data.len() as u64;
+        if observer == inode.writer || inode.writer == NOBODY {
+            return len;
+        }
+        let then = match now.checked_sub(self.data_lag(observer, ino)) {
+            Some(cutoff) => inode
+                .growth
+                .iter()
+                .take_while(|(t, _)| *t <= cutoff)
+                .last()
+                .map_or(0, |(_, l)| *l),
+            None => 0,
+        };
+        then.max(inode.flushed_len).min(len)
+    }
+
+    fn push_version(
+        &mut self,
+        dir: Ino,
+        name: OsString,
+        target: Option<Ino>,
+        by: NodeId,
+        now: Instant,
+    ) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let flushed = by == NOBODY;
+        let version = Version {
+            target,
+            by,
+            at: now,
+            generation,
+            flushed,
+        };
+        let history = self
+            .inodes
+            .get_mut(&dir)
+            .expect("parent exists")
+            .names
+            .entry(name.clone())
+            .or_default();
+        history.push(version);
+        self.prune_name(dir, &name, now);
+    }
+
+    /// Drops the versions no node can see any more: everything older than
+    /// the newest version every node sees.
+    fn prune_name(&mut self, dir: Ino, name: &OsStr, now: Instant) {
+        let Some(history) = self.inodes.get(&dir).and_then(|d| d.names.get(name)) else {
+            return;
+        };
+        let Some(seen_by_all) = history
+            .iter()
+            .rposition(|v| (0..self.nodes).all(|observer| self.sees(observer, dir, name, v, now)))
+        else {
+            return;
+        };
+        let dir_inode = self.inodes.get_mut(&dir).expect("parent exists");
+        let history = dir_inode.names.get_mut(name).expect("history exists");
+        history.drain(..seen_by_all);
+        // A removal everyone has seen leaves nothing to remember.
+        if history.len() == 1 && history[0].target.is_none() {
+            dir_inode.names.remove(name);
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------
+
+    fn inode(&self, ino: Ino) -> Res<&Inode> {
+        self.inodes.get(&ino).ok_or(libc::ESTALE)
+    }
+
+    fn dir(&self, ino: Ino) -> Res<&Inode> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        Ok(inode)
+    }
+
+    /// The inode `node` finds under `name` in `parent`.
+    pub(crate) fn lookup(&self, node: NodeId, parent: Ino, name: &OsStr, now: Instant) -> Res<Ino> {
+        self.dir(parent)?;
+        self.visible(node, parent, name, now).ok_or(libc::ENOENT)
+    }
+
+    /// Whether `name` exists on the server, whatever any node sees.
+    pub(crate) fn exists(&self, parent: Ino, name: &OsStr) -> bool {
+        self.inodes
+            .get(&parent)
+            .and_then(|d| d.live(name))
+            .is_some_and(|t| self.inodes.contains_key(&t))
+    }
+
+    /// A file's length on the server.
+    pub(crate) fn live_len(&self, ino: Ino) -> Option<u64> {
+        self.inodes
+            .get(&ino)
+            .filter(|i| i.kind == Kind::File)
+            .map(|i| i.data.len() as u64)
+    }
+
+    /// The attributes `node` sees (its size may lag the writer's).
+    pub(crate) fn attr(&self, node: NodeId, ino: Ino, now: Instant) -> Res<Attr> {
+        let inode = self.inode(ino)?;
+        let size = match inode.kind {
+            Kind::File => self.visible_len(node, ino, inode, now),
+            Kind::Dir => 4096,
+        };
+        Ok(Attr {
+            ino,
+            kind: inode.kind,
+            size,
+            mode: inode.mode,
+            nlink: inode.nlink,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        })
+    }
+
+    /// The names `node` sees in `dir`, sorted.
+    pub(crate) fn readdir(
+        &self,
+        node: NodeId,
+        dir: Ino,
+        now: Instant,
+    ) -> Res<Vec<(OsString, Ino, Kind)>> {
+        let inode = self.dir(dir)?;
+        Ok(inode
+            .names
+            .keys()
+            .filter_map(|name| {
+                let ino = self.visible(node, dir, name, now)?;
+                Some((name.clone(), ino, self.inodes[&ino].kind))
+            })
+            .collect())
+    }
+
+    /// Up to `size` bytes at `offset`, of what `node` sees of the file.
+    pub(crate) fn read(
+        &self,
+        node: NodeId,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        now: Instant,
+    ) -> Res<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::File {
+            return Err(libc::EISDIR);
+        }
+        let len = self.visible_len(node, ino, inode, now);
+        let start = offset.min(len) as usize;
+        let end = offset.saturating_add(u64::from(size)).min(len) as usize;
+        Ok(inode.data[start..end].to_vec())
+    }
+
+    // ---- changes -----------------------------------------------------------
+
+    fn alloc(&mut self, kind: Kind, mode: u32) -> Ino {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let mut inode = Inode::new(kind, mode, self.nodes, SystemTime::now());
+        if kind == Kind::Dir {
+            inode.nlink = 2;
+        }
+        self.inodes.insert(ino, inode);
+        ino
+    }
+
+    fn touch_dir(&mut self, dir: Ino) {
+        if let Some(d) = self.inodes.get_mut(&dir) {
+            d.mtime = SystemTime::now();
+            d.ctime = d.mtime;
+        }
+    }
+
+    fn record(&mut self, op: EntryOp) {
+        if let Some(durable) = &mut self.durable {
+            durable.pending.push(op);
+        }
+    }
+
+    /// Removes one name of `ino`; frees it when that was the last one and
+    /// `node` does not hold it open.
+    fn drop_link(&mut self, node: NodeId, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.nlink = if inode.kind == Kind::Dir {
+            0
+        } else {
+            inode.nlink.saturating_sub(1)
+        };
+        if inode.nlink == 0 && inode.opens.get(node).copied().unwrap_or(0) == 0 {
+            self.inodes.remove(&ino);
+        }
+    }
+
+    /// Creates `name` in `parent`. An existing file is returned as is unless
+    /// `exclusive` (O_EXCL): `(ino, created)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create(
+        &mut self,
+        node: NodeId,
+        parent: Ino,
+        name: &OsStr,
+        kind: Kind,
+        mode: u32,
+        exclusive: bool,
+        now: Instant,
+    ) -> Res<(Ino, bool)> {
+        let dir = self.dir(parent)?;
+        if let Some(existing) = dir.live(name) {
+            if exclusive || kind == Kind::Dir {
+                return Err(libc::EEXIST);
+            }
+            if self.inodes[&existing].kind == Kind::Dir {
+                return Err(libc::EISDIR);
+            }
+            return Ok((existing, false));
+        }
+        let ino = self.alloc(kind, mode);
+        self.push_version(parent, name.to_owned(), Some(ino), node, now);
+        self.touch_dir(parent);
+        self.record(EntryOp::Link {
+            dir: parent,
+            name: name.to_owned(),
+            ino,
+            kind,
+            mode,
+        });
+        Ok((ino, true))
+    }
+
+    /// unlink (`dir` false) or rmdir (`dir` true).
+    pub(crate) fn remove(
+        &mut self,
+        node: NodeId,
+        parent: Ino,
+        name: &OsStr,
+        dir: bool,
+        now: Instant,
+    ) -> Res<()> {
+        let target = self.dir(parent)?.live(name).ok_or(libc::ENOENT)?;
+        let inode = self.inode(target)?;
+        match (dir, inode.kind) {
+            (true, Kind::File) => return Err(libc::ENOTDIR),
+            (false, Kind::Dir) => return Err(libc::EISDIR),
+            (true, Kind::Dir) if !inode.is_empty_dir() => return Err(libc::ENOTEMPTY),
+            _ => {}
+        }
+        self.push_version(parent, name.to_owned(), None, node, now);
+        self.touch_dir(parent);
+        self.record(EntryOp::Unlink {
+            dir: parent,
+            name: name.to_owned(),
+        });
+        self.drop_link(node, target);
+        Ok(())
+    }
+
+    /// rename(2), with `noreplace` for RENAME_NOREPLACE.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rename(
+        &mut self,
+        node: NodeId,
+        from: Ino,
+        from_name: &OsStr,
+        to: Ino,
+        to_name: &OsStr,
+        noreplace: bool,
+        now: Instant,
+    ) -> Res<()> {
+        let source = self.dir(from)?.live(from_name).ok_or(libc::ENOENT)?;
+        let replaced = self.dir(to)?.live(to_name);
+        if from == to && from_name == to_name {
+            return Ok(());
+        }
+        let kind = self.inode(source)?.kind;
+        if let Some(old) = replaced {
+            if noreplace {
+                return Err(libc::EEXIST);
+            }
+            if old == source {
+                return Ok(());
+            }
+            let old = self.inode(old)?;
+            match (kind, old.kind) {
+                (Kind::Dir, Kind::File) => return Err(libc::ENOTDIR),
+                (Kind::File, Kind::Dir) => return Err(libc::EISDIR),
+                (Kind::Dir, Kind::Dir) if !old.is_empty_dir() => return Err(libc::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        let mode = self.inodes[&source].mode;
+        self.push_version(from, from_name.to_owned(), None, node, now);
+        self.push_version(to, to_name.to_owned(), Some(source), node, now);
+        self.touch_dir(from);
+        self.touch_dir(to);
+        self.record(EntryOp::Rename {
+            from,
+            from_name: from_name.to_owned(),
+            to,
+            to_name: to_name.to_owned(),
+            ino: source,
+            kind,
+            mode,
+        });
+        if let Some(old) = replaced {
+            self.drop_link(node, old);
+        }
+        Ok(())
+    }
+
+    /// Makes `node` the file's writer; the previous writer's data counts as
+    /// flushed (the model tracks one writer's lag at a time).
+    fn writable(&mut self, node: NodeId, ino: Ino) -> Res<&mut Inode> {
+        let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
+        if inode.kind != Kind::File {
+            return Err(libc::EISDIR);
+        }
+        if inode.writer != node {
+            inode.writer = node;
+            inode.flushed_len = inode.data.len() as u64;
+            inode.growth.clear();
+        }
+        Ok(inode)
+    }
+
+    fn record_growth(inode: &mut Inode, now: Instant, lag_max: Duration) {
+        let len = inode.data.len() as u64;
+        inode.growth.push((now, len));
+        // Keep one entry older than any lag so "length as of then" stays known.
+        if let Some(cutoff) = now.checked_sub(lag_max) {
+            let old = inode.growth.iter().take_while(|(t, _)| *t < cutoff).count();
+            if old > 1 {
+                inode.growth.drain(..old - 1);
+            }
+        }
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        node: NodeId,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        now: Instant,
+    ) -> Res<usize> {
+        let lag_max = self.delays.data_lag_max;
+        let inode = self.writable(node, ino)?;
+        let offset = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
+        let end = offset.checked_add(data.len()).ok_or(libc::EFBIG)?;
+        if inode.data.len() < end {
+            inode.data.resize(end, 0);
+        }
+        inode.data[offset..end].copy_from_slice(data);
+        inode.mtime = SystemTime::now();
+        inode.ctime = inode.mtime;
+        inode.dirty = true;
+        Self::record_growth(inode, now, lag_max);
+        Ok(data.len())
+    }
+
+    /// truncate / chmod / utimes.
+    pub(crate) fn setattr(
+        &mut self,
+        node: NodeId,
+        ino: Ino,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime: Option<SystemTime>,
+        now: Instant,
+    ) -> Res<()> {
+        let lag_max = self.delays.data_lag_max;
+        if let Some(size) = size {
+            let inode = self.writable(node, ino)?;
+            inode
+                .data
+                .resize(usize::try_from(size).map_err(|_| libc::EFBIG)?, 0);
+            inode.flushed_len = inode.flushed_len.min(size);
+            inode.mtime = SystemTime::now();
+            inode.dirty = true;
+            Self::record_growth(inode, now, lag_max);
+        }
+        let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
+        if let Some(mode) = mode {
+            inode.mode = mode & 0o7777;
+        }
+        if let Some(mtime) = mtime {
+            inode.mtime = mtime;
+        }
+        inode.ctime = SystemTime::now();
+        Ok(())
+    }
+
+    pub(crate) fn open(&mut self, node: NodeId, ino: Ino) -> Res<Kind> {
+        let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
+        if inode.nlink == 0 && inode.opens[node] == 0 {
+            // Only the node that removed it may still reach an orphan.
+            return Err(libc::ESTALE);
+        }
+        inode.opens[node] += 1;
+        Ok(inode.kind)
+    }
+
+    pub(crate) fn release(&mut self, node: NodeId, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.opens[node] = inode.opens[node].saturating_sub(1);
+        if inode.nlink == 0 && inode.opens[node] == 0 {
+            self.inodes.remove(&ino);
+        }
+    }
+
+    /// fsync of a file or directory by `node`.
+    pub(crate) fn fsync(&mut self, node: NodeId, ino: Ino) -> Res<()> {
+        let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
+        match inode.kind {
+            Kind::File => {
+                // Nodes: the writer's data reaches every node.
+                if inode.writer == node {
+                    inode.flushed_len = inode.data.len() as u64;
+                }
+                inode.dirty = false;
+                if let Some(durable) = &mut self.durable {
+                    let d = durable.ensure(ino, Kind::File, inode.mode);
+                    d.data.clone_from(&inode.data);
+                    d.mode = inode.mode;
+                    d.mtime = inode.mtime;
+                }
+            }
+            Kind::Dir => {
+                // Nodes: this node's changes to the names in it reach every node.
+                for history in inode.names.values_mut() {
+                    for v in history.iter_mut().filter(|v| v.by == node) {
+                        v.flushed = true;
+                    }
+                }
+                let (mode, mtime) = (inode.mode, inode.mtime);
+                if let Some(durable) = &mut self.durable {
+                    durable.sync_dir(ino);
+                    let d = durable.ensure(ino, Kind::Dir, mode);
+                    d.mode = mode;
+                    d.mtime = mtime;
+                }
+                let names: Vec<OsString> = self.inodes[&ino].names.keys().cloned().collect();
+                let now = Instant::now();
+                for name in names {
+                    self.prune_name(ino, &name, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- crash (lazy mode) -------------------------------------------------
+
+    /// Directory-entry operations not yet durable.
+    pub(crate) fn pending_entry_ops(&self) -> usize {
+        self.durable.as_ref().map_or(0, |d| d.pending.len())
+    }
+
+    /// A seeded background writeback: the kernel's periodic journal commit
+    /// and dirty-page flush that ran at some moment before the crash.
+    /// Metadata: with equal chance nothing, everything, or an oldest-first
+    /// prefix of the pending entry operations. Data: each unsynced file, with
+    /// even chance, gets a page-aligned prefix of its contents written.
+    pub(crate) fn writeback(&mut self, seed: u64) -> Writeback {
+        let Some(durable) = &mut self.durable else {
+            return Writeback::default();
+        };
+        let mut rng = SeededRng::new(seed);
+        let pending = durable.pending.len();
+        let entry_ops = match rng.below(3) {
+            0 => 0,
+            1 => pending,
+            _ => rng.below(pending as u64 + 1) as usize,
+        };
+        durable.commit_prefix(entry_ops);
+        let mut dirty: Vec<Ino> = self
+            .inodes
+            .iter()
+            .filter(|(_, i)| i.dirty && i.kind == Kind::File)
+            .map(|(ino, _)| *ino)
+            .collect();
+        dirty.sort_unstable();
+        let mut files = 0;
+        for ino in dirty {
+            if rng.below(2) == 0 {
+                continue;
+            }
+            let inode = &self.inodes[&ino];
+            let pages = inode.data.len() as u64 / 4096 + 1;
+            let keep = (rng.below(pages + 1) * 4096).min(inode.data.len() as u64) as usize;
+            let d = durable.ensure(ino, Kind::File, inode.mode);
+            d.data = inode.data[..keep].to_vec();
+            files += 1;
+        }
+        Writeback {
+            entry_ops,
+            pending,
+            files,
+        }
+    }
+
+    /// The crash: everything not durable is gone. The live tree becomes the
+    /// durable image; inodes no durable name reaches are dropped (what fsck
+    /// of a real filesystem does with orphans).
+    pub(crate) fn crash(&mut self) -> Res<()> {
+        let durable = self.durable.as_mut().ok_or(libc::EINVAL)?;
+        durable.pending.clear();
+        let mut reachable = HashSet::from([ROOT]);
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if let Some(d) = durable.inodes.get(&ino) {
+                for child in d.entries.values() {
+                    if reachable.insert(*child) {
+                        stack.push(*child);
+                    }
+                }
+            }
+        }
+        durable.inodes.retain(|ino, _| reachable.contains(ino));
+        let durable = durable.clone();
+        let mut nlinks: HashMap<Ino, u32> = HashMap::new();
+        for d in durable.inodes.values() {
+            for child in d.entries.values() {
+                *nlinks.entry(*child).or_default() += 1;
+            }
+        }
+        self.inodes.clear();
+        let now = Instant::now();
+        for (ino, d) in &durable.inodes {
+            let mut inode = Inode::new(d.kind, d.mode, self.nodes, d.mtime);
+            inode.data.clone_from(&d.data);
+            inode.flushed_len = inode.data.len() as u64;
+            inode.nlink = match d.kind {
+                Kind::Dir => 2,
+                Kind::File => nlinks.get(ino).copied().unwrap_or(1),
+            };
+            self.inodes.insert(*ino, inode);
+        }
+        for (ino, d) in &durable.inodes {
+            for (name, child) in &d.entries {
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                let version = Version {
+                    target: Some(*child),
+                    by: NOBODY,
+                    at: now,
+                    generation,
+                    flushed: true,
+                };
+                self.inodes
+                    .get_mut(ino)
+                    .expect("durable dir")
+                    .names
+                    .insert(name.clone(), vec![version]);
+            }
+        }
+        self.durable = Some(durable);
+        Ok(())
+    }
+
+    // ---- the backing directory ---------------------------------------------
+
+    /// Replaces the contents of `dest` with the chosen tree.
+    pub(crate) fn export(&self, image: Image, dest: &Path) -> io::Result<()> {
+        for entry in fs::read_dir(dest)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())?;
+            } else {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        match (image, &self.durable) {
+            (Image::Durable, Some(durable)) => {
+                export_durable(durable, ROOT, dest, &mut HashSet::new())
+            }
+            _ => self.export_live(ROOT, dest),
+        }
+    }
+
+    fn export_live(&self, dir: Ino, dest: &Path) -> io::Result<()> {
+        let inode = &self.inodes[&dir];
+        for name in inode.names.keys() {
+            let Some(child) = inode
+                .live(name)
+                .and_then(|c| self.inodes.get(&c).map(|i| (c, i)))
+            else {
+                continue;
+            };
+            let path = dest.join(name);
+            match child.1.kind {
+                Kind::File => write_file(&path, &child.1.data, child.1.mode, child.1.mtime)?,
+                Kind::Dir => {
+                    fs::create_dir(&path)?;
+                    self.export_live(child.0, &path)?;
+                    set_meta(&path, child.1.mode, child.1.mtime);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn export_durable(
+    durable: &Durable,
+    dir: Ino,
+    dest: &Path,
+    seen: &mut HashSet<Ino>,
+) -> io::Result<()> {
+    seen.insert(dir);
+    for (name, child) in &durable.inodes[&dir].entries {
+        let Some(d) = durable.inodes.get(child) else {
+            continue;
+        };
+        let path = dest.join(name);
+        match d.kind {
+            Kind::File => write_file(&path, &d.data, d.mode, d.mtime)?,
+            // A directory reachable twice cannot be written as a tree; the
+            // entry rules never create one, so this only guards the walk.
+            Kind::Dir if seen.contains(child) => {}
+            Kind::Dir => {
+                fs::create_dir(&path)?;
+                export_durable(durable, *child, &path, seen)?;
+                set_meta(&path, d.mode, d.mtime);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32, mtime: SystemTime) -> io::Result<()> {
+    fs::write(path, data)?;
+    set_meta(path, mode, mtime);
+    Ok(())
+}
+
+/// Best effort: the tree's contents matter, its metadata only helps gc's
+/// staging-age rule behave the same after a remount.
+fn set_meta(path: &Path, mode: u32, mtime: SystemTime) {
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777));
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.set_modified(mtime);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NodeId = 0;
+    const B: NodeId = 1;
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    fn mkdir(s: &mut Store, parent: Ino, n: &str) -> Ino {
+        s.create(A, parent, name(n), Kind::Dir, 0o755, true, Instant::now())
+            .unwrap()
+            .0
+    }
+
+    fn mkfile(s: &mut Store, parent: Ino, n: &str, data: &[u8]) -> Ino {
+        let (ino, _) = s
+            .create(A, parent, name(n), Kind::File, 0o644, true, Instant::now())
+            .unwrap();
+        s.write(A, ino, 0, data, Instant::now()).unwrap();
+        ino
+    }
+
+    fn tree(s: &Store) -> Vec<(String, usize)> {
+        fn walk(s: &Store, dir: Ino, prefix: &str, out: &mut Vec<(String, usize)>) {
+            for (n, ino, kind) in s.readdir(A, dir, Instant::now()).unwrap() {
+                let path = format!("{prefix}{}", n.to_string_lossy());
+                match kind {
+                    Kind::File => out.push((path, s.inodes[&ino].data.len())),
+                    Kind::Dir => {
+                        out.push((format!("{path}/"), 0));
+                        walk(s, ino, &format!("{path}/"), out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(s, ROOT, "", &mut out);
+        out
+    }
+
+    fn entries(v: &[(&str, usize)]) -> Vec<(String, usize)> {
+        v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn unsynced_names_and_data_vanish_on_crash() {
+        let mut s = Store::new(1, true);
+        let d = mkdir(&mut s, ROOT, "d");
+        mkfile(&mut s, d, "f", b"hello");
+        assert_eq!(tree(&s), entries(&[("d/", 0), ("d/f", 5)]));
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[]));
+    }
+
+    #[test]
+    fn a_synced_name_without_synced_data_is_an_empty_file() {
+        let mut s = Store::new(1, true);
+        let d = mkdir(&mut s, ROOT, "d");
+        let f = mkfile(&mut s, d, "f", b"hello");
+        s.fsync(A, d).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[("d/", 0), ("d/f", 0)]));
+        // And synced data without a synced name is an orphan: gone.
+        let mut s = Store::new(1, true);
+        let f2 = mkfile(&mut s, ROOT, "g", b"data");
+        s.fsync(A, f2).unwrap();
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[]));
+        let _ = f;
+    }
+
+    #[test]
+    fn file_fsync_then_dir_fsync_is_durable() {
+        let mut s = Store::new(1, true);
+        let f = mkfile(&mut s, ROOT, "f", b"hello");
+        s.fsync(A, f).unwrap();
+        s.write(A, f, 5, b" world", Instant::now()).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.crash().unwrap();
+        // The name is durable; the data as of the file's own fsync.
+        assert_eq!(tree(&s), entries(&[("f", 5)]));
+    }
+
+    #[test]
+    fn a_child_directory_needs_its_parent_synced() {
+        let mut s = Store::new(1, true);
+        let d = mkdir(&mut s, ROOT, "d");
+        let f = mkfile(&mut s, d, "f", b"x");
+        s.fsync(A, f).unwrap();
+        s.fsync(A, d).unwrap();
+        s.crash().unwrap();
+        // d's own entries were synced, but d's name in the root was not.
+        assert_eq!(tree(&s), entries(&[]));
+    }
+
+    #[test]
+    fn rename_is_durable_on_fsync_of_either_parent_and_atomic() {
+        for sync_target in [true, false] {
+            let mut s = Store::new(1, true);
+            let staging = mkdir(&mut s, ROOT, "staging");
+            s.fsync(A, ROOT).unwrap();
+            let v = mkdir(&mut s, staging, "v.tmp");
+            let f = mkfile(&mut s, v, "f", b"payload");
+            s.fsync(A, f).unwrap();
+            s.fsync(A, v).unwrap();
+            s.rename(
+                A,
+                staging,
+                name("v.tmp"),
+                ROOT,
+                name("step_1"),
+                true,
+                Instant::now(),
+            )
+            .unwrap();
+            s.fsync(A, if sync_target { ROOT } else { staging })
+                .unwrap();
+            s.crash().unwrap();
+            // The creation of v.tmp in staging was never synced on its own: it
+            // commits with the rename that depends on it. Never two names.
+            assert_eq!(
+                tree(&s),
+                entries(&[("staging/", 0), ("step_1/", 0), ("step_1/f", 7)])
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsynced_rename_leaves_the_old_name() {
+        let mut s = Store::new(1, true);
+        let f = mkfile(&mut s, ROOT, "tmp", b"m");
+        s.fsync(A, f).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.rename(
+            A,
+            ROOT,
+            name("tmp"),
+            ROOT,
+            name("final"),
+            false,
+            Instant::now(),
+        )
+        .unwrap();
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[("tmp", 1)]));
+    }
+
+    #[test]
+    fn syncing_one_directory_leaves_unrelated_ones_pending() {
+        let mut s = Store::new(1, true);
+        let a = mkdir(&mut s, ROOT, "a");
+        let b = mkdir(&mut s, ROOT, "b");
+        s.fsync(A, ROOT).unwrap();
+        mkfile(&mut s, a, "x", b"");
+        mkfile(&mut s, b, "y", b"");
+        s.fsync(A, a).unwrap();
+        assert_eq!(s.pending_entry_ops(), 1);
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[("a/", 0), ("a/x", 0), ("b/", 0)]));
+    }
+
+    #[test]
+    fn unlink_is_durable_only_after_dir_fsync() {
+        let mut s = Store::new(1, true);
+        let f = mkfile(&mut s, ROOT, "STABLE", b"");
+        s.fsync(A, f).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.remove(A, ROOT, name("STABLE"), false, Instant::now())
+            .unwrap();
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[("STABLE", 0)]));
+        s.remove(A, ROOT, name("STABLE"), false, Instant::now())
+            .unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.crash().unwrap();
+        assert_eq!(tree(&s), entries(&[]));
+    }
+
+    #[test]
+    fn writeback_commits_metadata_in_order_and_data_partly() {
+        // The naive writer's failure: names reach the disk, data does not.
+        let mut committed_everything = false;
+        for seed in 0..40 {
+            let mut s = Store::new(1, true);
+            let d = mkdir(&mut s, ROOT, "step_1");
+            mkfile(&mut s, d, "model", &vec![7u8; 3 * 4096 + 5]);
+            mkfile(&mut s, d, "STABLE", b"");
+            let wb = s.writeback(seed);
+            assert_eq!(wb.pending, 3);
+            s.crash().unwrap();
+            let t = tree(&s);
+            // Always a prefix of the history: STABLE never without step_1 or model.
+            let names: Vec<&str> = t.iter().map(|(p, _)| p.as_str()).collect();
+            let expected = [
+                &["step_1/", "step_1/STABLE", "step_1/model"][..],
+                &["step_1/", "step_1/model"],
+                &["step_1/"],
+                &[],
+            ];
+            assert!(expected.contains(&names.as_slice()), "seed {seed}: {t:?}");
+            if wb.entry_ops == 3 {
+                committed_everything = true;
+            }
+        }
+        assert!(committed_everything);
+    }
+
+    #[test]
+    fn crash_without_durable_layer_is_refused() {
+        let mut s = Store::new(2, false);
+        assert_eq!(s.crash(), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn other_nodes_see_new_names_late_unless_flushed() {
+        let mut s = Store::new(2, false);
+        s.seed = 3;
+        s.delays.name_delay_max = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let (f, _) = s
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .unwrap();
+        assert_eq!(s.lookup(A, ROOT, name("f"), t0), Ok(f));
+        let delay = s.name_delay(B, ROOT, name("f"), 1);
+        if delay > Duration::ZERO {
+            assert_eq!(s.lookup(B, ROOT, name("f"), t0), Err(libc::ENOENT));
+        }
+        assert_eq!(s.lookup(B, ROOT, name("f"), t0 + delay), Ok(f));
+        // A directory fsync by the author publishes at once.
+        let (g, _) = s
+            .create(A, ROOT, name("g"), Kind::File, 0o644, true, t0)
+            .unwrap();
+        s.fsync(A, ROOT).unwrap();
+        assert_eq!(s.lookup(B, ROOT, name("g"), t0), Ok(g));
+    }
+
+    #[test]
+    fn out_of_order_names_sentinel_before_data() {
+        // Some seed shows B the sentinel while the data file is still hidden.
+        let found = (0..200).any(|seed| {
+            let mut s = Store::new(2, false);
+            s.seed = seed;
+            s.delays.name_delay_max = Duration::from_millis(100);
+            let t0 = Instant::now();
+            s.create(A, ROOT, name("model"), Kind::File, 0o644, true, t0)
+                .unwrap();
+            s.create(A, ROOT, name("STABLE"), Kind::File, 0o644, true, t0)
+                .unwrap();
+            (0..100).any(|ms| {
+                let t = t0 + Duration::from_millis(ms);
+                s.lookup(B, ROOT, name("STABLE"), t).is_ok()
+                    && s.lookup(B, ROOT, name("model"), t).is_err()
+            })
+        });
+        assert!(found);
+    }
+
+    #[test]
+    fn other_nodes_see_data_late_unless_fsynced() {
+        let mut s = Store::new(2, false);
+        s.seed = 1;
+        s.delays.data_lag_max = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let (f, _) = s
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .unwrap();
+        s.write(A, f, 0, b"0123456789", t0).unwrap();
+        let lag = s.data_lag(B, f);
+        assert_eq!(s.attr(A, f, t0).unwrap().size, 10);
+        if lag > Duration::ZERO {
+            assert_eq!(s.attr(B, f, t0).unwrap().size, 0);
+            assert_eq!(s.read(B, f, 0, 100, t0).unwrap(), b"");
+        }
+        assert_eq!(s.read(B, f, 0, 100, t0 + lag).unwrap(), b"0123456789");
+        s.write(A, f, 10, b"abc", t0).unwrap();
+        s.fsync(A, f).unwrap();
+        assert_eq!(s.read(B, f, 0, 100, t0).unwrap(), b"0123456789abc");
+    }
+
+    #[test]
+    fn removal_by_another_node_frees_the_inode_under_open_handles() {
+        let mut s = Store::new(2, false);
+        let t0 = Instant::now();
+        let (f, _) = s
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.open(B, f).unwrap();
+        s.remove(A, ROOT, name("f"), false, t0).unwrap();
+        assert_eq!(s.read(B, f, 0, 10, t0), Err(libc::ESTALE));
+        // But the remover's own open handle keeps it (POSIX; NFS silly rename).
+        let (g, _) = s
+            .create(A, ROOT, name("g"), Kind::File, 0o644, true, t0)
+            .unwrap();
+        s.write(A, g, 0, b"x", t0).unwrap();
+        s.open(A, g).unwrap();
+        s.remove(A, ROOT, name("g"), false, t0).unwrap();
+        assert_eq!(s.read(A, g, 0, 10, t0).unwrap(), b"x");
+        s.release(A, g);
+        assert_eq!(s.read(A, g, 0, 10, t0), Err(libc::ESTALE));
+    }
+
+    #[test]
+    fn rename_rules() {
+        let mut s = Store::new(1, false);
+        let t = Instant::now();
+        let d = mkdir(&mut s, ROOT, "d");
+        mkfile(&mut s, d, "f", b"x");
+        mkdir(&mut s, ROOT, "e");
+        mkfile(&mut s, ROOT, "g", b"");
+        assert_eq!(
+            s.rename(A, ROOT, name("e"), ROOT, name("d"), false, t),
+            Err(libc::ENOTEMPTY)
+        );
+        assert_eq!(
+            s.rename(A, ROOT, name("g"), ROOT, name("e"), false, t),
+            Err(libc::EISDIR)
+        );
+        assert_eq!(
+            s.rename(A, ROOT, name("e"), ROOT, name("g"), false, t),
+            Err(libc::ENOTDIR)
+        );
+        assert_eq!(
+            s.rename(A, ROOT, name("g"), ROOT, name("d"), true, t),
+            Err(libc::EEXIST)
+        );
+        s.rename(A, ROOT, name("d"), ROOT, name("e"), false, t)
+            .unwrap();
+        assert_eq!(tree(&s), entries(&[("e/", 0), ("e/f", 1), ("g", 0)]));
+    }
+
+    #[test]
+    fn export_and_load_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Store::new(1, true);
+        let d = mkdir(&mut s, ROOT, "d");
+        let f = mkfile(&mut s, d, "f", b"durable");
+        mkfile(&mut s, d, "volatile", b"lost");
+        s.fsync(A, f).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        s.export(Image::Durable, tmp.path()).unwrap();
+        let loaded = Store::load(tmp.path(), 1, true).unwrap();
+        assert_eq!(tree(&loaded), entries(&[("d/", 0)]));
+        s.export(Image::Live, tmp.path()).unwrap();
+        let loaded = Store::load(tmp.path(), 1, true).unwrap();
+        assert_eq!(
+            tree(&loaded),
+            entries(&[("d/", 0), ("d/f", 7), ("d/volatile", 4)])
+        );
+    }
+}

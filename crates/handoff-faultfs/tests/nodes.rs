@@ -1,0 +1,243 @@
+//! Two nodes over one store: the writer on node A, the reader on node B,
+//! which sees A's new names and data late and out of order (seeded), and
+//! caches negative look-ups and attributes.
+//!
+//! - handoff: `handoff publish` (or the trainer's in-place writes, then
+//!   `handoff seal`) on A, while `handoff wait` polls on B from before the
+//!   write starts. Broken: wait exits 0 and B's files are not exactly the
+//!   payload right after.
+//! - naive: write the files, touch STABLE (no fsync) on A; on B, poll
+//!   `test -f STABLE`, then read at once. Broken: a file missing, short or
+//!   different.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff_faultfs::{Delays, Mode, SeededRng};
+
+use crate::util::{Payload, Rig, Tally, code, poll, run, seeds, serial, setup, stderr};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Hostile but bounded: every lag is far below the reader's settle time.
+pub const DELAYS: Delays = Delays {
+    name_delay_max: Duration::from_millis(120),
+    data_lag_max: Duration::from_millis(120),
+    negative_ttl: Duration::from_millis(60),
+    attr_ttl: Duration::from_millis(60),
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Staged (handoff publish; the naive writer writes a temporary
+    /// directory, touches STABLE in it and renames it).
+    Publish,
+    /// In place, written slowly (a trainer saving the adapter), then handoff
+    /// seal or the naive touch STABLE.
+    Seal,
+}
+
+fn scenario_name(op: Op) -> &'static str {
+    match op {
+        Op::Publish => "nodes-publish",
+        Op::Seal => "nodes-seal",
+    }
+}
+
+pub fn two_nodes(label: &str, roots: &[String]) -> Rig {
+    let rig = Rig::new(label, Mode::Nodes(2), |backing| {
+        for root in roots {
+            fs::create_dir(backing.join(root)).unwrap();
+        }
+    });
+    rig.fs.set_delays(DELAYS);
+    rig
+}
+
+fn run_handoff(op: Op) {
+    let Some(setup) = setup() else { return };
+    let _serial = serial();
+    let started = Instant::now();
+    let rig = two_nodes("nodes", &["root".to_owned()]);
+    let (root_a, root_b) = (rig.at(0).join("root"), rig.at(1).join("root"));
+    let mut tally = Tally::default();
+    for seed in 0..seeds(50) {
+        rig.fs.set_seed(seed);
+        let mut rng = SeededRng::new(seed);
+        let step = (seed + 1).to_string();
+        let step_dir = format!("step_{step}");
+        let payload = Payload::new(&format!("{op:?}-{seed}"));
+        let src = rig.dir.join(format!("src{seed}"));
+        payload.write_to(&src).unwrap();
+        let verify = if rng.below(2) == 0 { "size" } else { "hash" };
+        let waited = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let args = [
+                    "--step",
+                    &step,
+                    "--timeout",
+                    "20s",
+                    "--settle",
+                    "10s",
+                    "--poll",
+                    "20ms",
+                    "--verify",
+                    verify,
+                ];
+                run(setup.cmd("wait", &root_b, &args), DEADLINE)
+            });
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
+            let out = match op {
+                Op::Publish => run(
+                    setup.cmd(
+                        "publish",
+                        &root_a,
+                        &["--step", &step, src.to_str().unwrap()],
+                    ),
+                    DEADLINE,
+                ),
+                Op::Seal => {
+                    payload
+                        .write_slowly(&root_a.join(&step_dir), 64 * 1024, Duration::from_millis(3))
+                        .unwrap();
+                    run(setup.cmd("seal", &root_a, &["--step", &step]), DEADLINE)
+                }
+            };
+            assert!(
+                out.status.success(),
+                "seed {seed}: {op:?} on node A failed: {}",
+                stderr(&out)
+            );
+            reader.join().unwrap()
+        });
+        tally.seeds += 1;
+        if waited.status.success() {
+            tally.count("accepted");
+            if let Err(why) = payload.check(&root_b.join(&step_dir)) {
+                tally.broken(format!(
+                    "seed={seed} verify={verify}: wait accepted, then on B: {why}"
+                ));
+            }
+        } else {
+            tally.count(&format!("wait_exit_{}", code(&waited)));
+            eprintln!("seed {seed}: wait on B failed: {}", stderr(&waited));
+        }
+    }
+    tally.add_stats("b", rig.fs.stats(1));
+    tally.report(scenario_name(op), "handoff", started.elapsed());
+    assert_eq!(
+        tally.accepted_broken, 0,
+        "handoff wait accepted a broken version: {:?}",
+        tally.examples
+    );
+    assert_eq!(
+        tally.get("accepted"),
+        tally.seeds,
+        "wait on B did not accept every complete version: {:?}",
+        tally.detail
+    );
+}
+
+fn run_naive(op: Op) {
+    if setup().is_none() {
+        return;
+    }
+    let _serial = serial();
+    let started = Instant::now();
+    let rig = two_nodes("nodes-naive", &["root".to_owned()]);
+    let (root_a, root_b) = (rig.at(0).join("root"), rig.at(1).join("root"));
+    let mut tally = Tally::default();
+    for seed in 0..seeds(50) {
+        rig.fs.set_seed(seed);
+        let step_dir = format!("step_{}", seed + 1);
+        let payload = Payload::new(&format!("naive-{op:?}-{seed}"));
+        let done = AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                naive_write(op, &payload, &root_a, &step_dir);
+                done.store(true, Ordering::SeqCst);
+            });
+            naive_read(&payload, &root_b.join(&step_dir), &done)
+        });
+        tally.seeds += 1;
+        match seen {
+            Some(Ok(())) => tally.count("accepted"),
+            Some(Err(why)) => {
+                tally.count("accepted");
+                tally.broken(format!("seed={seed}: STABLE seen on B, then {why}"));
+            }
+            None => tally.count("never_seen"),
+        }
+    }
+    tally.add_stats("b", rig.fs.stats(1));
+    tally.report(scenario_name(op), "naive", started.elapsed());
+    assert!(
+        tally.accepted_broken >= 1,
+        "the naive reader never hit a missing or short file: the test cannot fail ({:?})",
+        tally.detail
+    );
+}
+
+/// prime-rl's writer: files, then STABLE, no fsync anywhere.
+fn naive_write(op: Op, payload: &Payload, root: &Path, step_dir: &str) {
+    match op {
+        Op::Publish => {
+            let tmp = root.join(format!(".tmp-{step_dir}"));
+            payload.write_to(&tmp).unwrap();
+            fs::write(tmp.join("STABLE"), b"").unwrap();
+            fs::rename(&tmp, root.join(step_dir)).unwrap();
+        }
+        Op::Seal => {
+            let dir = root.join(step_dir);
+            payload
+                .write_slowly(&dir, 64 * 1024, Duration::from_millis(3))
+                .unwrap();
+            fs::write(dir.join("STABLE"), b"").unwrap();
+        }
+    }
+}
+
+/// prime-rl's reader: poll for STABLE, then load at once. `None` if STABLE
+/// never showed up.
+fn naive_read(
+    payload: &Payload,
+    dir: &Path,
+    writer_done: &AtomicBool,
+) -> Option<Result<(), String>> {
+    let mut done_at = None;
+    poll(Duration::from_secs(20), Duration::from_millis(2), || {
+        if dir.join("STABLE").exists() {
+            return Some(Some(payload.check(dir)));
+        }
+        // Give the lagging view its full delay after the writer finished.
+        if done_at.is_none() && writer_done.load(Ordering::SeqCst) {
+            done_at = Some(Instant::now());
+        }
+        done_at
+            .filter(|t| t.elapsed() > Duration::from_secs(2))
+            .map(|_| None)
+    })
+    .flatten()
+}
+
+#[test]
+fn nodes_publish_wait_returns_only_complete_versions() {
+    run_handoff(Op::Publish);
+}
+
+#[test]
+fn nodes_seal_wait_returns_only_complete_versions() {
+    run_handoff(Op::Seal);
+}
+
+#[test]
+fn nodes_naive_publish_reader_is_caught() {
+    run_naive(Op::Publish);
+}
+
+#[test]
+fn nodes_naive_seal_reader_is_caught() {
+    run_naive(Op::Seal);
+}
