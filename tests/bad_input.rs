@@ -194,9 +194,23 @@ fn a_component_call_over_its_deadline_is_an_error_not_a_hang() {
     env.publish(1);
     let start = std::time::Instant::now();
     let out = handoff()
-        .args(["--deadline", "20ms", "wait", "--root", &env.root_str(), "--step", "1", "--verify", "hash"])
+        .args([
+            "--deadline",
+            "20ms",
+            "wait",
+            "--root",
+            &env.root_str(),
+            "--step",
+            "1",
+            "--verify",
+            "hash",
+        ])
         .output()
         .unwrap();
     assert_exit(&out, 1, "time limit");
-    assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

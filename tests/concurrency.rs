@@ -131,7 +131,7 @@ fn readers_never_lose_a_pinned_step_to_gc() {
         .collect();
     left.sort();
     assert_eq!(left.len(), 3, "{left:?}"); // .handoff and the two newest steps
-    for dir in ["staging", "trash", "pins"] {
+    for dir in ["staging", "trash"] {
         let path = env.root().join(".handoff").join(dir);
         let n = if path.exists() {
             fs::read_dir(&path).unwrap().count()
@@ -139,5 +139,20 @@ fn readers_never_lose_a_pinned_step_to_gc() {
             0
         };
         assert_eq!(n, 0, "leftovers in {}", path.display());
+    }
+    // Pin directories live as long as their step; no pin is left in them.
+    let pins = env.root().join(".handoff/pins");
+    for entry in fs::read_dir(&pins).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert!(
+            left.contains(&name),
+            "pin directory {name} outlives its step ({left:?})"
+        );
+        let held: Vec<_> = fs::read_dir(entry.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(held.is_empty(), "pins left in {name}: {held:?}");
     }
 }

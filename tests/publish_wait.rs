@@ -187,3 +187,33 @@ fn demo_runs_end_to_end() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("visible"), "{text}");
 }
+
+#[test]
+fn writer_and_created_ms_make_manifests_byte_identical() {
+    let env = Env::new();
+    let args = |step: &'static str| {
+        [
+            "--step",
+            step,
+            "--writer",
+            "trainer-0",
+            "--created-ms",
+            "1764380000000",
+        ]
+    };
+    assert_ok(&env.run(
+        "publish",
+        &[&args("1")[..], &[env.src().to_str().unwrap()]].concat(),
+    ));
+    payload(&env.root().join("step_2"), "a", 64 * 1024);
+    assert_ok(&env.run("seal", &args("2")));
+    let read = |step: &str| {
+        std::fs::read_to_string(env.root().join(step).join("handoff.manifest.json")).unwrap()
+    };
+    let (one, two) = (read("step_1"), read("step_2"));
+    assert!(
+        one.contains(r#""writer":"trainer-0","created":1764380000000"#),
+        "{one}"
+    );
+    assert_eq!(one.replace(r#""step":1"#, r#""step":2"#), two);
+}

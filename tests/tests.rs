@@ -19,3 +19,7 @@ mod retention;
 
 /// Many processes at once: racing publishers, readers against gc.
 mod concurrency;
+
+/// The WASI command (crates/handoff-command) under wasmtime and jco, against
+/// the native binary; run for real by crates/handoff-command/test.sh.
+mod wasi_command;

@@ -63,6 +63,7 @@ fn main() {
         "wit",
         "crates/handoff-core",
         "crates/handoff-guest",
+        "crates/handoff-wasi",
         "Cargo.lock",
         "Cargo.toml",
     ] {

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use handoff_cli::{Global, out};
 use handoff_runtime::{Runtime, WriteOptions};
 use serde::Deserialize;
 
-use crate::Global;
+use crate::HostOptions;
 
 /// Options of `handoff demo`.
 #[derive(Debug, Args)]
@@ -46,7 +47,12 @@ struct ReaderFile {
 /// A reader gets this long to see a step, far more than it needs.
 const READER_TIMEOUT: &str = "60s";
 
-pub fn run(runtime: &Runtime, global: &Global, args: &DemoArgs) -> anyhow::Result<()> {
+pub fn run(
+    runtime: &Runtime,
+    global: &Global,
+    host: &HostOptions,
+    args: &DemoArgs,
+) -> anyhow::Result<()> {
     let temp_root;
     let root = match &args.root {
         Some(root) => {
@@ -90,7 +96,7 @@ pub fn run(runtime: &Runtime, global: &Global, args: &DemoArgs) -> anyhow::Resul
     for step in 1..=args.steps {
         write_adapter(source.path(), step, args.size_mib)?;
         // The reader starts first, as an inference server would be waiting.
-        let reader = spawn_reader(&exe, global, &root, step)?;
+        let reader = spawn_reader(&exe, global, host, &root, step)?;
         let start = Instant::now();
         let report = match runtime.publish(&root, step, source.path(), &options) {
             Ok(report) => report,
@@ -146,13 +152,19 @@ pub fn run(runtime: &Runtime, global: &Global, args: &DemoArgs) -> anyhow::Resul
     Ok(())
 }
 
-fn spawn_reader(exe: &Path, global: &Global, root: &Path, step: u64) -> anyhow::Result<Child> {
+fn spawn_reader(
+    exe: &Path,
+    global: &Global,
+    host: &HostOptions,
+    root: &Path,
+    step: u64,
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(exe);
     // Readers run the same component with the same cache choice.
-    if let Some(component) = &global.component {
+    if let Some(component) = &host.component {
         cmd.arg("--component").arg(component);
     }
-    if global.no_cache {
+    if host.no_cache {
         cmd.arg("--no-cache");
     }
     cmd.arg("--prefix")

@@ -26,7 +26,8 @@ use bindings::handoff::protocol::types::{
     Error, FileEntry, StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions,
 };
 use handoff_core as core;
-use storage::{WasiClock, WasiDir};
+use handoff_wasi::WasiClock;
+use storage::{HostDurability, WasiDir};
 
 struct Component;
 
@@ -152,10 +153,7 @@ impl Guest for Component {
 }
 
 fn open(path: &str) -> Result<WasiDir, Error> {
-    WasiDir::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!("no directory {path}: {e}")),
-        _ => Error::Io(format!("failed to open directory {path}: {e}")),
-    })
+    WasiDir::open(path, HostDurability).map_err(error)
 }
 
 fn write_options(options: WriteOptions) -> core::WriteOptions {

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("component trapped: {0}")]
     Trap(String),
     /// The call ran longer than its time limit and was stopped.
-    #[error("component exceeded its time limit of {}", crate::format_duration(*.limit))]
+    #[error("component exceeded its time limit of {limit:?}")]
     DeadlineExceeded {
         /// The limit that applied to the call.
         limit: Duration,

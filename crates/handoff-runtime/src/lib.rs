@@ -536,42 +536,9 @@ fn preopen_dir(path: &Path, perms: FsPerms) -> Result<Preopen, (PathBuf, String)
     })
 }
 
-/// A duration the way the CLI takes it: `500ms`, `30s`, `2m`, `1h`, or
-/// `1m30s` when it is not a whole number of one unit.
-pub fn format_duration(d: Duration) -> String {
-    if d == Duration::MAX {
-        return "unlimited".to_string();
-    }
-    let ms = d.as_millis();
-    if ms == 0 {
-        return format!("{}ms", ms);
-    }
-    let units: [(u128, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
-    let mut rest = ms;
-    let mut out = String::new();
-    for (size, unit) in units {
-        if rest >= size {
-            out.push_str(&format!("{}{unit}", rest / size));
-            rest %= size;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn format_duration_uses_the_cli_units() {
-        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
-        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::ZERO), "0ms");
-        assert_eq!(format_duration(Duration::MAX), "unlimited");
-    }
 
     #[test]
     fn epoch_ticks_round_up() {

@@ -47,6 +47,25 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Write a duration the way [`parse`] reads it (`1m30s`, `500ms`, `0ms`),
+/// to whole milliseconds.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0ms".to_string();
+    }
+    let units: [(u128, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+    let mut rest = ms;
+    let mut out = String::new();
+    for (size, unit) in units {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,9 +86,9 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_the_runtime_format() {
-        for text in ["500ms", "30s", "2m", "1h", "1m30s"] {
-            assert_eq!(handoff_runtime::format_duration(parse(text).unwrap()), text);
+    fn round_trips_the_format() {
+        for text in ["500ms", "30s", "2m", "1h", "1m30s", "1h2m3s4ms", "0ms"] {
+            assert_eq!(format(parse(text).unwrap()), text);
         }
     }
 

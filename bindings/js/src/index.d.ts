@@ -1,0 +1,128 @@
+// Types of the handoff Node API (src/index.js). Steps, sizes and times are
+// numbers; a value above Number.MAX_SAFE_INTEGER comes back as a bigint.
+// Durations are milliseconds. Every function is synchronous and throws a
+// HandoffError subclass.
+
+export const DEFAULT_PREFIX: 'step_';
+
+export type U64 = number | bigint;
+export type Verify = 'size' | 'hash';
+
+export interface FileEntry {
+  /** Path relative to the step directory, `/`-separated. */
+  path: string;
+  size: number;
+  /** BLAKE3 hash, 64 lowercase hex digits. */
+  blake3: string;
+}
+
+/** A committed version: every listed file was seen with its size (and hash
+ * with verify 'hash') before it was returned. */
+export interface Version {
+  step: number;
+  /** The step directory under the root's canonical absolute path. */
+  path: string;
+  writer: string;
+  createdMs: number;
+  files: FileEntry[];
+  /** Total payload bytes. */
+  bytes: number;
+}
+
+export interface GcReport {
+  removed: number[];
+  kept: number[];
+  /** Kept because an unexpired pin holds them. */
+  pinned: number[];
+  stagingRemoved: string[];
+}
+
+/** What publish or seal did; the version is durable and visible. */
+export interface PublishReport {
+  version: Version;
+  /** Flushes issued, each an fsync(2) through the durability import. */
+  syncs: number;
+  warnings: string[];
+  /** The gc run afterwards, when `keep` was given. */
+  gc: GcReport | null;
+}
+
+export interface StepInfo {
+  step: number;
+  path: string;
+  state: 'committed' | 'incomplete' | 'corrupt';
+  files: number;
+  bytes: number;
+}
+
+export interface PinInfo {
+  step: number;
+  holder: string;
+  expiresMs: number;
+}
+
+export interface FsckEntry {
+  name: string;
+  state: 'committed' | 'incomplete' | 'corrupt' | 'staging' | 'trash' | 'stray';
+  detail: string | null;
+  action: string | null;
+}
+
+export interface WriteOptions {
+  /** Recorded in the manifest; default `<hostname>:<pid>`. */
+  writer?: string;
+  /** Recorded in the manifest; default now. Same input + same values = same manifest bytes. */
+  createdMs?: U64;
+  prefix?: string;
+  /** Run gc afterwards, keeping the newest `keep` steps. */
+  keep?: number;
+}
+
+export interface WaitOptions {
+  /** Default: wait forever. */
+  timeoutMs?: number;
+  /** Default 'size'. */
+  verify?: Verify;
+  /** Default 30000. */
+  settleMs?: number;
+  /** Default 100. */
+  pollMs?: number;
+  /** Pin the version for this holder before returning it; release the holder's other pins. */
+  pin?: string;
+  /** Default 600000. */
+  ttlMs?: number;
+  prefix?: string;
+}
+
+export type WaitTarget = { step: U64 } | { latest: true } | { after: U64 };
+
+export function publish(root: string, step: U64, source: string, options?: WriteOptions): PublishReport;
+export function seal(root: string, step: U64, options?: WriteOptions): PublishReport;
+export function wait(root: string, step: U64, options?: WaitOptions): Version;
+export function wait(root: string, options: WaitTarget & WaitOptions): Version;
+export function latest(root: string, options?: { verify?: Verify; prefix?: string }): Version | null;
+export function ls(root: string, options?: { prefix?: string }): StepInfo[];
+export function pin(root: string, step: U64, holder: string, options?: { ttlMs?: number; prefix?: string }): PinInfo;
+export function unpin(root: string, step: U64, holder: string, options?: { prefix?: string }): void;
+export function gc(root: string, keep: number, options?: { graceMs?: number; skewMs?: number; prefix?: string }): GcReport;
+export function fsck(root: string, options?: { repair?: boolean; prefix?: string }): FsckEntry[];
+export function defaultWriterId(): string;
+
+/** Any handoff failure; `exitCode` is the CLI's code for the same failure. */
+export class HandoffError extends Error {
+  /** The WIT error case, or 'root', 'source', 'component'. */
+  kind: string;
+  exitCode: number;
+}
+/** name 'TimeoutError', code 'ETIMEDOUT', exitCode 3. */
+export class TimedOutError extends HandoffError {
+  code: 'ETIMEDOUT';
+}
+/** exitCode 4. */
+export class IntegrityError extends HandoffError {}
+/** exitCode 5; the existing version is intact. */
+export class ConflictError extends HandoffError {}
+export class NotFoundError extends HandoffError {}
+export class InvalidInputError extends HandoffError {}
+export class DurabilityError extends HandoffError {}
+export class ComponentError extends HandoffError {}

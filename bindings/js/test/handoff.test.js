@@ -1,0 +1,197 @@
+// The Node binding against the real (transpiled) component, on a local filesystem.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, writeFileSync, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import * as handoff from '../src/index.js';
+import { stats } from '../src/durability.js';
+
+function fixture() {
+  const dir = mkdtempSync(join(tmpdir(), 'handoff-js-'));
+  const root = join(dir, 'root');
+  const src = join(dir, 'src');
+  mkdirSync(root);
+  mkdirSync(join(src, 'sub'), { recursive: true });
+  writeFileSync(join(src, 'adapter_model.safetensors'), randomBytes(65536));
+  writeFileSync(join(src, 'adapter_config.json'), '{"r": 8}');
+  writeFileSync(join(src, 'sub', 'extra.bin'), 'x'.repeat(10));
+  return { dir, root, src };
+}
+
+test('publish then wait returns the same version', () => {
+  const { root, src } = fixture();
+  const report = handoff.publish(root, 3, src, { writer: 'trainer-0', createdMs: 1_700_000_000_000 });
+  assert.equal(report.version.step, 3);
+  assert.equal(report.version.path, join(realpathSync(root), 'step_3'));
+  assert.equal(report.version.writer, 'trainer-0');
+  assert.equal(report.version.createdMs, 1_700_000_000_000);
+  assert.deepEqual(
+    report.version.files.map((f) => f.path),
+    ['adapter_config.json', 'adapter_model.safetensors', 'sub/extra.bin'],
+  );
+  assert.equal(report.version.bytes, 65536 + 8 + 10);
+  assert.ok(report.syncs >= 6);
+  assert.deepEqual(report.warnings, []);
+  assert.equal(readFileSync(join(root, 'step_3', 'STABLE')).length, 0);
+  assert.deepEqual(handoff.wait(root, 3, { verify: 'hash', timeoutMs: 1000 }), report.version);
+});
+
+test('every sync goes through the durability import', () => {
+  const { root, src } = fixture();
+  const before = stats.file + stats.directory;
+  const report = handoff.publish(root, 1, src);
+  assert.equal(stats.file + stats.directory - before, report.syncs);
+  assert.ok(stats.directory > 0 && stats.file > 0);
+});
+
+test('a second publish is a conflict and the first stays intact', () => {
+  const { dir, root, src } = fixture();
+  const first = handoff.publish(root, 1, src, { writer: 'a' });
+  const manifest = readFileSync(join(root, 'step_1', 'handoff.manifest.json'));
+  const other = join(dir, 'other');
+  mkdirSync(other);
+  writeFileSync(join(other, 'adapter_model.safetensors'), 'different');
+  assert.throws(
+    () => handoff.publish(root, 1, other, { writer: 'b' }),
+    (e) => e instanceof handoff.ConflictError && e.exitCode === 5 && /already published/.test(e.message),
+  );
+  assert.deepEqual(readFileSync(join(root, 'step_1', 'handoff.manifest.json')), manifest);
+  assert.deepEqual(handoff.wait(root, 1, { verify: 'hash', timeoutMs: 1000 }), first.version);
+  assert.deepEqual(readdirSync(join(root, '.handoff', 'staging')), []);
+});
+
+test('corruption is an integrity error with verify hash', () => {
+  const { root, src } = fixture();
+  handoff.publish(root, 1, src);
+  const payload = join(root, 'step_1', 'adapter_model.safetensors');
+  const data = readFileSync(payload);
+  data[100] ^= 0xff; // same size: only the hash can tell
+  writeFileSync(payload, data);
+  assert.equal(handoff.wait(root, 1, { verify: 'size', timeoutMs: 1000 }).step, 1);
+  const start = performance.now();
+  assert.throws(
+    () => handoff.wait(root, 1, { verify: 'hash', timeoutMs: 5000, settleMs: 200 }),
+    (e) => e instanceof handoff.IntegrityError && e.exitCode === 4 && e.message.includes('adapter_model.safetensors'),
+  );
+  assert.ok(performance.now() - start < 5000);
+});
+
+test('wait times out within its timeout', () => {
+  const { root } = fixture();
+  handoff.ls(root); // instantiate first: only the wait is timed
+  const start = performance.now();
+  assert.throws(
+    () => handoff.wait(root, 9, { timeoutMs: 300 }),
+    (e) => e instanceof handoff.TimedOutError && e.name === 'TimeoutError' && e.exitCode === 3 && /step 9 is not committed/.test(e.message),
+  );
+  const elapsed = performance.now() - start;
+  assert.ok(elapsed >= 300 && elapsed < 800, `${elapsed} ms`);
+});
+
+test('seal in place keeps STABLE for old readers', () => {
+  const { root, src } = fixture();
+  cpSync(src, join(root, 'step_4'), { recursive: true });
+  const report = handoff.seal(root, 4, { writer: 'trainer' });
+  assert.ok(existsSync(join(root, 'step_4', 'STABLE')));
+  assert.deepEqual(handoff.wait(root, 4, { verify: 'hash', timeoutMs: 1000 }), report.version);
+  assert.throws(() => handoff.seal(root, 4), handoff.ConflictError);
+});
+
+test('latest, pin, gc and unpin', () => {
+  const { root, src } = fixture();
+  for (const step of [1, 2, 3]) handoff.publish(root, step, src);
+  mkdirSync(join(root, 'step_banana')); // stray: ignored
+  mkdirSync(join(root, 'step_9')); // incomplete: skipped by latest
+  assert.equal(handoff.wait(root, { latest: true, pin: 'server-a', ttlMs: 60_000, timeoutMs: 1000 }).step, 3);
+  assert.equal(handoff.latest(root).step, 3);
+  handoff.pin(root, 1, 'server-b', { ttlMs: 60_000 });
+  const report = handoff.gc(root, 1);
+  assert.deepEqual(report.removed, [2]);
+  assert.deepEqual([...report.kept, ...report.pinned].sort(), [1, 3]);
+  handoff.unpin(root, 1, 'server-b');
+  assert.throws(() => handoff.unpin(root, 1, 'server-b'), handoff.NotFoundError);
+  assert.deepEqual(handoff.gc(root, 1).removed, [1]);
+  assert.deepEqual(
+    handoff.ls(root).map((s) => [s.step, s.state]),
+    [
+      [3, 'committed'],
+      [9, 'incomplete'],
+    ],
+  );
+});
+
+test('wait with a pin moves the holder pin forward', () => {
+  const { root, src } = fixture();
+  handoff.publish(root, 1, src);
+  assert.equal(handoff.wait(root, { latest: true, pin: 'r', timeoutMs: 1000 }).step, 1);
+  handoff.publish(root, 2, src);
+  assert.equal(handoff.wait(root, { after: 1, pin: 'r', timeoutMs: 1000 }).step, 2);
+  assert.throws(() => handoff.unpin(root, 1, 'r'), handoff.NotFoundError);
+  handoff.unpin(root, 2, 'r');
+});
+
+test('publish with keep runs gc', () => {
+  const { root, src } = fixture();
+  let report;
+  for (const step of [1, 2, 3]) report = handoff.publish(root, step, src, { keep: 2 });
+  assert.deepEqual(report.gc.removed, [1]);
+  assert.deepEqual(handoff.ls(root).map((s) => s.step), [2, 3]);
+});
+
+test('fsck repairs what a crash left and is idempotent', () => {
+  const { root, src } = fixture();
+  handoff.publish(root, 1, src);
+  cpSync(src, join(root, 'step_2'), { recursive: true }); // crashed before STABLE
+  const entries = Object.fromEntries(handoff.fsck(root).map((e) => [e.name, e]));
+  assert.equal(entries.step_1.state, 'committed');
+  assert.equal(entries.step_2.state, 'incomplete');
+  const repaired = Object.fromEntries(handoff.fsck(root, { repair: true }).map((e) => [e.name, e]));
+  assert.ok(repaired.step_2.action);
+  assert.ok(!existsSync(join(root, 'step_2')));
+  assert.ok(handoff.fsck(root, { repair: true }).every((e) => e.action === null));
+});
+
+test('errors: missing step, bad holder, missing root, bad arguments', () => {
+  const { dir, root, src } = fixture();
+  assert.throws(() => handoff.pin(root, 7, 'h'), handoff.NotFoundError);
+  handoff.publish(root, 1, src);
+  assert.throws(() => handoff.pin(root, 1, '../evil'), handoff.InvalidInputError);
+  const missing = join(dir, 'nope');
+  assert.throws(
+    () => handoff.ls(missing),
+    (e) => e instanceof handoff.HandoffError && e.message.startsWith(`root ${missing}: `) && e.exitCode === 1,
+  );
+  assert.throws(() => handoff.wait(root, {}), TypeError);
+  assert.throws(() => handoff.wait(root, { step: 1, latest: true }), TypeError);
+  assert.throws(() => handoff.wait(root, 1, { verify: 'sha1' }), RangeError);
+  assert.throws(() => handoff.gc(root, 0), RangeError);
+  assert.throws(() => handoff.publish(root, -1, src), RangeError);
+});
+
+test('a call sees only its own directories', () => {
+  const a = fixture();
+  const b = fixture();
+  handoff.publish(a.root, 1, a.src);
+  // The component was given b.root only: a.root is out of its reach.
+  assert.throws(() => handoff.wait(b.root, { latest: true, timeoutMs: 100 }), handoff.TimedOutError);
+  assert.equal(handoff.wait(a.root, 1, { timeoutMs: 100 }).step, 1);
+});
+
+test('every sync is a real fsync', { skip: spawnSync('strace', ['-V']).error ? 'strace is not installed' : false }, () => {
+  const { dir, root, src } = fixture();
+  const trace = join(dir, 'trace');
+  const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
+  const script = `import * as h from ${JSON.stringify(index)}; h.ls(${JSON.stringify(root)}); console.log(h.publish(${JSON.stringify(root)}, 1, ${JSON.stringify(src)}).syncs);`;
+  const out = execFileSync('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=fsync,fdatasync', process.execPath, '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+  });
+  const syncs = Number(out.trim());
+  const fsyncs = readFileSync(trace, 'utf8').split('\n').filter((l) => l.includes('fsync(') && l.includes('= 0'));
+  assert.ok(syncs >= 6);
+  assert.ok(fsyncs.length >= syncs, `${syncs} syncs, ${fsyncs.length} fsyncs`);
+});

@@ -1,0 +1,329 @@
+"""handoff: publish, wait for and retain model-weight versions on a shared
+filesystem.
+
+This package runs the same WebAssembly component as the ``handoff`` CLI
+(the protocol of ``docs/PROTOCOL.md``), through the ``wasmtime`` package.
+The component sees only the root (read-write) and, for :func:`publish`, the
+source (read-only).
+
+>>> import handoff
+>>> report = handoff.publish("/mnt/ckpt", 42, "out/adapter", keep=3)   # trainer
+>>> v = handoff.wait("/mnt/ckpt", latest=True, pin="server-a", timeout=300)  # reader
+>>> # ... load v.path ...
+>>> handoff.unpin("/mnt/ckpt", v.step, "server-a")
+
+Durations are seconds (``float`` or ``datetime.timedelta``). Every call
+blocks the calling thread; calls from several threads run in parallel.
+Errors are :class:`HandoffError` subclasses that map the CLI's exit codes:
+:class:`TimedOutError` (a ``TimeoutError``; exit 3), :class:`IntegrityError`
+(4), :class:`ConflictError` (5).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import socket
+from typing import List, Optional, Union
+
+from wasmtime.component import Variant
+
+from . import _runtime
+from ._runtime import field, record
+from ._types import (
+    ComponentError,
+    ConflictError,
+    DurabilityError,
+    FileEntry,
+    FsckEntry,
+    GcReport,
+    HandoffError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PinInfo,
+    PublishReport,
+    StepInfo,
+    TimedOutError,
+    Version,
+)
+
+__all__ = [
+    "publish",
+    "seal",
+    "wait",
+    "latest",
+    "ls",
+    "pin",
+    "unpin",
+    "gc",
+    "fsck",
+    "default_writer_id",
+    "FileEntry",
+    "Version",
+    "PublishReport",
+    "GcReport",
+    "StepInfo",
+    "PinInfo",
+    "FsckEntry",
+    "HandoffError",
+    "TimedOutError",
+    "IntegrityError",
+    "ConflictError",
+    "NotFoundError",
+    "InvalidInputError",
+    "DurabilityError",
+    "ComponentError",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Seconds = Union[float, int, datetime.timedelta]
+
+DEFAULT_PREFIX = "step_"
+_VERIFY = ("size", "hash")
+
+
+def default_writer_id() -> str:
+    """``<hostname>:<pid>``, the CLI's default writer id."""
+    return f"{socket.gethostname() or 'localhost'}:{os.getpid()}"
+
+
+def publish(
+    root: PathLike,
+    step: int,
+    source: PathLike,
+    *,
+    writer: Optional[str] = None,
+    created_ms: Optional[int] = None,
+    prefix: str = DEFAULT_PREFIX,
+    keep: Optional[int] = None,
+) -> PublishReport:
+    """Copy the payload under ``source`` into ``<root>/.handoff/staging/``,
+    seal it there and rename it to ``<root>/<prefix><step>``.
+
+    Once this returns, the version is durable and visible. On error nothing
+    is visible and earlier versions are untouched; a step that already
+    exists raises :class:`ConflictError` and is left as it is. ``writer`` and
+    ``created_ms`` go into the manifest (defaults: :func:`default_writer_id`,
+    now); the same input with the same values gives the same manifest bytes.
+    With ``keep``, :func:`gc` runs afterwards keeping the newest ``keep``.
+    """
+    root_path = _dir(root, "root")
+    source_path = _dir(source, "source")
+    report = _runtime.call(
+        "publish",
+        [(root_path, True), (source_path, False)],
+        [root_path, _u64(step, "step"), source_path, _write_options(writer, created_ms, prefix)],
+    )
+    return _after_write(root_path, report, prefix, keep, "published")
+
+
+def seal(
+    root: PathLike,
+    step: int,
+    *,
+    writer: Optional[str] = None,
+    created_ms: Optional[int] = None,
+    prefix: str = DEFAULT_PREFIX,
+    keep: Optional[int] = None,
+) -> PublishReport:
+    """Seal a payload already written in ``<root>/<prefix><step>/``: flush
+    every file, write the manifest, create ``STABLE``, flush the step
+    directory and the root, in that order.
+
+    Once this returns the version is durable, and readers that only look for
+    ``STABLE`` keep working. Symbolic links and special files are refused
+    before anything is written; a step that already has ``STABLE`` raises
+    :class:`ConflictError`.
+    """
+    root_path = _dir(root, "root")
+    report = _runtime.call(
+        "seal",
+        [(root_path, True)],
+        [root_path, _u64(step, "step"), _write_options(writer, created_ms, prefix)],
+    )
+    return _after_write(root_path, report, prefix, keep, "sealed")
+
+
+def wait(
+    root: PathLike,
+    step: Optional[int] = None,
+    *,
+    latest: bool = False,
+    after: Optional[int] = None,
+    timeout: Optional[Seconds] = None,
+    verify: str = "size",
+    settle: Seconds = 30.0,
+    poll: Seconds = 0.1,
+    pin: Optional[str] = None,
+    ttl: Seconds = 600.0,
+    prefix: str = DEFAULT_PREFIX,
+) -> Version:
+    """Wait until a step is committed and validates; return it.
+
+    Give exactly one of ``step`` (that step), ``latest=True`` (the highest
+    step that validates) or ``after`` (the lowest step above it). Each
+    attempt opens the step, ``STABLE``, the manifest and every listed file
+    afresh and checks sizes (and BLAKE3 hashes with ``verify="hash"``).
+
+    Raises :class:`TimedOutError` when ``timeout`` passes with the step never
+    committed (``None`` waits forever), :class:`IntegrityError` when it is
+    committed but still does not validate after ``settle``. With ``pin``,
+    the version is pinned for that holder for ``ttl`` before it is returned,
+    and the holder's pins on other steps are released (one pin per holder).
+    """
+    chosen = [step is not None, bool(latest), after is not None]
+    if sum(chosen) != 1:
+        raise ValueError("give exactly one of step, latest=True or after")
+    if step is not None:
+        target = Variant("step", _u64(step, "step"))
+    elif latest:
+        target = Variant("latest")
+    else:
+        target = Variant("after", _u64(after, "after"))
+    timeout_ms = None if timeout is None else _ms(timeout, "timeout")
+    pin_request = None if pin is None else record(holder=pin, ttl_ms=_ms(ttl, "ttl"))
+    options = record(
+        prefix=prefix,
+        verify=_verify(verify),
+        timeout_ms=timeout_ms,
+        settle_ms=_ms(settle, "settle"),
+        poll_ms=_ms(poll, "poll"),
+        pin=pin_request,
+    )
+    root_path = _dir(root, "root")
+    deadline = None if timeout_ms is None else timeout_ms / 1000 + _runtime.WAIT_MARGIN
+    return _version(_runtime.call("wait", [(root_path, True)], [root_path, target, options], deadline))
+
+
+def latest(root: PathLike, *, verify: str = "size", prefix: str = DEFAULT_PREFIX) -> Optional[Version]:
+    """The highest committed step that validates, in one attempt; ``None``
+    when there is none. Incomplete, corrupt and stray entries are skipped."""
+    root_path = _dir(root, "root")
+    found = _runtime.call("latest", [(root_path, True)], [root_path, prefix, _verify(verify)])
+    return None if found is None else _version(found)
+
+
+def ls(root: PathLike, *, prefix: str = DEFAULT_PREFIX) -> List[StepInfo]:
+    """Every step directory under ``root``, in step order, with its state."""
+    root_path = _dir(root, "root")
+    steps = _runtime.call("list", [(root_path, True)], [root_path, prefix])
+    return [StepInfo(s.step, s.path, s.state, s.files, s.bytes) for s in steps]
+
+
+def pin(
+    root: PathLike,
+    step: int,
+    holder: str,
+    ttl: Seconds = 600.0,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+) -> PinInfo:
+    """Pin a committed step for ``holder`` for ``ttl``: gc keeps it until the
+    pin expires. Pinning again refreshes the expiry. A step that is not
+    committed raises :class:`NotFoundError`."""
+    root_path = _dir(root, "root")
+    info = _runtime.call(
+        "pin",
+        [(root_path, True)],
+        [root_path, prefix, _u64(step, "step"), holder, _ms(ttl, "ttl")],
+    )
+    return PinInfo(info.step, info.holder, field(info, "expires_ms"))
+
+
+def unpin(root: PathLike, step: int, holder: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    """Release ``holder``'s pin on ``step``; a missing pin raises
+    :class:`NotFoundError`."""
+    root_path = _dir(root, "root")
+    _runtime.call("unpin", [(root_path, True)], [root_path, prefix, _u64(step, "step"), holder])
+
+
+def gc(
+    root: PathLike,
+    keep: int,
+    *,
+    grace: Seconds = 3600.0,
+    skew: Seconds = 120.0,
+    prefix: str = DEFAULT_PREFIX,
+) -> GcReport:
+    """Remove committed steps beyond the newest ``keep`` (at least 1) that no
+    unexpired pin holds (a pin counts until its expiry plus ``skew``):
+    ``STABLE`` first, then the directory. Also removes staging directories
+    untouched for longer than ``grace``."""
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an integer of at least 1, not {keep!r}")
+    root_path = _dir(root, "root")
+    options = record(prefix=prefix, keep=keep, grace_ms=_ms(grace, "grace"), skew_ms=_ms(skew, "skew"))
+    report = _runtime.call("gc", [(root_path, True)], [root_path, options])
+    return GcReport(
+        tuple(report.removed),
+        tuple(report.kept),
+        tuple(report.pinned),
+        tuple(field(report, "staging_removed")),
+    )
+
+
+def fsck(root: PathLike, repair: bool = False, *, prefix: str = DEFAULT_PREFIX) -> List[FsckEntry]:
+    """Classify every entry under ``root``; with ``repair``, finish or undo
+    what a crash left (idempotent). Assumes no writer is running."""
+    root_path = _dir(root, "root")
+    entries = _runtime.call("fsck", [(root_path, True)], [root_path, prefix, bool(repair)])
+    return [FsckEntry(e.name, e.state, e.detail, e.action) for e in entries]
+
+
+def _after_write(root: str, report, prefix: str, keep: Optional[int], verb: str) -> PublishReport:
+    version = _version(report.version)
+    gc_report = None
+    if keep is not None:
+        try:
+            gc_report = gc(root, keep, prefix=prefix)
+        except HandoffError as e:
+            raise type(e)(f"step {version.step} was {verb}, but the gc after it failed: {e}", e.kind) from e
+    return PublishReport(version, report.syncs, tuple(report.warnings), gc_report)
+
+
+def _version(v) -> Version:
+    files = tuple(FileEntry(f.path, f.size, f.blake3) for f in v.files)
+    return Version(v.step, v.path, v.writer, field(v, "created_ms"), files)
+
+
+def _write_options(writer: Optional[str], created_ms: Optional[int], prefix: str):
+    return record(
+        prefix=prefix,
+        writer=default_writer_id() if writer is None else writer,
+        created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
+    )
+
+
+def _dir(path: PathLike, what: str) -> str:
+    """The canonical absolute path of an existing directory: the component
+    is given it under this same name, so its messages name real paths."""
+    try:
+        canonical = os.path.realpath(os.fspath(path), strict=True)
+    except OSError as e:
+        raise HandoffError(f"{what} {os.fspath(path)}: {e.strerror or e}", what) from None
+    if not os.path.isdir(canonical):
+        raise HandoffError(f"{what} {os.fspath(path)}: not a directory", what)
+    return canonical
+
+
+def _u64(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer from 0 to 2**64-1, not {value!r}")
+    return value
+
+
+def _ms(value: Seconds, name: str) -> int:
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
+    if math.isinf(seconds):
+        return 2**64 - 1
+    return min(math.ceil(seconds * 1000), 2**64 - 1)
+
+
+def _verify(verify: str) -> str:
+    if verify not in _VERIFY:
+        raise ValueError(f"verify must be 'size' or 'hash', not {verify!r}")
+    return verify

@@ -1,0 +1,186 @@
+"""The values handoff's operations return and the errors they raise.
+
+The dataclasses mirror the WIT records of `wit/types.wit` and
+`wit/protocol.wit`; the exceptions mirror the CLI's exit codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One payload file of a version, as its manifest records it."""
+
+    path: str
+    """Path relative to the step directory, ``/``-separated, never absolute."""
+    size: int
+    """Size in bytes."""
+    blake3: str
+    """BLAKE3 hash of the contents, 64 lowercase hex digits."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """A committed version: every listed file was seen with its listed size
+    (and hash, with ``verify="hash"``) before this was returned."""
+
+    step: int
+    path: str
+    """The step directory, under the root's canonical absolute path."""
+    writer: str
+    """Writer id recorded in the manifest."""
+    created_ms: int
+    """Creation time recorded in the manifest, ms since the Unix epoch."""
+    files: Tuple[FileEntry, ...]
+    """Payload files, sorted by path."""
+
+    @property
+    def bytes(self) -> int:
+        """Total payload bytes."""
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What ``gc`` did. ``pinned`` steps were kept because a pin holds them."""
+
+    removed: Tuple[int, ...]
+    kept: Tuple[int, ...]
+    pinned: Tuple[int, ...]
+    staging_removed: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    """What ``publish`` or ``seal`` did. The version is durable and visible."""
+
+    version: Version
+    syncs: int
+    """Flushes issued (each a real ``fsync`` through WASI's ``descriptor.sync``)."""
+    warnings: Tuple[str, ...]
+    """Things that did not stop the operation, e.g. "directory fsync unsupported"."""
+    gc: Optional[GcReport] = None
+    """The report of the gc run after it, when ``keep`` was given."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One step directory found by ``ls``."""
+
+    step: int
+    path: str
+    state: str
+    """``committed``, ``incomplete`` or ``corrupt``."""
+    files: int
+    """Files listed in the manifest (0 without one)."""
+    bytes: int
+    """Bytes listed in the manifest (0 without one)."""
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    """A reader's hold on a step: gc keeps it until ``expires_ms`` (plus skew)."""
+
+    step: int
+    holder: str
+    expires_ms: int
+    """Milliseconds since the Unix epoch, by this machine's clock."""
+
+
+@dataclass(frozen=True)
+class FsckEntry:
+    """One entry of ``fsck``."""
+
+    name: str
+    """The entry's name relative to the root."""
+    state: str
+    """``committed``, ``incomplete``, ``corrupt``, ``staging``, ``trash`` or ``stray``."""
+    detail: Optional[str] = None
+    """What was found, for anything but a healthy committed step."""
+    action: Optional[str] = None
+    """What ``repair`` did to it, if anything."""
+
+
+class HandoffError(Exception):
+    """Any handoff failure. ``kind`` names it (the WIT error case, or
+    ``root``, ``source``, ``component``); ``exit_code`` is the CLI's code for
+    the same failure. The message names the file concerned and what was seen."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, kind: str = "io"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class TimedOutError(HandoffError, TimeoutError):
+    """The deadline passed and the step was never committed (CLI exit 3)."""
+
+    exit_code = 3
+
+
+class IntegrityError(HandoffError):
+    """The step is committed but a file is missing, short or differs from its
+    hash, or the manifest is unsafe; retried for ``settle`` first (CLI exit 4)."""
+
+    exit_code = 4
+
+
+class ConflictError(HandoffError):
+    """The step is already published; the existing version is intact (CLI exit 5)."""
+
+    exit_code = 5
+
+
+class NotFoundError(HandoffError):
+    """A step, pin or path the call names does not exist."""
+
+
+class InvalidInputError(HandoffError, ValueError):
+    """The arguments are invalid (a bad prefix, holder, source entry)."""
+
+
+class DurabilityError(HandoffError):
+    """A flush failed; nothing was announced. Do not retry the same publish."""
+
+
+class ComponentError(HandoffError):
+    """The component could not be loaded, trapped, or ran past its time limit."""
+
+
+_BY_KIND = {
+    "timed-out": TimedOutError,
+    "integrity": IntegrityError,
+    "conflict": ConflictError,
+    "not-found": NotFoundError,
+    "invalid-input": InvalidInputError,
+    "durability": DurabilityError,
+    "io": HandoffError,
+}
+
+
+def error_from(kind: str, message: str) -> HandoffError:
+    """The exception for a WIT ``error`` case."""
+    return _BY_KIND.get(kind, HandoffError)(message, kind)
+
+
+__all__ = [
+    "FileEntry",
+    "Version",
+    "GcReport",
+    "PublishReport",
+    "StepInfo",
+    "PinInfo",
+    "FsckEntry",
+    "HandoffError",
+    "TimedOutError",
+    "IntegrityError",
+    "ConflictError",
+    "NotFoundError",
+    "InvalidInputError",
+    "DurabilityError",
+    "ComponentError",
+]

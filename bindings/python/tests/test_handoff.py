@@ -1,0 +1,277 @@
+"""The Python binding against the real component, on a local filesystem."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import handoff
+from handoff import _runtime
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def src(tmp_path):
+    s = tmp_path / "src"
+    (s / "sub").mkdir(parents=True)
+    (s / "adapter_model.safetensors").write_bytes(os.urandom(65536))
+    (s / "adapter_config.json").write_text('{"r": 8}')
+    (s / "sub" / "extra.bin").write_bytes(b"x" * 10)
+    return s
+
+
+def test_publish_then_wait_returns_the_same_version(root, src):
+    report = handoff.publish(root, 3, src, writer="trainer-0", created_ms=1_700_000_000_000)
+    assert report.version.step == 3
+    assert report.version.path == str(root.resolve() / "step_3")
+    assert report.version.writer == "trainer-0"
+    assert report.version.created_ms == 1_700_000_000_000
+    assert [f.path for f in report.version.files] == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "sub/extra.bin",
+    ]
+    assert report.version.bytes == 65536 + 8 + 10
+    assert report.syncs >= 6 and report.warnings == ()
+    assert (root / "step_3" / "STABLE").read_bytes() == b""
+
+    version = handoff.wait(root, 3, verify="hash", timeout=1)
+    assert version == report.version
+
+
+def test_second_publish_is_a_conflict_and_the_first_stays_intact(root, src, tmp_path):
+    first = handoff.publish(root, 1, src, writer="a")
+    manifest = (root / "step_1" / "handoff.manifest.json").read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "adapter_model.safetensors").write_bytes(b"different")
+
+    with pytest.raises(handoff.ConflictError) as err:
+        handoff.publish(root, 1, other, writer="b")
+    assert err.value.exit_code == 5
+    assert "already published" in str(err.value) and str(root.resolve()) in str(err.value)
+
+    assert (root / "step_1" / "handoff.manifest.json").read_bytes() == manifest
+    assert handoff.wait(root, 1, verify="hash", timeout=1) == first.version
+    assert os.listdir(root / ".handoff" / "staging") == []
+
+
+def test_corruption_is_an_integrity_error_with_verify_hash(root, src):
+    handoff.publish(root, 1, src)
+    payload = root / "step_1" / "adapter_model.safetensors"
+    data = bytearray(payload.read_bytes())
+    data[100] ^= 0xFF  # same size: only the hash can tell
+    payload.write_bytes(bytes(data))
+
+    assert handoff.wait(root, 1, verify="size", timeout=1).step == 1
+    start = time.monotonic()
+    with pytest.raises(handoff.IntegrityError) as err:
+        handoff.wait(root, 1, verify="hash", timeout=5, settle=0.2)
+    assert time.monotonic() - start < 5
+    assert err.value.exit_code == 4
+    assert "adapter_model.safetensors" in str(err.value)
+
+
+def test_a_short_file_is_an_integrity_error_naming_it(root, src):
+    handoff.publish(root, 1, src)
+    payload = root / "step_1" / "adapter_model.safetensors"
+    payload.write_bytes(payload.read_bytes()[:100])
+    with pytest.raises(handoff.IntegrityError) as err:
+        handoff.wait(root, 1, timeout=5, settle=0.2)
+    assert str(payload.resolve()) in str(err.value)
+
+
+def test_wait_times_out_within_its_timeout(root):
+    handoff.ls(root)  # load the component first: only the wait is timed
+    start = time.monotonic()
+    with pytest.raises(handoff.TimedOutError) as err:
+        handoff.wait(root, 9, timeout=0.3)
+    elapsed = time.monotonic() - start
+    assert 0.3 <= elapsed < 0.8, elapsed
+    assert isinstance(err.value, TimeoutError)
+    assert err.value.exit_code == 3
+    assert "step 9 is not committed" in str(err.value)
+
+
+def test_wait_sees_a_step_published_by_another_thread(root, src):
+    found = {}
+
+    def reader():
+        found["version"] = handoff.wait(root, 5, verify="hash", timeout=10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.2)
+    report = handoff.publish(root, 5, src)
+    thread.join(10)
+    assert found["version"] == report.version
+
+
+def test_seal_in_place_keeps_stable_for_old_readers(root, src):
+    shutil.copytree(src, root / "step_4")
+    report = handoff.seal(root, 4, writer="trainer")
+    assert (root / "step_4" / "STABLE").exists()
+    assert (root / "step_4" / "handoff.manifest.json").exists()
+    assert handoff.wait(root, 4, verify="hash", timeout=1) == report.version
+    with pytest.raises(handoff.ConflictError):
+        handoff.seal(root, 4)
+
+
+def test_latest_pin_gc_and_unpin(root, src):
+    for step in (1, 2, 3):
+        handoff.publish(root, step, src)
+    (root / "step_banana").mkdir()  # stray names are ignored
+    (root / "step_9").mkdir()  # incomplete: skipped by latest
+
+    v = handoff.wait(root, latest=True, pin="server-a", ttl=60, timeout=1)
+    assert v.step == 3
+    assert handoff.latest(root).step == 3
+    handoff.pin(root, 1, "server-b", ttl=60)
+
+    report = handoff.gc(root, keep=1)
+    assert report.removed == (2,)
+    assert set(report.kept + report.pinned) == {1, 3}
+    assert [s.step for s in handoff.ls(root) if s.state == "committed"] == [1, 3]
+
+    handoff.unpin(root, 1, "server-b")
+    with pytest.raises(handoff.NotFoundError):
+        handoff.unpin(root, 1, "server-b")
+    assert handoff.gc(root, keep=1).removed == (1,)
+    states = {s.step: s.state for s in handoff.ls(root)}
+    assert states == {3: "committed", 9: "incomplete"}
+
+
+def test_wait_pin_moves_the_holders_pin_forward(root, src):
+    handoff.publish(root, 1, src)
+    assert handoff.wait(root, latest=True, pin="r", timeout=1).step == 1
+    handoff.publish(root, 2, src)
+    assert handoff.wait(root, after=1, pin="r", timeout=1).step == 2
+    with pytest.raises(handoff.NotFoundError):
+        handoff.unpin(root, 1, "r")  # released when the pin moved to 2
+    handoff.unpin(root, 2, "r")
+
+
+def test_publish_keep_runs_gc(root, src):
+    for step in (1, 2, 3):
+        report = handoff.publish(root, step, src, keep=2)
+    assert report.gc.removed == (1,)
+    assert [s.step for s in handoff.ls(root)] == [2, 3]
+
+
+def test_fsck_repairs_what_a_crash_left_and_is_idempotent(root, src):
+    handoff.publish(root, 1, src)
+    shutil.copytree(src, root / "step_2")  # a writer crashed before STABLE
+    entries = {e.name: e for e in handoff.fsck(root)}
+    assert entries["step_1"].state == "committed"
+    assert entries["step_2"].state == "incomplete"
+    assert entries["step_2"].action is None
+
+    repaired = {e.name: e for e in handoff.fsck(root, repair=True)}
+    assert repaired["step_2"].action
+    assert not (root / "step_2").exists()
+    again = handoff.fsck(root, repair=True)
+    assert all(e.action is None for e in again)
+    assert [s.step for s in handoff.ls(root)] == [1]
+
+
+def test_pin_of_a_missing_step_is_not_found(root):
+    with pytest.raises(handoff.NotFoundError):
+        handoff.pin(root, 7, "h")
+
+
+def test_bad_holder_is_invalid_input(root, src):
+    handoff.publish(root, 1, src)
+    with pytest.raises(handoff.InvalidInputError):
+        handoff.pin(root, 1, "../evil")
+
+
+def test_missing_root_names_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(handoff.HandoffError) as err:
+        handoff.ls(missing)
+    assert str(err.value).startswith(f"root {missing}: ")
+    assert err.value.exit_code == 1
+
+
+def test_argument_errors_are_value_errors(root):
+    with pytest.raises(ValueError):
+        handoff.wait(root)
+    with pytest.raises(ValueError):
+        handoff.wait(root, 1, latest=True)
+    with pytest.raises(ValueError):
+        handoff.wait(root, 1, verify="sha1")
+    with pytest.raises(ValueError):
+        handoff.gc(root, 0)
+    with pytest.raises(ValueError):
+        handoff.publish(root, -1, root)
+
+
+def test_the_component_is_compiled_once_per_process(root):
+    handoff.ls(root)
+    first = _runtime.loaded()
+    handoff.ls(root)
+    assert _runtime.loaded() is first
+
+
+def test_a_new_process_loads_the_compiled_component_from_the_cache(tmp_path, root):
+    script = textwrap.dedent(
+        f"""
+        import handoff
+        from handoff import _runtime
+        handoff.ls({str(root)!r})
+        print(_runtime.loaded().cached)
+        """
+    )
+    env = dict(os.environ, HANDOFF_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert [r.stdout.strip() for r in runs] == ["False", "True"]
+    assert len(list((tmp_path / "cache").glob("py-*.cwasm"))) == 1
+
+
+def test_a_torn_cache_file_is_recompiled(tmp_path, root):
+    cache = tmp_path / "cache"
+    script = f"import handoff; from handoff import _runtime; handoff.ls({str(root)!r}); print(_runtime.loaded().cached)"
+    env = dict(os.environ, HANDOFF_CACHE_DIR=str(cache))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    (artifact,) = cache.glob("py-*.cwasm")
+    artifact.write_bytes(artifact.read_bytes()[:1000])
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_every_sync_is_a_real_fsync(tmp_path, root, src):
+    """durability answers `unsupported`; the fallback must still reach fsync(2)."""
+    trace = tmp_path / "trace"
+    script = textwrap.dedent(
+        f"""
+        import handoff
+        handoff.ls({str(root)!r})  # load the component before the marker
+        print(handoff.publish({str(root)!r}, 1, {str(src)!r}).syncs)
+        """
+    )
+    out = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync", sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    syncs = int(out.stdout.strip())
+    fsyncs = [line for line in trace.read_text().splitlines() if "fsync(" in line and "= 0" in line]
+    assert syncs >= 6
+    assert len(fsyncs) >= syncs, (syncs, fsyncs)

@@ -1,0 +1,216 @@
+//! `handoff-command.wasm`: the handoff CLI as a plain WASI 0.2 command, for
+//! runtimes people already have (`wasmtime run`, jco under Node), with no
+//! handoff host. The same subcommands, output and exit codes as the native
+//! `handoff` (both are `handoff-cli`); the protocol is `handoff-core`, run
+//! over `handoff-wasi`'s storage and flushed with `descriptor.sync()`.
+//!
+//! It sees only the directories the runtime preopens:
+//!
+//! ```text
+//! wasmtime run --dir HOST_ROOT::/root --dir SRC::/src handoff-command.wasm \
+//!     publish --root /root --step 7 /src
+//! ```
+
+use std::cell::Cell;
+use std::io::Write as _;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
+
+use clap::Parser;
+use handoff_cli::{Backend, Class, EXIT_CODES, Global, Written};
+use handoff_core::{
+    self as core, Clock as _, FsckEntry, GcOptions, GcReport, PinInfo, StepInfo, Target, Version,
+    WaitOptions, WriteOptions,
+};
+use handoff_wasi::{DescriptorSync, Flush, WasiClock, WasiDir};
+use wasip2::filesystem::types::Descriptor;
+
+/// What `--help` adds for this build: where directories come from and what
+/// becomes of exit codes.
+const WASI_NOTES: &str = "\
+Directories: only those the runtime preopens are reachable, by their guest
+paths. wasmtime: --dir HOST_DIR::/root, then --root /root.
+
+Exit codes 3, 4 and 5 go through wasi:cli/exit exit-with-code (WASI 0.2.12).
+A build with --no-default-features imports only exit(ok|err) for older
+runtimes: every failure then exits 1. Either way the class is in the message
+(handoff: error (conflict): ...) and, with --json, on stdout as
+{\"error\":{\"class\":\"conflict\",\"exit_code\":5,\"message\":\"...\"}}.";
+
+/// Publish, seal, wait for and retain model-weight versions on a shared filesystem (WASI command)
+#[derive(Debug, Parser)]
+#[command(
+    name = "handoff-command",
+    version,
+    after_help = format!("{EXIT_CODES}\n\n{WASI_NOTES}")
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: handoff_cli::Command,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` exit 0, usage errors 2.
+            let _ = e.print();
+            exit(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let json = cli.command.json();
+    let result = handoff_cli::run(&Wasi, &cli.global, cli.command);
+    exit(handoff_cli::report::<Wasi>(result, json));
+}
+
+/// End the program with `code`: through `exit-with-code` where this build
+/// has it (Rust's `std::process::exit` maps every nonzero code to 1 on
+/// wasip2), else through `exit(err)`, which every runtime shows as 1.
+fn exit(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if code == 0 {
+        std::process::exit(0);
+    }
+    #[cfg(feature = "exit-with-code")]
+    wasip2::cli::exit::exit_with_code(code);
+    std::process::exit(1)
+}
+
+/// The protocol run in this process, over the preopens.
+struct Wasi;
+
+impl Backend for Wasi {
+    type Error = core::Error;
+
+    fn class(error: &core::Error) -> Class {
+        Class::of(error)
+    }
+
+    /// `<$HOSTNAME or wasi>:<random>`: a WASI program has no process id, and
+    /// sees a host name only if the runtime passes the environment on.
+    fn default_writer(&self) -> String {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "wasi".to_string());
+        format!("{host}:{:08x}", WasiClock.random_u64() as u32)
+    }
+
+    fn publish(
+        &self,
+        root: &Path,
+        step: u64,
+        source: &Path,
+        options: &WriteOptions,
+    ) -> Result<Written, core::Error> {
+        let flush = Counted::default();
+        let root = open(root, flush.clone())?;
+        let source = open(source, flush.clone())?;
+        let report = core::publish(&root, &source, &WasiClock, step, options)?;
+        Ok(flush.written(report))
+    }
+
+    fn seal(&self, root: &Path, step: u64, options: &WriteOptions) -> Result<Written, core::Error> {
+        let flush = Counted::default();
+        let root = open(root, flush.clone())?;
+        let report = core::seal(&root, &WasiClock, step, options)?;
+        Ok(flush.written(report))
+    }
+
+    fn wait(
+        &self,
+        root: &Path,
+        target: Target,
+        options: &WaitOptions,
+    ) -> Result<Version, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::wait(&root, &WasiClock, target, options)
+    }
+
+    fn list(&self, root: &Path, prefix: &str) -> Result<Vec<StepInfo>, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::list(&root, prefix)
+    }
+
+    fn pin(
+        &self,
+        root: &Path,
+        prefix: &str,
+        step: u64,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<PinInfo, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::pin(&root, &WasiClock, prefix, step, holder, ttl_ms)
+    }
+
+    fn unpin(&self, root: &Path, prefix: &str, step: u64, holder: &str) -> Result<(), core::Error> {
+        let root = open(root, Counted::default())?;
+        core::unpin(&root, prefix, step, holder)
+    }
+
+    fn gc(&self, root: &Path, options: &GcOptions) -> Result<GcReport, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::gc(&root, &WasiClock, options)
+    }
+
+    fn fsck(&self, root: &Path, prefix: &str, repair: bool) -> Result<Vec<FsckEntry>, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::fsck(&root, &WasiClock, prefix, repair)
+    }
+}
+
+/// A directory given on the command line, by its guest path.
+fn open(path: &Path, flush: Counted) -> Result<WasiDir<Counted>, core::Error> {
+    let text = path.to_str().ok_or_else(|| {
+        core::Error::InvalidInput(format!("{} is not valid UTF-8", path.display()))
+    })?;
+    WasiDir::open(text, flush)
+}
+
+/// `descriptor.sync()`, counted and timed for the report (`fsyncs`,
+/// `fsync_ms`): the command's own flushes, as the native host counts its
+/// `fsync` calls.
+#[derive(Clone, Default)]
+struct Counted(Rc<Stats>);
+
+#[derive(Default)]
+struct Stats {
+    calls: Cell<u64>,
+    nanos: Cell<u128>,
+}
+
+impl Counted {
+    fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let stats = &self.0;
+        stats.calls.set(stats.calls.get() + 1);
+        stats
+            .nanos
+            .set(stats.nanos.get() + start.elapsed().as_nanos());
+        out
+    }
+
+    fn written(&self, report: core::PublishReport) -> Written {
+        Written {
+            report,
+            fsyncs: self.0.calls.get(),
+            fsync_ms: self.0.nanos.get() as f64 / 1e6,
+        }
+    }
+}
+
+impl Flush for Counted {
+    fn sync_file(&self, file: &Descriptor) -> std::io::Result<()> {
+        self.time(|| DescriptorSync.sync_file(file))
+    }
+
+    fn sync_dir(&self, dir: &Descriptor) -> std::io::Result<()> {
+        self.time(|| DescriptorSync.sync_dir(dir))
+    }
+}

@@ -1,0 +1,405 @@
+//! handoff's [`Storage`] and [`Clock`] over `wasi:filesystem` descriptors.
+//!
+//! Both WebAssembly builds of handoff run the protocol through this crate:
+//! the component (`handoff-guest`, flushing through its host's `durability`
+//! import) and the plain WASI command (`handoff-command`, flushing with
+//! `descriptor.sync()`). What differs between them is only how a flush is
+//! made, so that is the [`Flush`] parameter of [`WasiDir`].
+//!
+//! Everything here uses `wasip2` descriptors rather than `std::fs`: the same
+//! code then runs under jco, whose `std::fs` writes fail. Directories are
+//! opened with `READ` only (jco refuses `MUTATE_DIRECTORY`), and a directory
+//! is reopened before it is flushed, because a preopen may be held without
+//! read access (`O_PATH` in wasmtime) and jco refuses to sync a preopen.
+//!
+//! ```no_run
+//! use handoff_wasi::{DescriptorSync, WasiClock, WasiDir};
+//!
+//! // `/root` is a preopen: `wasmtime run --dir HOST_ROOT::/root ...`.
+//! let root = WasiDir::open("/root", DescriptorSync)?;
+//! let steps = handoff_core::list(&root, "step_")?;
+//! # let _ = (steps, WasiClock);
+//! # Ok::<(), handoff_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+use std::io;
+
+use handoff_core::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+use wasip2::filesystem::preopens;
+use wasip2::filesystem::types::{
+    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
+};
+
+/// How a [`WasiDir`] makes data and names durable: every flush the protocol
+/// makes goes through this trait, so each build decides how to flush, and
+/// nothing bypasses it.
+///
+/// Contract: `Ok(())` means what was flushed survives a crash or power loss
+/// of the storage. Any error means it may not; the protocol then stops the
+/// operation (it never retries a failed flush). The one tolerated refusal is
+/// [`io::ErrorKind::Unsupported`] from [`sync_dir`](Flush::sync_dir): the
+/// filesystem refuses directory flushes (Linux's `EINVAL` on some network
+/// and FUSE filesystems), which the protocol reports once as a warning.
+pub trait Flush: Clone {
+    /// Make a file's data and metadata durable (`fsync`). `file` is a
+    /// regular file the protocol opened or created.
+    fn sync_file(&self, file: &Descriptor) -> io::Result<()>;
+
+    /// Make a directory's entries durable: names created, renamed into or
+    /// removed from it. `dir` was opened afresh, read-only, for this flush;
+    /// it is never a preopen.
+    fn sync_dir(&self, dir: &Descriptor) -> io::Result<()>;
+}
+
+/// Flush with `wasi:filesystem`'s own `descriptor.sync()`, which hosts
+/// implement with `fsync(2)` (wasmtime) or `fs.fsyncSync` (jco).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DescriptorSync;
+
+impl Flush for DescriptorSync {
+    fn sync_file(&self, file: &Descriptor) -> io::Result<()> {
+        file.sync().map_err(error)
+    }
+
+    fn sync_dir(&self, dir: &Descriptor) -> io::Result<()> {
+        match dir.sync() {
+            Ok(()) => Ok(()),
+            Err(ErrorCode::Invalid | ErrorCode::Unsupported) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the filesystem refuses directory fsync",
+            )),
+            Err(code) => Err(error(code)),
+        }
+    }
+}
+
+/// A directory the program was given: a preopen, or a directory beneath one.
+pub struct WasiDir<F: Flush = DescriptorSync> {
+    base: Descriptor,
+    /// The directory's guest path, for messages.
+    shown: String,
+    flush: F,
+}
+
+impl<F: Flush> WasiDir<F> {
+    /// Open `path`, the guest path of a preopen or of a directory beneath
+    /// one, flushing with `flush`. The longest matching preopen wins.
+    ///
+    /// A path beneath no preopen is `not-found`; a `..` component is refused
+    /// as `invalid-input` before anything is opened (it could only lead out
+    /// of the preopen, which the runtime refuses as well). The rest is opened
+    /// without following symbolic links.
+    pub fn open(path: &str, flush: F) -> handoff_core::Result<WasiDir<F>> {
+        let wanted = path.trim_end_matches('/');
+        let wanted = if wanted.is_empty() && path.starts_with('/') {
+            "/"
+        } else {
+            wanted
+        };
+        let mut best: Option<(Descriptor, String, String)> = None;
+        for (descriptor, name) in preopens::get_directories() {
+            let Some(rest) = beneath(&name, wanted) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(_, n, _)| name.len() > n.len()) {
+                best = Some((descriptor, name, rest));
+            }
+        }
+        let Some((preopen, _, rest)) = best else {
+            return Err(handoff_core::Error::NotFound(format!(
+                "no directory {path}: it is not beneath a directory this program was given \
+                 (a preopen)"
+            )));
+        };
+        let mut parts = Vec::new();
+        for part in rest.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    return Err(handoff_core::Error::InvalidInput(format!(
+                        "refusing {path}: `..` would lead out of the directories this \
+                         program was given"
+                    )));
+                }
+                part => parts.push(part),
+            }
+        }
+        // Even the preopen itself is opened afresh: jco answers `invalid` to
+        // `stat` and `sync` on a preopen descriptor.
+        let rest = if parts.is_empty() {
+            ".".to_string()
+        } else {
+            parts.join("/")
+        };
+        let base = preopen
+            .open_at(
+                PathFlags::empty(),
+                &rest,
+                OpenFlags::DIRECTORY,
+                DescriptorFlags::READ,
+            )
+            .map_err(|code| {
+                let e = error(code);
+                match e.kind() {
+                    io::ErrorKind::NotFound => {
+                        handoff_core::Error::NotFound(format!("no directory {path}: {e}"))
+                    }
+                    _ => handoff_core::Error::Io(format!("failed to open directory {path}: {e}")),
+                }
+            })?;
+        Ok(WasiDir {
+            base,
+            shown: wanted.to_string(),
+            flush,
+        })
+    }
+
+    fn open_dir(&self, path: &str) -> io::Result<Descriptor> {
+        let path = if path.is_empty() { "." } else { path };
+        self.base
+            .open_at(
+                PathFlags::empty(),
+                path,
+                OpenFlags::DIRECTORY,
+                DescriptorFlags::READ,
+            )
+            .map_err(error)
+    }
+}
+
+/// What is left of `wanted` beneath the preopen `name`, if it is beneath it.
+fn beneath(name: &str, wanted: &str) -> Option<String> {
+    let name = name.trim_end_matches('/');
+    if wanted == name || (wanted == "/" && name.is_empty()) {
+        Some(String::new())
+    } else if name.is_empty() {
+        // The preopen is "/": everything absolute is beneath it.
+        wanted.strip_prefix('/').map(str::to_string)
+    } else {
+        wanted
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('/'))
+            .map(str::to_string)
+    }
+}
+
+impl<F: Flush> Storage for WasiDir<F> {
+    type File = WasiFile<F>;
+
+    fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
+        let stat = if path.is_empty() {
+            self.base.stat()
+        } else {
+            self.base.stat_at(PathFlags::empty(), path)
+        };
+        match stat {
+            Ok(stat) => Ok(Some(Metadata {
+                kind: kind(stat.type_),
+                size: stat.size,
+                modified_ms: stat
+                    .data_modification_timestamp
+                    .map(|t| t.seconds * 1000 + u64::from(t.nanoseconds) / 1_000_000)
+                    .unwrap_or(0),
+            })),
+            Err(ErrorCode::NoEntry) => Ok(None),
+            Err(code) => Err(error(code)),
+        }
+    }
+
+    fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
+        let dir = self.open_dir(path)?;
+        let stream = dir.read_directory().map_err(error)?;
+        let mut entries = Vec::new();
+        loop {
+            let entry = match stream.read_directory_entry() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                // The host stats each entry as it lists; one removed meanwhile
+                // (gc moving a step to trash) is simply no longer there.
+                Err(ErrorCode::NoEntry) => continue,
+                Err(code) => return Err(error(code)),
+            };
+            let kind = match entry.type_ {
+                // Some filesystems do not say; ask without following links.
+                DescriptorType::Unknown => dir
+                    .stat_at(PathFlags::empty(), &entry.name)
+                    .map(|s| kind(s.type_))
+                    .unwrap_or(Kind::Other),
+                other => kind(other),
+            };
+            entries.push(DirEntry {
+                name: entry.name,
+                kind,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn create_dir(&self, path: &str) -> io::Result<()> {
+        self.base.create_directory_at(path).map_err(error)
+    }
+
+    fn open(&self, path: &str) -> io::Result<WasiFile<F>> {
+        let file = self
+            .base
+            .open_at(
+                PathFlags::empty(),
+                path,
+                OpenFlags::empty(),
+                DescriptorFlags::READ,
+            )
+            .map_err(error)?;
+        // open-at without symlink-follow still opens a directory; the
+        // protocol wants regular files only.
+        match file.get_type() {
+            Ok(DescriptorType::RegularFile) => Ok(WasiFile {
+                file,
+                flush: self.flush.clone(),
+            }),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", self.display(path)),
+            )),
+            Err(code) => Err(error(code)),
+        }
+    }
+
+    fn create_new(&self, path: &str) -> io::Result<WasiFile<F>> {
+        self.base
+            .open_at(
+                PathFlags::empty(),
+                path,
+                OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                DescriptorFlags::READ | DescriptorFlags::WRITE,
+            )
+            .map(|file| WasiFile {
+                file,
+                flush: self.flush.clone(),
+            })
+            .map_err(error)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.base.rename_at(from, &self.base, to).map_err(error)
+    }
+
+    fn remove_file(&self, path: &str) -> io::Result<()> {
+        self.base.unlink_file_at(path).map_err(error)
+    }
+
+    fn remove_dir(&self, path: &str) -> io::Result<()> {
+        self.base.remove_directory_at(path).map_err(error)
+    }
+
+    fn sync_dir(&self, path: &str) -> io::Result<()> {
+        // Open afresh: a preopen may be held without read access (O_PATH),
+        // and jco refuses to sync a preopen.
+        let dir = self.open_dir(path)?;
+        self.flush.sync_dir(&dir)
+    }
+
+    fn display(&self, path: &str) -> String {
+        match (self.shown.as_str(), path) {
+            (base, "") => base.to_string(),
+            ("", rel) => rel.to_string(),
+            ("/", rel) => format!("/{rel}"),
+            (base, rel) => format!("{base}/{rel}"),
+        }
+    }
+}
+
+/// An open file of a [`WasiDir`].
+pub struct WasiFile<F: Flush = DescriptorSync> {
+    file: Descriptor,
+    flush: F,
+}
+
+impl<F: Flush> StorageFile for WasiFile<F> {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let (data, _eof) = self.file.read(buf.len() as u64, offset).map_err(error)?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let n = self.file.write(buf, offset).map_err(error)?;
+        Ok(n as usize)
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.stat().map_err(error)?.size)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.flush.sync_file(&self.file)
+    }
+}
+
+/// Time and randomness from WASI: `wall-clock`, `monotonic-clock` and
+/// `random`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WasiClock;
+
+impl Clock for WasiClock {
+    fn now_ms(&self) -> u64 {
+        let now = wasip2::clocks::wall_clock::now();
+        now.seconds * 1000 + u64::from(now.nanoseconds) / 1_000_000
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        wasip2::clocks::monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
+    }
+
+    fn random_u64(&self) -> u64 {
+        wasip2::random::random::get_random_u64()
+    }
+}
+
+fn kind(t: DescriptorType) -> Kind {
+    match t {
+        DescriptorType::RegularFile => Kind::File,
+        DescriptorType::Directory => Kind::Dir,
+        DescriptorType::SymbolicLink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+/// A WASI error code as an `io::Error` whose kind the core understands.
+pub fn error(code: ErrorCode) -> io::Error {
+    use io::ErrorKind as K;
+    let kind = match code {
+        ErrorCode::NoEntry => K::NotFound,
+        ErrorCode::Exist => K::AlreadyExists,
+        ErrorCode::NotEmpty => K::DirectoryNotEmpty,
+        ErrorCode::NotDirectory => K::NotADirectory,
+        ErrorCode::IsDirectory => K::IsADirectory,
+        ErrorCode::Access | ErrorCode::NotPermitted | ErrorCode::ReadOnly => K::PermissionDenied,
+        ErrorCode::Invalid => K::InvalidInput,
+        ErrorCode::Unsupported => K::Unsupported,
+        ErrorCode::InsufficientSpace => K::StorageFull,
+        ErrorCode::Quota => K::QuotaExceeded,
+        ErrorCode::FileTooLarge => K::FileTooLarge,
+        _ => K::Other,
+    };
+    io::Error::new(kind, code.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beneath;
+
+    #[test]
+    fn paths_beneath_a_preopen() {
+        assert_eq!(beneath("/root", "/root").as_deref(), Some(""));
+        assert_eq!(beneath("/root/", "/root").as_deref(), Some(""));
+        assert_eq!(beneath("/root", "/root/a/b").as_deref(), Some("a/b"));
+        assert_eq!(beneath("/root", "/rootx"), None);
+        assert_eq!(beneath("/", "/etc").as_deref(), Some("etc"));
+        assert_eq!(beneath("/", "/").as_deref(), Some(""));
+        assert_eq!(beneath("/", "relative"), None);
+        assert_eq!(beneath(".", "./sub").as_deref(), Some("sub"));
+        assert_eq!(beneath("/src", "/root"), None);
+    }
+}
