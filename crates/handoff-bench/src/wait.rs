@@ -1,0 +1,270 @@
+//! The reader's side: how soon a waiting process returns after a commit,
+//! what waiting costs while nothing happens, and what one `handoff wait`
+//! process costs when the step is already there.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use handoff_runtime::{WaitOptions, WriteOptions};
+
+use crate::proc::Watched;
+use crate::report::{Report, Target};
+use crate::stats::{Rng, median, median_ms, round, samples_ms};
+use crate::{Bench, note, payload, proc};
+
+/// The naive reader: poll for `STABLE` with `os.path.exists`.
+pub const PYTHON_WAIT: &str = r#"
+import os, sys, time
+path, poll = sys.argv[1], float(sys.argv[2])
+while not os.path.exists(path):
+    time.sleep(poll)
+"#;
+
+/// `handoff wait`'s default `--poll`.
+fn default_poll_ms() -> u64 {
+    WaitOptions::default().poll.as_millis() as u64
+}
+
+/// A faster poll, to show how the latency follows the interval.
+const FAST_POLL_MS: u64 = 10;
+
+/// Wait latency: waiters started in advance (a group per kind), then the
+/// commit, done here as the last step of `publish` is: the step, already
+/// sealed in a staging root on the same filesystem (by `Runtime::publish`),
+/// is renamed into the root. The clock starts when `rename` returns and
+/// stops when the thread blocked in `waitpid` on each waiter wakes up, so
+/// the figure includes the waiter's last poll pause, its checks of
+/// `STABLE`, the manifest and every file, its exit, and the reaping.
+pub fn latency(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let root = b.fresh_dir("wait-root")?;
+    let stage = b.fresh_dir("wait-stage")?;
+    let src = b.fresh_dir("wait-src")?;
+    let mut rng = Rng::new();
+    payload::adapter(&src, 1 << 20, &mut rng)?;
+    let poll = default_poll_ms();
+    let mut groups: Vec<(&str, Vec<f64>)> = vec![
+        ("handoff", Vec::new()),
+        ("handoff_fast_poll", Vec::new()),
+        ("python_poll", Vec::new()),
+    ];
+    for commit in 0..b.plan.commits {
+        let step = commit as u64 + 1;
+        b.runtime
+            .publish(&stage, step, &src, &WriteOptions::default())
+            .context("failed to prepare the step in staging")?;
+        let stable = root.join(format!("step_{step}")).join("STABLE");
+        let mut waiters: Vec<(usize, Watched)> = Vec::new();
+        for _ in 0..b.plan.waiters {
+            waiters.push((0, Watched::spawn(&mut wait_cmd(b, &root, step, poll))?));
+            waiters.push((
+                1,
+                Watched::spawn(&mut wait_cmd(b, &root, step, FAST_POLL_MS))?,
+            ));
+            if let Some(python) = &b.python {
+                waiters.push((
+                    2,
+                    Watched::spawn(
+                        Command::new(python)
+                            .args(["-c", PYTHON_WAIT])
+                            .arg(&stable)
+                            .arg(format!("{}", poll as f64 / 1000.0)),
+                    )?,
+                ));
+            }
+        }
+        // Long enough for every waiter to start and reach its longest
+        // pause; the extra random part puts the commit at a random phase of
+        // their polling.
+        std::thread::sleep(Duration::from_millis(1000 + rng.next_u64() % 200));
+        if let Some((_, w)) = waiters.iter().find(|(_, w)| w.finished()) {
+            bail!("waiter {} exited before the commit", w.pid);
+        }
+        std::fs::rename(
+            stage.join(format!("step_{step}")),
+            root.join(format!("step_{step}")),
+        )?;
+        let committed = Instant::now();
+        proc::fsync(&root)?;
+        for (group, waiter) in waiters {
+            let pid = waiter.pid;
+            let (status, exited) = waiter.join()?;
+            if !status.success() {
+                bail!("waiter {pid} ({}) failed: {status}", groups[group].0);
+            }
+            let ms = exited.saturating_duration_since(committed).as_secs_f64() * 1000.0;
+            groups[group].1.push(ms);
+        }
+    }
+    let p50 = |g: usize| (!groups[g].1.is_empty()).then(|| median(&groups[g].1));
+    let handoff = p50(0).context("no samples")?;
+    note!(
+        "wait latency p50: handoff {handoff:.1} ms (poll {poll} ms), handoff --poll {FAST_POLL_MS}ms {:.1} ms, python exists() poll {:?} ms",
+        p50(1).unwrap_or(f64::NAN),
+        p50(2).map(|v| round(v, 1))
+    );
+    report.set("poll_interval_ms", poll);
+    report.figure(
+        "wait_latency_ms_p50",
+        Some(handoff),
+        format!(
+            "rename -> waiter exit, median of {} (poll {poll} ms; target poll + 5 ms)",
+            groups[0].1.len()
+        ),
+        Some(Target::AtMost(poll as f64 + 5.0)),
+    );
+    // handoff has no change-notification path (WASI offers none to the
+    // component): every reader polls.
+    report.set("wait_latency_ms_p50_notify", serde_json::Value::Null);
+    report.set("fast_poll_interval_ms", FAST_POLL_MS);
+    report.set("wait_latency_ms_p50_fast_poll", p50(1).map(|v| round(v, 2)));
+    report.set(
+        "wait_latency_ms_p50_python_poll",
+        p50(2).map(|v| round(v, 2)),
+    );
+    report.sample(
+        "wait_latency",
+        serde_json::Value::Object(
+            groups
+                .iter()
+                .map(|(name, v)| {
+                    let rounded: Vec<f64> = v.iter().map(|x| round(*x, 2)).collect();
+                    (name.to_string(), rounded.into())
+                })
+                .collect(),
+        ),
+    );
+    Ok(())
+}
+
+fn wait_cmd(b: &Bench, root: &Path, step: u64, poll_ms: u64) -> Command {
+    let mut cmd = b.handoff_cmd();
+    cmd.args(["wait", "--timeout", "2m", "--step"])
+        .arg(step.to_string())
+        .arg("--root")
+        .arg(root)
+        .arg("--poll")
+        .arg(format!("{poll_ms}ms"));
+    cmd
+}
+
+/// One `handoff wait` process on a step that is already published, from
+/// spawn to exit: with the compiled component loaded from the cache, and
+/// compiled at start (`--no-cache`). `handoff --version` (no wasm at all)
+/// is reported as the floor a process start costs.
+pub fn process(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let root = b.fresh_dir("process-root")?;
+    let src = b.fresh_dir("process-src")?;
+    let mut rng = Rng::new();
+    payload::adapter(&src, 1 << 20, &mut rng)?;
+    b.runtime
+        .publish(&root, 1, &src, &WriteOptions::default())
+        .context("failed to publish the step")?;
+    let wait = |cold: bool| {
+        let mut cmd = b.handoff_cmd();
+        if cold {
+            cmd.arg("--no-cache");
+        }
+        cmd.args(["wait", "--step", "1", "--timeout", "10s", "--root"])
+            .arg(&root);
+        proc::timed(&mut cmd)
+    };
+    // Fill the cache (a no-op when the library already did).
+    wait(false)?;
+    let (mut warm, mut cold, mut floor) = (vec![], vec![], vec![]);
+    for rep in 0..b.plan.process_reps {
+        for i in 0..3 {
+            match (rep + i) % 3 {
+                0 => warm.push(wait(false)?),
+                1 => cold.push(wait(true)?),
+                _ => floor.push(proc::timed(b.handoff_cmd().arg("--version"))?),
+            }
+        }
+    }
+    let (w, c, f) = (median_ms(&warm), median_ms(&cold), median_ms(&floor));
+    note!(
+        "handoff wait process: {w:.1} ms cached, {c:.1} ms compiled at start, --version {f:.1} ms"
+    );
+    report.figure(
+        "wait_process_ms",
+        Some(w),
+        format!(
+            "handoff wait on a published step, component from the cache, median of {}",
+            warm.len()
+        ),
+        Some(Target::AtMost(20.0)),
+    );
+    report.figure(
+        "wait_process_cold_ms",
+        Some(c),
+        "the same with --no-cache: the component compiled at start".to_string(),
+        None,
+    );
+    report.set("process_floor_ms", round(f, 2));
+    report.sample(
+        "wait_process",
+        serde_json::json!({
+            "cached": samples_ms(&warm),
+            "no_cache": samples_ms(&cold),
+            "version": samples_ms(&floor),
+        }),
+    );
+    Ok(())
+}
+
+/// CPU burned by a waiter while nothing is published: every thread's CPU
+/// time over the window, after a second to get past start-up. The naive
+/// Python poller runs alongside as the baseline.
+pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let root = b.fresh_dir("idle-root")?;
+    let poll = default_poll_ms();
+    let handoff = Watched::spawn(&mut wait_cmd(b, &root, 999_999, poll))?;
+    let python = match &b.python {
+        Some(python) => Some(Watched::spawn(
+            Command::new(python)
+                .args(["-c", PYTHON_WAIT])
+                .arg(root.join("step_999999/STABLE"))
+                .arg(format!("{}", poll as f64 / 1000.0)),
+        )?),
+        None => None,
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let pids: Vec<u32> = std::iter::once(handoff.pid)
+        .chain(python.as_ref().map(|p| p.pid))
+        .collect();
+    let before: Vec<Duration> = pids
+        .iter()
+        .map(|&p| proc::cpu_time(p))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    std::thread::sleep(b.plan.idle_window);
+    let after: Vec<Duration> = pids
+        .iter()
+        .map(|&p| proc::cpu_time(p))
+        .collect::<Result<_, _>>()?;
+    let window = start.elapsed().as_secs_f64();
+    if handoff.finished() {
+        bail!("the idle waiter exited during the window");
+    }
+    let percent = |i: usize| (after[i] - before[i]).as_secs_f64() / window * 100.0;
+    let h = percent(0);
+    let p = python.as_ref().map(|_| percent(1));
+    handoff.kill()?;
+    if let Some(python) = python {
+        python.kill()?;
+    }
+    note!("idle waiter CPU: handoff {h:.3}%, python exists() poll {p:?}% over {window:.1} s");
+    report.figure(
+        "idle_waiter_cpu_percent",
+        Some(h),
+        format!("handoff wait, nothing published, {window:.0} s window (poll {poll} ms)"),
+        Some(Target::AtMost(1.0)),
+    );
+    report.set("idle_window_s", round(window, 1));
+    report.set(
+        "idle_waiter_cpu_percent_python_poll",
+        p.map(|v| round(v, 3)),
+    );
+    Ok(())
+}
