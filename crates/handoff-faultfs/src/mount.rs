@@ -83,9 +83,24 @@ impl Mount {
             return Ok(());
         };
         self.active.fetch_sub(1, Ordering::SeqCst);
-        session
-            .umount_and_join()
-            .inspect_err(|_| force_unmount(&self.path, self.connection))
+        match session.umount_and_join() {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // EBUSY: the kernel still holds something of the mount for a
+                // moment after a killed writer exits (an asynchronous
+                // release). The connection is ours alone: abort and detach
+                // it, and go on if that worked.
+                force_unmount(&self.path, self.connection);
+                if is_fuse_mount_point(&self.path) {
+                    return Err(err);
+                }
+                eprintln!(
+                    "handoff-faultfs: unmount of {} failed ({err}); aborted and detached it",
+                    self.path.display()
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -98,6 +113,19 @@ impl Drop for Mount {
             );
         }
     }
+}
+
+/// Whether a FUSE filesystem is mounted at `path`.
+fn is_fuse_mount_point(path: &Path) -> bool {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return true;
+    };
+    mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (_, point, fstype) = (fields.next(), fields.next(), fields.next());
+        fstype.is_some_and(|t| t.starts_with("fuse"))
+            && point.is_some_and(|p| Path::new(&unescape_mount_field(p)) == path)
+    })
 }
 
 /// Aborts the FUSE connection (processes blocked on it get ENOTCONN) and
