@@ -141,25 +141,16 @@ pub(crate) fn check<S: Storage>(
 ) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
     let stable = join(&dir, STABLE_NAME);
-    match fs.stat(&stable) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return Err(Rejected::NotCommitted(format!(
-                "step {step} is not committed: no {}",
-                fs.display(&stable)
-            )));
-        }
-        // A missing or non-directory step_N shows up here as "not found"/"not a directory".
+    // A missing or non-directory step_N shows up as "not found" or "not a directory".
+    let committed = match fs.stat(&stable) {
+        Ok(found) => found.is_some(),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
             ) =>
         {
-            return Err(Rejected::NotCommitted(format!(
-                "step {step} is not committed: no {}",
-                fs.display(&stable)
-            )));
+            false
         }
         Err(e) => {
             return Err(Rejected::Failed(Error::io(
@@ -168,6 +159,12 @@ pub(crate) fn check<S: Storage>(
                 &e,
             )));
         }
+    };
+    if !committed {
+        return Err(Rejected::NotCommitted(format!(
+            "step {step} is not committed: no {}",
+            fs.display(&stable)
+        )));
     }
     check_contents(fs, prefix, step, verify)
 }
