@@ -252,7 +252,17 @@ pub struct WaitArgs {
     /// Give up after this long [default: wait forever]
     #[arg(long, value_name = "DUR", value_parser = duration::parse)]
     timeout: Option<Duration>,
-    /// What to check before accepting the step
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+/// How `wait` and `watch` check and hold what they return.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// What to check before accepting a step
     #[arg(long, value_enum, default_value_t = VerifyArg::Size)]
     verify: VerifyArg,
     /// How long a committed step that does not validate yet is retried
@@ -261,15 +271,28 @@ pub struct WaitArgs {
     /// Longest pause between two attempts
     #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "100ms")]
     poll: Duration,
-    /// Pin the step for this holder before returning, releasing the holder's other pins
+    /// Pin each step returned for this holder, releasing the holder's other pins
     #[arg(long, value_name = "HOLDER", value_parser = parse_holder)]
     pin: Option<String>,
     /// How long the pin taken with --pin lasts
     #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "10m", requires = "pin")]
     ttl: Duration,
-    /// Print one JSON object
-    #[arg(long)]
-    json: bool,
+}
+
+impl ReadArgs {
+    fn options(&self, prefix: &str, timeout: Option<Duration>) -> WaitOptions {
+        WaitOptions {
+            prefix: prefix.to_string(),
+            verify: self.verify.into(),
+            timeout_ms: timeout.map(millis),
+            settle_ms: millis(self.settle),
+            poll_ms: millis(self.poll),
+            pin: self.pin.clone().map(|holder| PinRequest {
+                holder,
+                ttl_ms: millis(self.ttl),
+            }),
+        }
+    }
 }
 
 /// Options of `watch`.
@@ -280,21 +303,8 @@ pub struct WatchArgs {
     /// Start with the lowest step >= N [default: the latest step]
     #[arg(long, value_name = "N")]
     from: Option<u64>,
-    /// What to check before accepting a step
-    #[arg(long, value_enum, default_value_t = VerifyArg::Size)]
-    verify: VerifyArg,
-    /// How long a committed step that does not validate yet is retried
-    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "30s")]
-    settle: Duration,
-    /// Longest pause between two attempts
-    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "100ms")]
-    poll: Duration,
-    /// Move this holder's pin to each step before printing it
-    #[arg(long, value_name = "HOLDER", value_parser = parse_holder)]
-    pin: Option<String>,
-    /// How long the pin taken with --pin lasts
-    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "10m", requires = "pin")]
-    ttl: Duration,
+    #[command(flatten)]
+    read: ReadArgs,
     /// Print one JSON object per line, per step
     #[arg(long)]
     json: bool,
@@ -702,17 +712,7 @@ fn wait<B: Backend>(backend: &B, global: &Global, args: WaitArgs) -> anyhow::Res
         (_, _, Some(after)) => Target::After(after),
         _ => Target::Latest,
     };
-    let options = WaitOptions {
-        prefix: global.prefix.clone(),
-        verify: args.verify.into(),
-        timeout_ms: args.timeout.map(millis),
-        settle_ms: millis(args.settle),
-        poll_ms: millis(args.poll),
-        pin: args.pin.map(|holder| PinRequest {
-            holder,
-            ttl_ms: millis(args.ttl),
-        }),
-    };
+    let options = args.read.options(&global.prefix, args.timeout);
     let start = Instant::now();
     let version = backend
         .wait(&args.root.root, target, &options)
@@ -737,17 +737,7 @@ fn wait<B: Backend>(backend: &B, global: &Global, args: WaitArgs) -> anyhow::Res
 }
 
 fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::Result<()> {
-    let options = WaitOptions {
-        prefix: global.prefix.clone(),
-        verify: args.verify.into(),
-        timeout_ms: None,
-        settle_ms: millis(args.settle),
-        poll_ms: millis(args.poll),
-        pin: args.pin.map(|holder| PinRequest {
-            holder,
-            ttl_ms: millis(args.ttl),
-        }),
-    };
+    let options = args.read.options(&global.prefix, None);
     let root = &args.root.root;
     let mut target = match args.from {
         None => Target::Latest,
