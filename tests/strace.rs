@@ -16,7 +16,8 @@ pub fn strace_available() -> bool {
 }
 
 /// The log lines of `program args` run under `strace -f -y`, tracing the
-/// calls that order durability: opens, renames and fsyncs.
+/// calls that order durability: opens, renames and fsyncs, and the
+/// kernel copies of `publish`.
 pub fn trace(env: &Env, name: &str, program: &Path, args: &[&str]) -> Vec<String> {
     let log = env.tmp.path().join(format!("strace-{name}.log"));
     let out = Command::new("strace")
@@ -25,7 +26,7 @@ pub fn trace(env: &Env, name: &str, program: &Path, args: &[&str]) -> Vec<String
             "-y",
             "-qq",
             "-e",
-            "trace=fsync,fdatasync,openat,openat2,renameat,renameat2",
+            "trace=fsync,fdatasync,openat,openat2,renameat,renameat2,copy_file_range",
             "-o",
         ])
         .arg(&log)
@@ -149,4 +150,57 @@ fn seal_fsyncs_payload_before_stable_then_step_dir_and_root() {
     let lines = trace_seal(&env, "3");
     let root = env.root().canonicalize().unwrap().display().to_string();
     assert_seal_order(&lines, &root, &format!("{root}/step_3"));
+}
+
+#[test]
+fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
+    if !strace_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.src().canonicalize().unwrap().display().to_string();
+    let lines = trace(
+        &env,
+        "publish",
+        Path::new(env!("CARGO_BIN_EXE_handoff")),
+        &["publish", "--root", &env.root_str(), "--step", "4", &src],
+    );
+    let all = || lines.join("\n");
+    let position = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
+    let committed = position(&|l| l.contains("rename") && l.contains("\"step_4\")"))
+        .unwrap_or_else(|| panic!("no rename of the staging copy to step_4:\n{}", all()));
+    let stable_created = position(&|l| l.contains("STABLE\"") && l.contains("O_EXCL"))
+        .unwrap_or_else(|| panic!("no exclusive create of STABLE:\n{}", all()));
+    for file in ["adapter_model.safetensors", "sub/adapter_config.json"] {
+        let copy = format!("/{file}>");
+        // The native host copies inside the kernel, source to staging.
+        let copied = position(&|l| {
+            l.starts_with(|c: char| c.is_ascii_digit())
+                && l.contains("copy_file_range(")
+                && l.contains(&format!("<{src}/{file}>"))
+                && l.contains("/.handoff/staging/")
+                && l.contains(&copy)
+        })
+        .unwrap_or_else(|| panic!("{file} not copied with copy_file_range:\n{}", all()));
+        let synced = position(&|l| {
+            l.contains("fsync(") && l.contains("/.handoff/staging/") && l.contains(&copy)
+        })
+        .unwrap_or_else(|| panic!("the copy of {file} was never fsynced:\n{}", all()));
+        assert!(copied < synced, "{file} fsynced before it was copied");
+        assert!(synced < stable_created, "{file} fsynced after STABLE");
+        assert!(synced < committed, "{file} fsynced after the commit");
+    }
+    // The hashes the host computed of the copies are those of the source.
+    let manifest = fs::read_to_string(env.root().join("step_4/handoff.manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    for entry in manifest["files"].as_array().unwrap() {
+        let path = entry["path"].as_str().unwrap();
+        let data = fs::read(env.src().join(path)).unwrap();
+        assert_eq!(entry["size"], data.len(), "{path}");
+        assert_eq!(
+            entry["blake3"].as_str().unwrap(),
+            blake3::hash(&data).to_hex().as_str(),
+            "{path}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { instantiate } from '../gen/handoff.js';
+import { bulk } from './bulk.js';
 import { durability } from './durability.js';
 
 export const DEFAULT_PREFIX = 'step_';
@@ -222,6 +223,7 @@ function component() {
     const imports = new WASIShim({ sandbox: { preopens: {}, env: {}, args: ['handoff'], enableNetwork: false } }).getImportObject();
     imports['wasi:filesystem/preopens'] = { getDirectories: () => (current ? opened(current) : []) };
     imports['handoff:protocol/durability'] = durability;
+    imports['handoff:protocol/bulk'] = bulk;
     try {
       ({ protocol } = instantiate(getCoreModule, imports));
     } catch (e) {

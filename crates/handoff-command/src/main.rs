@@ -23,7 +23,7 @@ use handoff_core::{
     self as core, Clock as _, FsckEntry, GcOptions, GcReport, PinInfo, StepInfo, Target, Version,
     WaitOptions, WriteOptions,
 };
-use handoff_wasi::{DescriptorSync, Flush, WasiClock, WasiDir};
+use handoff_wasi::{DescriptorSync, Host, WasiClock, WasiDir};
 use wasip2::filesystem::types::Descriptor;
 
 /// What `--help` adds for this build: where directories come from and what
@@ -205,7 +205,7 @@ impl Counted {
     }
 }
 
-impl Flush for Counted {
+impl Host for Counted {
     fn sync_file(&self, file: &Descriptor) -> std::io::Result<()> {
         self.time(|| DescriptorSync.sync_file(file))
     }

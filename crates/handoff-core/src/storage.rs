@@ -5,6 +5,7 @@
 //! Paths are relative to the storage's root, `/`-separated, without `.` or `..`
 //! components; the empty path names the root itself.
 
+use std::any::Any;
 use std::io;
 
 /// What kind of object a path names. Symbolic links are reported as such and
@@ -106,6 +107,38 @@ pub trait StorageFile {
 
     /// Make the file's data and metadata durable (`fsync`).
     fn sync(&mut self) -> io::Result<()>;
+
+    /// The BLAKE3 hash of the whole file, computed by the storage itself
+    /// where it can do that faster than reading the file through
+    /// [`read_at`](StorageFile::read_at): the bytes hashed and the hash.
+    /// `Ok(None)`, the default, means it cannot, and the protocol reads and
+    /// hashes the file itself.
+    fn hash(&mut self) -> io::Result<Option<(u64, [u8; 32])>> {
+        Ok(None)
+    }
+
+    /// Fill this new, empty file with all of `src` (from offset 0 to its
+    /// end) natively, and return the bytes copied. `Ok(None)`, the default,
+    /// means this storage cannot copy from `src` (typically because `src`
+    /// is not one of its own files, see [`as_any`](StorageFile::as_any)),
+    /// and the protocol copies through `read_at` / `write_at`. Nothing is
+    /// flushed.
+    fn copy_from(&mut self, src: &mut dyn StorageFile) -> io::Result<Option<u64>> {
+        let _ = src;
+        Ok(None)
+    }
+
+    /// Advisory: start writing the file's dirty data to storage now, so that
+    /// a later [`sync`](StorageFile::sync) has less to wait for. The default
+    /// does nothing.
+    fn start_writeback(&mut self) {}
+
+    /// This file as [`Any`], so that [`copy_from`](StorageFile::copy_from)
+    /// can recognise a file of its own storage. `None`, the default, for
+    /// storages that do not copy natively.
+    fn as_any(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 /// Time and randomness, kept out of [`Storage`] so a model can control them.

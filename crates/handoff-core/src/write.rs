@@ -92,8 +92,10 @@ impl<'a, S: Storage> Flusher<'a, S> {
 /// Seal a payload already written in `<prefix><step>/`.
 ///
 /// Order, and the crash each point prevents:
-/// 1. fsync every payload file, then every payload directory (deepest first):
-///    the data and names must be durable before anything vouches for them.
+/// 1. hash every payload file (the storage may start writing it out), then
+///    fsync every payload file, then every payload directory (deepest
+///    first): the data and names must be durable before anything vouches
+///    for them.
 /// 2. write the manifest to a temporary name, fsync it, rename it into place:
 ///    a crash never leaves a half-written manifest under the real name.
 /// 3. fsync the step directory: the manifest's name is durable before `STABLE`.
@@ -141,20 +143,31 @@ pub fn seal<S: Storage, C: Clock>(
 
     // Refuse links and special files before anything is written.
     let (files, dirs) = walk_payload(fs, &dir)?;
-    let mut flush = Flusher::new(fs);
+    // Hash every file while the storage writes it out, and only then flush
+    // them all: a flush started earlier would wait for the whole payload's
+    // writeback (ext4 commits its journal after every file's ordered data)
+    // before the hashing could go on.
     let mut entries = Vec::with_capacity(files.len());
     for rel in &files {
         let path = join(&dir, rel);
         let mut file = fs
             .open(&path)
             .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
+        file.start_writeback();
         let (size, blake3) = hash_file(fs, &mut file, &path)?;
-        flush.file(&mut file, &path)?;
         entries.push(FileEntry {
             path: rel.clone(),
             size,
             blake3,
         });
+    }
+    let mut flush = Flusher::new(fs);
+    for rel in &files {
+        let path = join(&dir, rel);
+        let mut file = fs
+            .open(&path)
+            .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
+        flush.file(&mut file, &path)?;
     }
     for sub in dirs.iter().rev() {
         flush.dir(&join(&dir, sub))?;
@@ -400,6 +413,12 @@ pub(crate) fn hash_file<S: Storage>(
     file: &mut S::File,
     path: &str,
 ) -> Result<(u64, String)> {
+    if let Some((size, hash)) = file
+        .hash()
+        .map_err(|e| Error::io("hash", &fs.display(path), &e))?
+    {
+        return Ok((size, hex(&blake3::Hash::from_bytes(hash))));
+    }
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
@@ -416,8 +435,14 @@ pub(crate) fn hash_file<S: Storage>(
     Ok((offset, hex(&hasher.finalize())))
 }
 
-/// Copy `rel` from `source` to `to` in the flusher's storage, hashing on the
-/// way and flushing the copy.
+/// Copy `rel` from `source` to `to` in the flusher's storage, hash the copy
+/// and flush it.
+///
+/// Where the storage copies natively (a host doing `copy_file_range`), the
+/// copy's writeback is started at once and the hash is taken of the copy
+/// while the storage writes it out: the later flush then has little left to
+/// wait for, and the manifest describes exactly the bytes that landed.
+/// Otherwise each chunk is hashed as it passes through.
 fn copy_file<S: Storage, Src: Storage>(
     source: &Src,
     rel: &str,
@@ -431,26 +456,47 @@ fn copy_file<S: Storage, Src: Storage>(
     let mut output = fs
         .create_new(to)
         .map_err(|e| Error::io("create", &fs.display(to), &e))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    loop {
-        let n = input
-            .read_at(&mut buf, offset)
-            .map_err(|e| Error::io("read", &source.display(rel), &e))?;
-        if n == 0 {
-            break;
+    let copied = output.copy_from(&mut input).map_err(|e| {
+        let what = format!("copy {} to", source.display(rel));
+        Error::io(&what, &fs.display(to), &e)
+    })?;
+    let (size, blake3) = match copied {
+        Some(copied) => {
+            output.start_writeback();
+            let (size, blake3) = hash_file(fs, &mut output, to)?;
+            if size != copied {
+                // Only this writer knows the staging name.
+                return Err(Error::Io(format!(
+                    "{} changed while it was hashed: {copied} bytes copied, {size} read back",
+                    fs.display(to)
+                )));
+            }
+            (size, blake3)
         }
-        hasher.update(&buf[..n]);
-        write_all_at(&mut output, &buf[..n], offset)
-            .map_err(|e| Error::io("write", &fs.display(to), &e))?;
-        offset += n as u64;
-    }
+        None => {
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut offset = 0u64;
+            loop {
+                let n = input
+                    .read_at(&mut buf, offset)
+                    .map_err(|e| Error::io("read", &source.display(rel), &e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                write_all_at(&mut output, &buf[..n], offset)
+                    .map_err(|e| Error::io("write", &fs.display(to), &e))?;
+                offset += n as u64;
+            }
+            (offset, hex(&hasher.finalize()))
+        }
+    };
     flush.file(&mut output, to)?;
     Ok(FileEntry {
         path: rel.to_string(),
-        size: offset,
-        blake3: hex(&hasher.finalize()),
+        size,
+        blake3,
     })
 }
 

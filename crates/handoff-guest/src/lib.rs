@@ -27,7 +27,7 @@ use bindings::handoff::protocol::types::{
 };
 use handoff_core as core;
 use handoff_wasi::WasiClock;
-use storage::{HostDurability, WasiDir};
+use storage::{HostImports, WasiDir};
 
 struct Component;
 
@@ -153,7 +153,7 @@ impl Guest for Component {
 }
 
 fn open(path: &str) -> Result<WasiDir, Error> {
-    WasiDir::open(path, HostDurability).map_err(error)
+    WasiDir::open(path, HostImports).map_err(error)
 }
 
 fn write_options(options: WriteOptions) -> core::WriteOptions {

@@ -1,19 +1,23 @@
-//! Flushes through the host's `durability` import, falling back to
-//! `descriptor.sync()` where the host cannot flush a descriptor itself.
+//! The component's host: flushes through the `durability` import, falling
+//! back to `descriptor.sync()` where the host cannot flush a descriptor
+//! itself, and hashing, copying and writeback through the `bulk` import,
+//! falling back to doing the work in the component where the host declines.
 //! The storage itself is `handoff-wasi`'s [`WasiDir`](handoff_wasi::WasiDir).
 
 use std::io;
+use std::sync::OnceLock;
 
-use handoff_wasi::{DescriptorSync, Flush};
+use handoff_wasi::{DescriptorSync, Host};
 use wasip2::filesystem::types::Descriptor;
 
+use crate::bindings::handoff::protocol::bulk::{self, BulkError, BulkSupport};
 use crate::bindings::handoff::protocol::durability::{self, SyncError};
 
-/// The host's `durability` interface as a [`Flush`].
+/// The host's `durability` and `bulk` interfaces as a [`Host`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HostDurability;
+pub struct HostImports;
 
-impl Flush for HostDurability {
+impl Host for HostImports {
     fn sync_file(&self, file: &Descriptor) -> io::Result<()> {
         match durability::sync_file(file) {
             Ok(()) => Ok(()),
@@ -32,7 +36,50 @@ impl Flush for HostDurability {
             Err(SyncError::Failed(why)) => Err(io::Error::other(why)),
         }
     }
+
+    fn hash_file(&self, file: &Descriptor) -> io::Result<Option<(u64, [u8; 32])>> {
+        if !supported(BulkSupport::HASH_FILE) {
+            return Ok(None);
+        }
+        match bulk::hash_file(file) {
+            Ok((size, hash)) => match <[u8; 32]>::try_from(hash.as_slice()) {
+                Ok(hash) => Ok(Some((size, hash))),
+                Err(_) => Err(io::Error::other(format!(
+                    "the host's hash-file returned {} bytes, not a 32-byte BLAKE3 hash",
+                    hash.len()
+                ))),
+            },
+            Err(e) => declined(e),
+        }
+    }
+
+    fn copy_file(&self, src: &Descriptor, dst: &Descriptor) -> io::Result<Option<u64>> {
+        if !supported(BulkSupport::COPY_FILE) {
+            return Ok(None);
+        }
+        bulk::copy_file(src, dst).map(Some).or_else(declined)
+    }
+
+    fn start_writeback(&self, file: &Descriptor) {
+        if supported(BulkSupport::START_WRITEBACK) {
+            bulk::start_writeback(file);
+        }
+    }
+}
+
+/// Whether the host does `call`, asked once per instance.
+fn supported(call: BulkSupport) -> bool {
+    static SUPPORT: OnceLock<BulkSupport> = OnceLock::new();
+    SUPPORT.get_or_init(bulk::supported).contains(call)
+}
+
+/// `unsupported` lets the component do the work; `failed` stops it.
+fn declined<T>(error: BulkError) -> io::Result<Option<T>> {
+    match error {
+        BulkError::Unsupported => Ok(None),
+        BulkError::Failed(why) => Err(io::Error::other(why)),
+    }
 }
 
 /// A root or source directory of the component.
-pub type WasiDir = handoff_wasi::WasiDir<HostDurability>;
+pub type WasiDir = handoff_wasi::WasiDir<HostImports>;

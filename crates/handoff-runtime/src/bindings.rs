@@ -18,5 +18,6 @@ mod gen_ {
 pub(crate) use gen_::Handoff;
 pub(crate) use gen_::HandoffPre;
 pub(crate) use gen_::exports::handoff::protocol::protocol as wit;
+pub(crate) use gen_::handoff::protocol::bulk;
 pub(crate) use gen_::handoff::protocol::durability;
 pub(crate) use gen_::handoff::protocol::types as wit_types;

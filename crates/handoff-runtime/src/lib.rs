@@ -167,6 +167,11 @@ impl RuntimeBuilder {
             |s| s,
         )
         .map_err(|e| Error::Setup(format!("{e:#}")))?;
+        bindings::bulk::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| Error::Setup(format!("{e:#}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = HandoffPre::new(instance_pre).map_err(wrong_world)?;
         load.load_time = start.elapsed();

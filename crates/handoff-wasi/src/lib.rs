@@ -1,10 +1,11 @@
 //! handoff's [`Storage`] and [`Clock`] over `wasi:filesystem` descriptors.
 //!
 //! Both WebAssembly builds of handoff run the protocol through this crate:
-//! the component (`handoff-guest`, flushing through its host's `durability`
-//! import) and the plain WASI command (`handoff-command`, flushing with
-//! `descriptor.sync()`). What differs between them is only how a flush is
-//! made, so that is the [`Flush`] parameter of [`WasiDir`].
+//! the component (`handoff-guest`, working through its host's `durability`
+//! and `bulk` imports) and the plain WASI command (`handoff-command`,
+//! flushing with `descriptor.sync()`). What differs between them is only
+//! what the host does for them (flushes, and optionally native hashing and
+//! copying), so that is the [`Host`] parameter of [`WasiDir`].
 //!
 //! Everything here uses `wasip2` descriptors rather than `std::fs`: the same
 //! code then runs under jco, whose `std::fs` writes fail. Directories are
@@ -31,17 +32,23 @@ use wasip2::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
 };
 
-/// How a [`WasiDir`] makes data and names durable: every flush the protocol
-/// makes goes through this trait, so each build decides how to flush, and
-/// nothing bypasses it.
+/// What a [`WasiDir`] asks of the program's host beyond `wasi:filesystem`:
+/// flushes, which every build must make, and native bulk work, which a
+/// build may offer. Every flush the protocol makes goes through this trait,
+/// so each build decides how to flush, and nothing bypasses it.
 ///
-/// Contract: `Ok(())` means what was flushed survives a crash or power loss
-/// of the storage. Any error means it may not; the protocol then stops the
-/// operation (it never retries a failed flush). The one tolerated refusal is
-/// [`io::ErrorKind::Unsupported`] from [`sync_dir`](Flush::sync_dir): the
-/// filesystem refuses directory flushes (Linux's `EINVAL` on some network
-/// and FUSE filesystems), which the protocol reports once as a warning.
-pub trait Flush: Clone {
+/// Flush contract: `Ok(())` means what was flushed survives a crash or power
+/// loss of the storage. Any error means it may not; the protocol then stops
+/// the operation (it never retries a failed flush). The one tolerated
+/// refusal is [`io::ErrorKind::Unsupported`] from
+/// [`sync_dir`](Host::sync_dir): the filesystem refuses directory flushes
+/// (Linux's `EINVAL` on some network and FUSE filesystems), which the
+/// protocol reports once as a warning.
+///
+/// The bulk methods have defaults that decline (`Ok(None)`, or nothing for
+/// writeback): the protocol then does the same work through the
+/// descriptors itself.
+pub trait Host: Clone + 'static {
     /// Make a file's data and metadata durable (`fsync`). `file` is a
     /// regular file the protocol opened or created.
     fn sync_file(&self, file: &Descriptor) -> io::Result<()>;
@@ -50,14 +57,32 @@ pub trait Flush: Clone {
     /// removed from it. `dir` was opened afresh, read-only, for this flush;
     /// it is never a preopen.
     fn sync_dir(&self, dir: &Descriptor) -> io::Result<()>;
+
+    /// BLAKE3 of `file` from offset 0 to its end: bytes read and hash.
+    fn hash_file(&self, file: &Descriptor) -> io::Result<Option<(u64, [u8; 32])>> {
+        let _ = file;
+        Ok(None)
+    }
+
+    /// Copy all of `src` into the new, empty file `dst`: bytes copied.
+    fn copy_file(&self, src: &Descriptor, dst: &Descriptor) -> io::Result<Option<u64>> {
+        let _ = (src, dst);
+        Ok(None)
+    }
+
+    /// Advisory: start writing `file`'s dirty data to storage now.
+    fn start_writeback(&self, file: &Descriptor) {
+        let _ = file;
+    }
 }
 
 /// Flush with `wasi:filesystem`'s own `descriptor.sync()`, which hosts
-/// implement with `fsync(2)` (wasmtime) or `fs.fsyncSync` (jco).
+/// implement with `fsync(2)` (wasmtime) or `fs.fsyncSync` (jco), and do all
+/// bulk work in the program.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DescriptorSync;
 
-impl Flush for DescriptorSync {
+impl Host for DescriptorSync {
     fn sync_file(&self, file: &Descriptor) -> io::Result<()> {
         file.sync().map_err(error)
     }
@@ -75,22 +100,22 @@ impl Flush for DescriptorSync {
 }
 
 /// A directory the program was given: a preopen, or a directory beneath one.
-pub struct WasiDir<F: Flush = DescriptorSync> {
+pub struct WasiDir<H: Host = DescriptorSync> {
     base: Descriptor,
     /// The directory's guest path, for messages.
     shown: String,
-    flush: F,
+    host: H,
 }
 
-impl<F: Flush> WasiDir<F> {
+impl<H: Host> WasiDir<H> {
     /// Open `path`, the guest path of a preopen or of a directory beneath
-    /// one, flushing with `flush`. The longest matching preopen wins.
+    /// one, flushing and copying through `host`. The longest matching preopen wins.
     ///
     /// A path beneath no preopen is `not-found`; a `..` component is refused
     /// as `invalid-input` before anything is opened (it could only lead out
     /// of the preopen, which the runtime refuses as well). The rest is opened
     /// without following symbolic links.
-    pub fn open(path: &str, flush: F) -> handoff_core::Result<WasiDir<F>> {
+    pub fn open(path: &str, host: H) -> handoff_core::Result<WasiDir<H>> {
         let wanted = path.trim_end_matches('/');
         let wanted = if wanted.is_empty() && path.starts_with('/') {
             "/"
@@ -151,7 +176,7 @@ impl<F: Flush> WasiDir<F> {
         Ok(WasiDir {
             base,
             shown: wanted.to_string(),
-            flush,
+            host,
         })
     }
 
@@ -184,8 +209,8 @@ fn beneath(name: &str, wanted: &str) -> Option<String> {
     }
 }
 
-impl<F: Flush> Storage for WasiDir<F> {
-    type File = WasiFile<F>;
+impl<H: Host> Storage for WasiDir<H> {
+    type File = WasiFile<H>;
 
     fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
         let stat = if path.is_empty() {
@@ -240,7 +265,7 @@ impl<F: Flush> Storage for WasiDir<F> {
         self.base.create_directory_at(path).map_err(error)
     }
 
-    fn open(&self, path: &str) -> io::Result<WasiFile<F>> {
+    fn open(&self, path: &str) -> io::Result<WasiFile<H>> {
         let file = self
             .base
             .open_at(
@@ -255,7 +280,7 @@ impl<F: Flush> Storage for WasiDir<F> {
         match file.get_type() {
             Ok(DescriptorType::RegularFile) => Ok(WasiFile {
                 file,
-                flush: self.flush.clone(),
+                host: self.host.clone(),
             }),
             Ok(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -265,7 +290,7 @@ impl<F: Flush> Storage for WasiDir<F> {
         }
     }
 
-    fn create_new(&self, path: &str) -> io::Result<WasiFile<F>> {
+    fn create_new(&self, path: &str) -> io::Result<WasiFile<H>> {
         self.base
             .open_at(
                 PathFlags::empty(),
@@ -275,7 +300,7 @@ impl<F: Flush> Storage for WasiDir<F> {
             )
             .map(|file| WasiFile {
                 file,
-                flush: self.flush.clone(),
+                host: self.host.clone(),
             })
             .map_err(error)
     }
@@ -296,7 +321,7 @@ impl<F: Flush> Storage for WasiDir<F> {
         // Open afresh: a preopen may be held without read access (O_PATH),
         // and jco refuses to sync a preopen.
         let dir = self.open_dir(path)?;
-        self.flush.sync_dir(&dir)
+        self.host.sync_dir(&dir)
     }
 
     fn display(&self, path: &str) -> String {
@@ -310,12 +335,12 @@ impl<F: Flush> Storage for WasiDir<F> {
 }
 
 /// An open file of a [`WasiDir`].
-pub struct WasiFile<F: Flush = DescriptorSync> {
+pub struct WasiFile<H: Host = DescriptorSync> {
     file: Descriptor,
-    flush: F,
+    host: H,
 }
 
-impl<F: Flush> StorageFile for WasiFile<F> {
+impl<H: Host> StorageFile for WasiFile<H> {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let (data, _eof) = self.file.read(buf.len() as u64, offset).map_err(error)?;
         let n = data.len().min(buf.len());
@@ -333,7 +358,30 @@ impl<F: Flush> StorageFile for WasiFile<F> {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.flush.sync_file(&self.file)
+        self.host.sync_file(&self.file)
+    }
+
+    fn hash(&mut self) -> io::Result<Option<(u64, [u8; 32])>> {
+        self.host.hash_file(&self.file)
+    }
+
+    fn copy_from(&mut self, src: &mut dyn StorageFile) -> io::Result<Option<u64>> {
+        // Only a file of this same build is a descriptor the host can reach.
+        match src
+            .as_any()
+            .and_then(|src| src.downcast_mut::<WasiFile<H>>())
+        {
+            Some(src) => self.host.copy_file(&src.file, &self.file),
+            None => Ok(None),
+        }
+    }
+
+    fn start_writeback(&mut self) {
+        self.host.start_writeback(&self.file);
+    }
+
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

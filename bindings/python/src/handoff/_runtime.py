@@ -25,6 +25,7 @@ from ._types import ComponentError, error_from
 
 PROTOCOL = "handoff:protocol/protocol@0.1.0"
 DURABILITY = "handoff:protocol/durability@0.1.0"
+BULK = "handoff:protocol/bulk@0.1.0"
 FUNCTIONS = ("publish", "seal", "wait", "latest", "list", "pin", "unpin", "gc", "fsck")
 
 #: Time limit of a call other than ``wait`` (as the CLI's ``--deadline`` default).
@@ -90,6 +91,33 @@ def _unsupported(store: Any, descriptor: Any) -> Variant:
     return Variant("unsupported")
 
 
+def _bulk_supported(store: Any) -> set:
+    """``bulk.supported``: none. The descriptors are opaque here too, so the
+    component hashes and copies through WASI itself and makes none of the
+    calls below."""
+    return set()
+
+
+def _bulk_unsupported(store: Any, *descriptors: Any) -> None:
+    """``bulk.hash-file`` / ``copy-file``, should they be called anyway.
+
+    They are not, and must not be: wasmtime 50.0 traps while lifting the two
+    borrowed descriptors of ``copy-file`` for a Python import ("deferred host
+    scope has no call context") before this function runs.
+
+    ``bulk-error`` has one case without a payload and one with a string, so
+    wasmtime-py represents it untagged: ``None`` is ``err(unsupported)``.
+    """
+    for descriptor in descriptors:
+        descriptor.drop(store)
+    return None
+
+
+def _no_writeback(store: Any, descriptor: Any) -> None:
+    """``bulk.start-writeback`` is advisory: nothing to do without the fd."""
+    descriptor.drop(store)
+
+
 def _load() -> Loaded:
     start = time.perf_counter()
     source = _component_path()
@@ -110,6 +138,11 @@ def _load() -> Loaded:
             with root.add_instance(DURABILITY) as durability:
                 durability.add_func("sync-file", _unsupported)
                 durability.add_func("sync-directory", _unsupported)
+            with root.add_instance(BULK) as bulk:
+                bulk.add_func("supported", _bulk_supported)
+                bulk.add_func("hash-file", _bulk_unsupported)
+                bulk.add_func("copy-file", _bulk_unsupported)
+                bulk.add_func("start-writeback", _no_writeback)
         # Resolve imports now, so a component of another world is reported
         # here rather than in the middle of a call.
         check = Store(engine)
