@@ -295,6 +295,10 @@ pub fn latest<S: Storage>(fs: &S, prefix: &str, verify: Verify) -> Result<Option
     first_valid(fs, prefix, verify, steps_desc(fs, prefix)?)
 }
 
+/// How often a wait for the step after N lists the whole root, in
+/// milliseconds; in between, each attempt looks up only step N + 1.
+pub(crate) const LIST_EVERY_MS: u64 = 1000;
+
 /// The lowest committed step above `after` that validates, in one pass.
 fn next_after<S: Storage>(
     fs: &S,
@@ -353,6 +357,7 @@ pub fn wait<S: Storage, C: Clock>(
     let start = clock.now_ms();
     let deadline = options.timeout_ms.map(|t| start.saturating_add(t));
     let mut first_mismatch: Option<u64> = None;
+    let mut listed_at: Option<u64> = None;
     let mut pause = 2u64.min(options.poll_ms.max(1));
     loop {
         let found = |v: Option<Version>, what: String| {
@@ -369,10 +374,29 @@ pub fn wait<S: Storage, C: Clock>(
                 latest(fs, &options.prefix, options.verify)?,
                 "no step".into(),
             ),
-            Target::After(after) => found(
-                next_after(fs, &options.prefix, options.verify, after)?,
-                format!("no step above {after}"),
-            ),
+            Target::After(after) => {
+                // The next step is the lowest candidate there can be, and
+                // looking it up costs one call. Listing the root costs one
+                // per entry and more, so it is done on the first attempt and
+                // then once per LIST_EVERY_MS, to find a later step when the
+                // next one was skipped.
+                let next = after
+                    .checked_add(1)
+                    .map(|next| check(fs, &options.prefix, next, options.verify));
+                let now = clock.now_ms();
+                match next {
+                    Some(Ok(version)) => Ok(version),
+                    Some(Err(Rejected::Failed(e))) => return Err(e),
+                    _ if listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS) => {
+                        listed_at = Some(now);
+                        found(
+                            next_after(fs, &options.prefix, options.verify, after)?,
+                            format!("no step above {after}"),
+                        )
+                    }
+                    _ => found(None, format!("no step above {after}")),
+                }
+            }
         };
         if let (Ok(version), Some(request)) = (&outcome, &options.pin) {
             outcome = match pin(

@@ -10,6 +10,11 @@ use crate::storage::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
 
 pub struct StdDir(pub PathBuf);
 
+thread_local! {
+    /// Directory listings made by this thread through any [`StdDir`].
+    pub static LISTINGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn kind(t: fs::FileType) -> Kind {
     if t.is_symlink() {
         Kind::Symlink
@@ -52,6 +57,7 @@ impl Storage for StdDir {
     }
 
     fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
+        LISTINGS.with(|n| n.set(n.get() + 1));
         fs::read_dir(self.path(path))?
             .map(|e| {
                 let e = e?;
@@ -128,6 +134,52 @@ impl StorageFile for fs::File {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.sync_all()
+    }
+}
+
+/// Something to do at a simulated time.
+type Scheduled = (u64, Box<dyn FnOnce()>);
+
+/// Simulated time: a sleep advances it at once and first runs every action
+/// scheduled up to the new time.
+pub struct ScriptClock {
+    now: std::cell::Cell<u64>,
+    actions: std::cell::RefCell<Vec<Scheduled>>,
+}
+
+impl ScriptClock {
+    pub fn new() -> ScriptClock {
+        ScriptClock {
+            now: std::cell::Cell::new(0),
+            actions: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Run `action` when the simulated time reaches `at_ms`.
+    pub fn at(&self, at_ms: u64, action: impl FnOnce() + 'static) {
+        self.actions.borrow_mut().push((at_ms, Box::new(action)));
+    }
+}
+
+impl Clock for ScriptClock {
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+    fn sleep_ms(&self, ms: u64) {
+        let until = self.now.get() + ms;
+        let due: Vec<_> = {
+            let mut actions = self.actions.borrow_mut();
+            let (due, later) = actions.drain(..).partition(|(at, _)| *at <= until);
+            *actions = later;
+            due
+        };
+        for (_, action) in due {
+            action();
+        }
+        self.now.set(until);
+    }
+    fn random_u64(&self) -> u64 {
+        0
     }
 }
 

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::testfs::{RealClock, StdDir};
+use crate::testfs::{LISTINGS, RealClock, ScriptClock, StdDir};
 use crate::*;
 
 fn opts() -> WriteOptions {
@@ -277,6 +277,46 @@ fn latest_skips_incomplete_corrupt_and_stray() {
     )
     .unwrap();
     assert_eq!(after.step, 1);
+}
+
+/// Wait for the step after 1 on a simulated clock while `step` is published
+/// at 50 ms: when it was found, and how often the root was listed.
+fn wait_after_one_for(step: u64) -> (u64, u32) {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let clock = ScriptClock::new();
+    let (root, src) = (StdDir(f.root.0.clone()), StdDir(f.src.0.clone()));
+    clock.at(50, move || {
+        // The publisher's own listings are not the reader's.
+        let before = LISTINGS.with(|n| n.get());
+        publish(&root, &src, &RealClock, step, &opts()).unwrap();
+        LISTINGS.with(|n| n.set(before));
+    });
+    LISTINGS.with(|n| n.set(0));
+    let options = WaitOptions {
+        poll_ms: 10,
+        ..wait_opts(Verify::Size, 10_000)
+    };
+    let version = wait(&f.root, &clock, Target::After(1), &options).unwrap();
+    assert_eq!(version.step, step);
+    (clock.now_ms(), LISTINGS.with(|n| n.get()))
+}
+
+#[test]
+fn waiting_after_n_looks_up_n_plus_1_and_lists_the_root_once_a_second() {
+    // The next step is seen at the first poll after it appears, without
+    // listing the root again.
+    let (found_at, listings) = wait_after_one_for(2);
+    assert!((50..=60).contains(&found_at), "found at {found_at} ms");
+    assert_eq!(listings, 1, "listed only on the first attempt");
+    // A skipped step is still found, by the listing a second later.
+    let (found_at, listings) = wait_after_one_for(3);
+    let list_every = crate::read::LIST_EVERY_MS;
+    assert!(
+        (list_every..=list_every + 10).contains(&found_at),
+        "found at {found_at} ms"
+    );
+    assert_eq!(listings, 2, "the first attempt and one second later");
 }
 
 #[test]
