@@ -190,7 +190,7 @@ fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
         assert!(synced < stable_created, "{file} fsynced after STABLE");
         assert!(synced < committed, "{file} fsynced after the commit");
     }
-    // The hashes the host computed of the copies are those of the source.
+    // The host hashed the source: the manifest vouches for its bytes.
     let manifest = fs::read_to_string(env.root().join("step_4/handoff.manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     for entry in manifest["files"].as_array().unwrap() {

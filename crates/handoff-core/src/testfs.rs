@@ -135,6 +135,37 @@ impl StorageFile for fs::File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_all()
     }
+    fn copy_from(&mut self, src: &mut dyn StorageFile) -> io::Result<Option<u64>> {
+        let Some(src) = src.as_any().and_then(|a| a.downcast_mut::<fs::File>()) else {
+            return Ok(None);
+        };
+        match NATIVE_COPY.with(|c| c.get()) {
+            NativeCopy::Off => Ok(None),
+            NativeCopy::On => io::copy(src, self).map(Some),
+            NativeCopy::Corrupting => {
+                let copied = io::copy(src, self)?;
+                FileExt::write_at(self, b"?", 0)?;
+                Ok(Some(copied))
+            }
+        }
+    }
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// Whether files of a [`StdDir`] copy "natively" (with `io::copy`), as a
+/// host's `copy_file_range` does: the core's other publish path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeCopy {
+    Off,
+    On,
+    /// Copies, then spoils the copy's first byte: a kernel copy gone wrong.
+    Corrupting,
+}
+
+thread_local! {
+    pub static NATIVE_COPY: std::cell::Cell<NativeCopy> = const { std::cell::Cell::new(NativeCopy::Off) };
 }
 
 /// Something to do at a simulated time.

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::testfs::{LISTINGS, RealClock, ScriptClock, StdDir};
+use crate::testfs::{LISTINGS, NATIVE_COPY, NativeCopy, RealClock, ScriptClock, StdDir};
 use crate::*;
 
 fn opts() -> WriteOptions {
@@ -277,6 +277,36 @@ fn latest_skips_incomplete_corrupt_and_stray() {
     )
     .unwrap();
     assert_eq!(after.step, 1);
+}
+
+#[test]
+fn a_native_copy_records_the_same_manifest_and_a_bad_one_is_caught() {
+    let publish_with = |copy: NativeCopy| {
+        let f = fixture();
+        NATIVE_COPY.with(|c| c.set(copy));
+        let report = f.publish(1);
+        NATIVE_COPY.with(|c| c.set(NativeCopy::Off));
+        let manifest = fs::read_to_string(f.path("step_1").join(MANIFEST_NAME)).unwrap();
+        (f, report.unwrap(), manifest)
+    };
+    let (_, buffered, buffered_manifest) = publish_with(NativeCopy::Off);
+    let (_, native, native_manifest) = publish_with(NativeCopy::On);
+    assert_eq!(native.version.files, buffered.version.files);
+    assert_eq!(native_manifest, buffered_manifest);
+    // The manifest vouches for the source, not for what the copy holds.
+    let (f, _, bad_manifest) = publish_with(NativeCopy::Corrupting);
+    assert_eq!(bad_manifest, buffered_manifest);
+    let err = wait(
+        &f.root,
+        &RealClock,
+        Target::Step(1),
+        &wait_opts(Verify::Hash, 50),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity(why) if why.contains("adapter.safetensors")),
+        "{err:?}"
+    );
 }
 
 /// Wait for the step after 1 on a simulated clock while `step` is published

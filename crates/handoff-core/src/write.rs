@@ -435,14 +435,15 @@ pub(crate) fn hash_file<S: Storage>(
     Ok((offset, hex(&hasher.finalize())))
 }
 
-/// Copy `rel` from `source` to `to` in the flusher's storage, hash the copy
-/// and flush it.
+/// Copy `rel` from `source` to `to` in the flusher's storage, hash it and
+/// flush the copy.
 ///
 /// Where the storage copies natively (a host doing `copy_file_range`), the
-/// copy's writeback is started at once and the hash is taken of the copy
-/// while the storage writes it out: the later flush then has little left to
-/// wait for, and the manifest describes exactly the bytes that landed.
-/// Otherwise each chunk is hashed as it passes through.
+/// copy's writeback is started at once and the source is hashed while the
+/// storage writes the copy out, so the later flush has little left to wait
+/// for. The hash is of the source, not of the copy: a copy the kernel or
+/// filesystem got wrong then fails a reader's hash check instead of being
+/// vouched for. Otherwise each chunk is hashed as it passes through.
 fn copy_file<S: Storage, Src: Storage>(
     source: &Src,
     rel: &str,
@@ -463,12 +464,12 @@ fn copy_file<S: Storage, Src: Storage>(
     let (size, blake3) = match copied {
         Some(copied) => {
             output.start_writeback();
-            let (size, blake3) = hash_file(fs, &mut output, to)?;
+            let (size, blake3) = hash_file(source, &mut input, rel)?;
             if size != copied {
-                // Only this writer knows the staging name.
                 return Err(Error::Io(format!(
-                    "{} changed while it was hashed: {copied} bytes copied, {size} read back",
-                    fs.display(to)
+                    "{} changed while it was published: {copied} bytes copied, \
+                     then {size} bytes hashed",
+                    source.display(rel)
                 )));
             }
             (size, blake3)

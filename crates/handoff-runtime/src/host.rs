@@ -8,8 +8,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use cap_fs_ext::OpenOptionsMaybeDirExt;
-use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Trap};
 use wasmtime_wasi::filesystem::Descriptor;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -27,10 +27,13 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) fsync: FsyncStats,
     writeback: Writeback,
+    /// When the call's time limit passes, for host work the epoch cannot
+    /// interrupt.
+    deadline: Option<Instant>,
 }
 
 impl HostState {
-    pub(crate) fn new(wasi: WasiCtx, memory_limit: usize) -> HostState {
+    pub(crate) fn new(wasi: WasiCtx, memory_limit: usize, deadline: Option<Instant>) -> HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -40,6 +43,7 @@ impl HostState {
             },
             fsync: FsyncStats::default(),
             writeback: Writeback::default(),
+            deadline,
         }
     }
 }
@@ -118,9 +122,11 @@ impl bulk::Host for HostState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("hash-file"))),
         };
-        Ok(hash_file(&file)
-            .map(|(size, hash)| (size, hash.as_bytes().to_vec()))
-            .map_err(|e| BulkError::Failed(format!("reading to hash: {e}"))))
+        let hashed = hash_file(&file, self.deadline);
+        outcome(
+            hashed.map(|(size, hash)| (size, hash.as_bytes().to_vec())),
+            "reading to hash",
+        )
     }
 
     fn copy_file(
@@ -142,7 +148,7 @@ impl bulk::Host for HostState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("copy-file"))),
         };
-        Ok(copy_file(&src, &dst).map_err(|e| BulkError::Failed(format!("copying: {e}"))))
+        outcome(copy_file(&src, &dst, self.deadline), "copying")
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {
@@ -188,20 +194,58 @@ fn not_a_file(call: &str) -> BulkError {
     BulkError::Failed(format!("{call} was given a directory descriptor"))
 }
 
+/// Why bulk work stopped before the end of the file.
+#[derive(Debug)]
+enum Stopped {
+    Io(io::Error),
+    /// The call's time limit passed. Epoch interruption cannot stop the
+    /// guest while it waits in a host call, so the host checks between
+    /// chunks and traps the same way.
+    OutOfTime,
+}
+
+impl From<io::Error> for Stopped {
+    fn from(e: io::Error) -> Stopped {
+        Stopped::Io(e)
+    }
+}
+
+/// An I/O failure is the guest's to report; running out of time ends the
+/// call as an epoch interruption would.
+fn outcome<T>(result: Result<T, Stopped>, doing: &str) -> wasmtime::Result<Result<T, BulkError>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(Stopped::Io(e)) => Ok(Err(BulkError::Failed(format!("{doing}: {e}")))),
+        Err(Stopped::OutOfTime) => Err(Trap::Interrupt.into()),
+    }
+}
+
+fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
+    match deadline {
+        Some(at) if Instant::now() >= at => Err(Stopped::OutOfTime),
+        _ => Ok(()),
+    }
+}
+
 /// Buffer for hashing and for copying where the kernel cannot.
 const CHUNK: usize = 1 << 20;
 
+/// Most one `copy_file_range` may copy, so the time limit is checked
+/// often enough (64 MiB takes ~50 ms here).
+const KERNEL_CHUNK: usize = 64 << 20;
+
 /// BLAKE3 of `file` from offset 0 to its end: bytes read, hash.
-fn hash_file(file: &File) -> io::Result<(u64, blake3::Hash)> {
+fn hash_file(file: &File, deadline: Option<Instant>) -> Result<(u64, blake3::Hash), Stopped> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
     loop {
+        in_time(deadline)?;
         let n = match file.read_at(&mut buf, offset) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         hasher.update(&buf[..n]);
         offset += n as u64;
@@ -213,21 +257,27 @@ fn hash_file(file: &File) -> io::Result<(u64, blake3::Hash)> {
 /// copies where it can (`copy_file_range`, without the data passing
 /// through this process); otherwise, or from where it stopped, a
 /// read/write loop does.
-fn copy_file(src: &File, dst: &File) -> io::Result<u64> {
-    let copied = kernel_copy(src, dst)?;
-    copy_from(src, dst, copied)
+fn copy_file(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64, Stopped> {
+    let copied = kernel_copy(src, dst, deadline)?;
+    copy_from(src, dst, copied, deadline)
 }
 
 /// Copy `src` into `dst` from `offset` to the end through a buffer: the
 /// total bytes copied.
-fn copy_from(src: &File, dst: &File, mut offset: u64) -> io::Result<u64> {
+fn copy_from(
+    src: &File,
+    dst: &File,
+    mut offset: u64,
+    deadline: Option<Instant>,
+) -> Result<u64, Stopped> {
     let mut buf = vec![0u8; CHUNK];
     loop {
+        in_time(deadline)?;
         let n = match src.read_at(&mut buf, offset) {
             Ok(0) => return Ok(offset),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         dst.write_all_at(&buf[..n], offset)?;
         offset += n as u64;
@@ -238,10 +288,11 @@ fn copy_from(src: &File, dst: &File, mut offset: u64) -> io::Result<u64> {
 /// own positions are left alone) until end of file, or until the kernel
 /// declines for this pair of files: bytes copied so far.
 #[cfg(target_os = "linux")]
-fn kernel_copy(src: &File, dst: &File) -> io::Result<u64> {
+fn kernel_copy(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64, Stopped> {
     use std::os::fd::AsRawFd;
     let mut offset: i64 = 0;
     loop {
+        in_time(deadline)?;
         let (mut from, mut to) = (offset, offset);
         // SAFETY: two open descriptors kept alive by the borrows, and
         // offsets owned by this frame.
@@ -251,7 +302,7 @@ fn kernel_copy(src: &File, dst: &File) -> io::Result<u64> {
                 &mut from,
                 dst.as_raw_fd(),
                 &mut to,
-                1 << 30,
+                KERNEL_CHUNK,
                 0,
             )
         };
@@ -267,7 +318,7 @@ fn kernel_copy(src: &File, dst: &File) -> io::Result<u64> {
                     Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
                         return Ok(offset as u64);
                     }
-                    _ => return Err(e),
+                    _ => return Err(e.into()),
                 }
             }
         }
@@ -275,7 +326,7 @@ fn kernel_copy(src: &File, dst: &File) -> io::Result<u64> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn kernel_copy(_src: &File, _dst: &File) -> io::Result<u64> {
+fn kernel_copy(_src: &File, _dst: &File, _deadline: Option<Instant>) -> Result<u64, Stopped> {
     Ok(0)
 }
 
@@ -422,7 +473,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // Not a multiple of the chunk: the last read is short.
         let (path, data) = data_file(tmp.path(), 3 * CHUNK + 12345);
-        let (size, hash) = hash_file(&File::open(&path).unwrap()).unwrap();
+        let (size, hash) = hash_file(&File::open(&path).unwrap(), None).unwrap();
         assert_eq!(size, data.len() as u64);
         assert_eq!(hash, blake3::hash(&data));
     }
@@ -432,7 +483,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (path, data) = data_file(tmp.path(), 2 * CHUNK + 999);
         let dst = new_file(&tmp.path().join("dst.bin"));
-        let copied = copy_file(&File::open(&path).unwrap(), &dst).unwrap();
+        let copied = copy_file(&File::open(&path).unwrap(), &dst, None).unwrap();
         assert_eq!(copied, data.len() as u64);
         assert_eq!(std::fs::read(tmp.path().join("dst.bin")).unwrap(), data);
     }
@@ -444,7 +495,7 @@ mod tests {
         let dst = new_file(&tmp.path().join("dst.bin"));
         let head = 4096;
         dst.write_all_at(&data[..head], 0).unwrap();
-        let copied = copy_from(&File::open(&path).unwrap(), &dst, head as u64).unwrap();
+        let copied = copy_from(&File::open(&path).unwrap(), &dst, head as u64, None).unwrap();
         assert_eq!(copied, data.len() as u64);
         assert_eq!(std::fs::read(tmp.path().join("dst.bin")).unwrap(), data);
     }
@@ -455,7 +506,26 @@ mod tests {
         let (path, _) = data_file(tmp.path(), 1000);
         std::fs::write(tmp.path().join("dst.bin"), b"").unwrap();
         let read_only = File::open(tmp.path().join("dst.bin")).unwrap();
-        assert!(copy_file(&File::open(&path).unwrap(), &read_only).is_err());
+        assert!(matches!(
+            copy_file(&File::open(&path).unwrap(), &read_only, None),
+            Err(Stopped::Io(_))
+        ));
+    }
+
+    #[test]
+    fn bulk_work_past_the_time_limit_stops_as_an_interrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, _) = data_file(tmp.path(), 1000);
+        let past = Some(Instant::now());
+        let file = File::open(&path).unwrap();
+        assert!(matches!(hash_file(&file, past), Err(Stopped::OutOfTime)));
+        let dst = new_file(&tmp.path().join("dst.bin"));
+        assert!(matches!(
+            copy_file(&file, &dst, past),
+            Err(Stopped::OutOfTime)
+        ));
+        let trap = outcome(hash_file(&file, past), "hashing").unwrap_err();
+        assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
     }
 
     #[test]

@@ -436,7 +436,11 @@ impl Runtime {
         }
         let mut store = Store::new(
             &self.engine,
-            HostState::new(wasi.build(), self.limits.memory),
+            HostState::new(
+                wasi.build(),
+                self.limits.memory,
+                deadline.and_then(|d| Instant::now().checked_add(d)),
+            ),
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
