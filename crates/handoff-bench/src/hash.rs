@@ -4,8 +4,12 @@
 //! the library (no process start in the figure):
 //!
 //! - `wait --verify hash` minus `wait --verify size` on the same step: the
-//!   time the component spends reading the file through WASI and hashing
-//!   it; the throughput is the file size over that difference.
+//!   time the component takes to have the file hashed; the throughput is
+//!   the file size over that difference. The library's host hashes for the
+//!   component (the `bulk` import), natively.
+//! - the same with a runtime built with `bulk(false)`: the component reads
+//!   the file through WASI and hashes it itself, as under the Python and
+//!   Node hosts (`hash_ratio_vs_native_in_component`).
 //! - native verify: this process reads the same file with the same 1 MiB
 //!   buffer and feeds `blake3::Hasher::update`, single-threaded (the crate
 //!   picks the widest SIMD the CPU has at run time; the report says which).
@@ -48,14 +52,14 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         bail!("native blake3 {native_hash} differs from the component's {expected}");
     }
 
-    let wait = |verify| {
+    let wait = |runtime: &handoff_runtime::Runtime, verify| {
         let options = WaitOptions {
             verify,
             timeout: Some(Duration::from_secs(60)),
             ..WaitOptions::default()
         };
         timed(|| {
-            b.runtime
+            runtime
                 .wait(&root, Step::Step(1), &options)
                 .context("wait failed")
                 .map(drop)
@@ -64,13 +68,15 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let mut memory = vec![0u8; (b.plan.hash_bytes as usize).min(64 << 20)];
     rng.fill(&mut memory);
     // [kind][wall = 0, cpu = 1]
-    let mut samples: [[Vec<Duration>; 2]; 4] = Default::default();
+    let mut samples: [[Vec<Duration>; 2]; KINDS] = Default::default();
     for rep in 0..b.plan.reps {
-        for i in 0..4 {
-            let kind = (rep + i) % 4;
+        for i in 0..KINDS {
+            let kind = (rep + i) % KINDS;
             let (wall, cpu) = match kind {
-                HASH => wait(Verify::Hash)?,
-                SIZE => wait(Verify::Size)?,
+                HASH => wait(&b.runtime, Verify::Hash)?,
+                SIZE => wait(&b.runtime, Verify::Size)?,
+                WASM_HASH => wait(&b.runtime_without_bulk, Verify::Hash)?,
+                WASM_SIZE => wait(&b.runtime_without_bulk, Verify::Size)?,
                 NATIVE => timed(|| native_verify(&file).map(drop))?,
                 _ => timed(|| {
                     hash_memory(&memory, b.plan.hash_bytes);
@@ -87,14 +93,16 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let rate = |clock: usize| {
         let ms = |kind: usize| median_ms(&samples[kind][clock]);
         let component = mib / ((ms(HASH) - ms(SIZE)).max(1e-3) / 1000.0);
+        let in_wasm = mib / ((ms(WASM_HASH) - ms(WASM_SIZE)).max(1e-3) / 1000.0);
         (
             component,
             mib / (ms(NATIVE) / 1000.0),
             mib / (ms(MEMORY) / 1000.0),
+            in_wasm,
         )
     };
-    let (component, native_rate, memory_rate) = rate(1);
-    let (component_wall, native_wall, memory_wall) = rate(0);
+    let (component, native_rate, memory_rate, in_wasm) = rate(1);
+    let (component_wall, native_wall, memory_wall, _) = rate(0);
     note!(
         "verify {mib} MiB, CPU time: component {component:.0} MiB/s, native read+hash {native_rate:.0} MiB/s, native hash only {memory_rate:.0} MiB/s; wall: {component_wall:.0}, {native_wall:.0}, {memory_wall:.0} MiB/s"
     );
@@ -112,6 +120,11 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     );
     report.set("hash_component_mib_per_s_wall", round(component_wall, 1));
     report.set("hash_native_verify_mib_per_s_wall", round(native_wall, 1));
+    report.set("hash_in_component_mib_per_s", round(in_wasm, 1));
+    report.set(
+        "hash_ratio_vs_native_in_component",
+        round(in_wasm / native_rate, 3),
+    );
     report.figure(
         "hash_ratio_vs_native",
         Some(component / native_rate),
@@ -126,6 +139,8 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "wait_verify_size",
         "native_read_hash",
         "native_memory_hash",
+        "wait_verify_hash_without_bulk",
+        "wait_verify_size_without_bulk",
     ];
     let by_clock = |clock: usize| {
         serde_json::Value::Object(
@@ -147,6 +162,9 @@ const HASH: usize = 0;
 const SIZE: usize = 1;
 const NATIVE: usize = 2;
 const MEMORY: usize = 3;
+const WASM_HASH: usize = 4;
+const WASM_SIZE: usize = 5;
+const KINDS: usize = 6;
 
 /// Run `f`; its wall time and the CPU time this process used meanwhile.
 fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Duration)> {

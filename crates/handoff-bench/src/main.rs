@@ -135,6 +135,9 @@ pub struct Bench {
     pub component: Option<PathBuf>,
     /// The library, for the in-process measurements.
     pub runtime: Runtime,
+    /// The same without the `bulk` import: the component hashes and copies
+    /// itself, as under the Python and Node hosts.
+    pub runtime_without_bulk: Runtime,
     /// Scratch space on the measured disk, removed at the end.
     pub work: PathBuf,
     /// `python3`, when there is one (the Python baselines need it).
@@ -229,6 +232,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.component(component);
     }
     let runtime = builder
+        .clone()
+        .build()
+        .context("failed to load the handoff component")?;
+    let runtime_without_bulk = builder
+        .bulk(false)
         .build()
         .context("failed to load the handoff component")?;
 
@@ -256,6 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cache_dir,
         component: args.component,
         runtime,
+        runtime_without_bulk,
         work,
         python: proc::which("python3"),
     };

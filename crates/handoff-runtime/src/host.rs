@@ -30,10 +30,17 @@ pub(crate) struct HostState {
     /// When the call's time limit passes, for host work the epoch cannot
     /// interrupt.
     deadline: Option<Instant>,
+    /// Whether `bulk` work is offered to the guest.
+    bulk: bool,
 }
 
 impl HostState {
-    pub(crate) fn new(wasi: WasiCtx, memory_limit: usize, deadline: Option<Instant>) -> HostState {
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        memory_limit: usize,
+        deadline: Option<Instant>,
+        bulk: bool,
+    ) -> HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -44,6 +51,7 @@ impl HostState {
             fsync: FsyncStats::default(),
             writeback: Writeback::default(),
             deadline,
+            bulk,
         }
     }
 }
@@ -111,7 +119,11 @@ impl durability::Host for HostState {
 /// `durability` for that.
 impl bulk::Host for HostState {
     fn supported(&mut self) -> wasmtime::Result<BulkSupport> {
-        Ok(BulkSupport::HASH_FILE | BulkSupport::COPY_FILE | BulkSupport::START_WRITEBACK)
+        Ok(if self.bulk {
+            BulkSupport::HASH_FILE | BulkSupport::COPY_FILE | BulkSupport::START_WRITEBACK
+        } else {
+            BulkSupport::empty()
+        })
     }
 
     fn hash_file(

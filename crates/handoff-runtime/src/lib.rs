@@ -96,6 +96,7 @@ pub struct RuntimeBuilder {
     cache: bool,
     cache_dir: Option<PathBuf>,
     limits: Limits,
+    bulk: bool,
 }
 
 impl RuntimeBuilder {
@@ -122,6 +123,16 @@ impl RuntimeBuilder {
     /// Time and memory limits of each call.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Whether this host hashes and copies payload files natively for the
+    /// component (the `bulk` import; on by default). Off, the component
+    /// does both itself through WASI, as under the Python and Node hosts:
+    /// the same results, slower. For comparison, and for a filesystem whose
+    /// `copy_file_range` is not to be trusted.
+    pub fn bulk(mut self, enabled: bool) -> Self {
+        self.bulk = enabled;
         self
     }
 
@@ -181,6 +192,7 @@ impl RuntimeBuilder {
             engine,
             pre,
             limits: self.limits,
+            bulk: self.bulk,
             load,
         })
     }
@@ -209,6 +221,7 @@ pub struct Runtime {
     engine: Engine,
     pre: HandoffPre<HostState>,
     limits: Limits,
+    bulk: bool,
     load: LoadInfo,
 }
 
@@ -216,6 +229,7 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("limits", &self.limits)
+            .field("bulk", &self.bulk)
             .field("load", &self.load)
             .finish_non_exhaustive()
     }
@@ -242,6 +256,7 @@ impl Runtime {
             cache: true,
             cache_dir: None,
             limits: Limits::default(),
+            bulk: true,
         }
     }
 
@@ -440,6 +455,7 @@ impl Runtime {
                 wasi.build(),
                 self.limits.memory,
                 deadline.and_then(|d| Instant::now().checked_add(d)),
+                self.bulk,
             ),
         );
         store.limiter(|s| &mut s.limiter);
