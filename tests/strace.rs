@@ -204,3 +204,47 @@ fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
         );
     }
 }
+
+#[test]
+fn no_bulk_publishes_the_same_manifest_without_kernel_copies() {
+    if !strace_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.src().display().to_string();
+    let root = env.root_str();
+    let publish = |step: &str, extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend([
+            "publish",
+            "--root",
+            &root,
+            "--step",
+            step,
+            "--created-ms",
+            "1",
+            "--writer",
+            "w",
+            &src,
+        ]);
+        let name = format!("publish-{step}");
+        trace(&env, &name, Path::new(env!("CARGO_BIN_EXE_handoff")), &args)
+    };
+    let native = publish("1", &[]);
+    let in_component = publish("2", &["--no-bulk"]);
+    let copies = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("copy_file_range("))
+            .count()
+    };
+    assert!(copies(&native) >= 2, "{}", native.join("\n"));
+    assert_eq!(copies(&in_component), 0, "{}", in_component.join("\n"));
+    let manifest = |step: &str| {
+        let text = fs::read_to_string(env.root().join(step).join("handoff.manifest.json")).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        value["step"] = serde_json::Value::Null;
+        value
+    };
+    assert_eq!(manifest("step_1"), manifest("step_2"));
+}

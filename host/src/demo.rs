@@ -167,6 +167,9 @@ fn spawn_reader(
     if host.no_cache {
         cmd.arg("--no-cache");
     }
+    if host.no_bulk {
+        cmd.arg("--no-bulk");
+    }
     cmd.arg("--prefix")
         .arg(&global.prefix)
         .arg("wait")

@@ -38,6 +38,10 @@ struct HostOptions {
     /// Compile the component instead of using (or filling) the on-disk cache
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Hash and copy inside the component instead of natively (slower; for
+    /// a filesystem whose copy_file_range is not to be trusted)
+    #[arg(long, global = true)]
+    no_bulk: bool,
     /// Time limit of each call into the component [default: 1h; wait: its timeout + 1m]
     #[arg(long, global = true, value_name = "DUR", value_parser = duration::parse)]
     deadline: Option<Duration>,
@@ -70,10 +74,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn runtime(host: &HostOptions) -> anyhow::Result<Runtime> {
-    let mut builder = Runtime::builder().cache(!host.no_cache).limits(Limits {
-        deadline: host.deadline,
-        ..Limits::default()
-    });
+    let mut builder = Runtime::builder()
+        .cache(!host.no_cache)
+        .bulk(!host.no_bulk)
+        .limits(Limits {
+            deadline: host.deadline,
+            ..Limits::default()
+        });
     if let Some(path) = &host.component {
         builder = builder.component(path);
     }
