@@ -109,7 +109,8 @@ pub struct WasiDir<H: Host = DescriptorSync> {
 
 impl<H: Host> WasiDir<H> {
     /// Open `path`, the guest path of a preopen or of a directory beneath
-    /// one, flushing and copying through `host`. The longest matching preopen wins.
+    /// one, flushing and copying through `host`. The longest matching
+    /// preopen wins.
     ///
     /// A path beneath no preopen is `not-found`; a `..` component is refused
     /// as `invalid-input` before anything is opened (it could only lead out
