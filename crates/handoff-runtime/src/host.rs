@@ -130,6 +130,9 @@ impl bulk::Host for HostState {
         &mut self,
         file: Resource<Descriptor>,
     ) -> wasmtime::Result<Result<(u64, Vec<u8>), BulkError>> {
+        if !self.bulk {
+            return Ok(Err(BulkError::Unsupported));
+        }
         let file = match self.table.get(&file)? {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("hash-file"))),
@@ -146,6 +149,10 @@ impl bulk::Host for HostState {
         src: Resource<Descriptor>,
         dst: Resource<Descriptor>,
     ) -> wasmtime::Result<Result<u64, BulkError>> {
+        // Off means off, even for a component that does not ask first.
+        if !self.bulk {
+            return Ok(Err(BulkError::Unsupported));
+        }
         let src = match self.table.get(&src)? {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("copy-file"))),
@@ -164,6 +171,9 @@ impl bulk::Host for HostState {
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {
+        if !self.bulk {
+            return Ok(());
+        }
         if let Descriptor::File(f) = self.table.get(&file)? {
             let file = Arc::clone(&f.file);
             self.writeback.start(file);
