@@ -252,8 +252,8 @@ fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
 /// Buffer for hashing and for copying where the kernel cannot.
 const CHUNK: usize = 1 << 20;
 
-/// Most one `copy_file_range` may copy, so the time limit is checked
-/// often enough (64 MiB takes ~50 ms here).
+/// Most one `copy_file_range` may copy, so that the time limit is checked
+/// at least every 64 MiB.
 const KERNEL_CHUNK: usize = 64 << 20;
 
 /// BLAKE3 of `file` from offset 0 to its end: bytes read, hash.
