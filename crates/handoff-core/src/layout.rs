@@ -24,6 +24,18 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// Join two [`Storage`](crate::Storage) paths (relative, `/`-separated; the
+/// empty path is the root).
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// The directory name of `step`: the prefix and the number without padding.
 pub fn step_name(prefix: &str, step: u64) -> String {
     format!("{prefix}{step}")

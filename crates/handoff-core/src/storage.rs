@@ -153,16 +153,7 @@ pub trait Clock {
     fn random_u64(&self) -> u64;
 }
 
-/// Join two relative paths.
-pub(crate) fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else if name.is_empty() {
-        dir.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
+pub(crate) use crate::layout::join;
 
 /// Write all of `buf` at `offset`.
 pub(crate) fn write_all_at<F: StorageFile>(

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use handoff_core::layout::{MANIFEST_TMP_NAME, parse_step, step_name};
+use handoff_core::layout::{MANIFEST_TMP_NAME, join, parse_step, step_name};
 use handoff_core::manifest::{MANIFEST_NAME, STABLE_NAME};
 use handoff_core::{
     Clock, Error, GcOptions, Kind, PinRequest, StepState, Storage, StorageFile, Target, Verify,
@@ -94,16 +94,6 @@ impl Written {
             file.write_at(data, 0)?;
         }
         Ok(())
-    }
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else if name.is_empty() {
-        dir.to_string()
-    } else {
-        format!("{dir}/{name}")
     }
 }
 
