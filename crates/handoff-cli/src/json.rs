@@ -3,22 +3,10 @@
 
 use std::time::Duration;
 
-use handoff_core::{FileEntry, FsckEntry, GcReport, PinInfo, StepInfo, StepState, Version};
+use handoff_core::{FileEntry, FsckEntry, GcReport, PinInfo, StepInfo, Version};
 use serde::Serialize;
 
 use crate::{Class, Written};
-
-/// A step's state as JSON and text show it.
-pub(crate) fn state(s: StepState) -> &'static str {
-    match s {
-        StepState::Committed => "committed",
-        StepState::Incomplete => "incomplete",
-        StepState::Corrupt => "corrupt",
-        StepState::Staging => "staging",
-        StepState::Trash => "trash",
-        StepState::Stray => "stray",
-    }
-}
 
 /// `publish`, `seal`, `wait` and each `watch` line:
 /// `{"step","path","writer","created_ms","files":[{"path","size","blake3"}],"bytes","elapsed_ms"}`.
@@ -117,7 +105,7 @@ impl<'a> Steps<'a> {
                 .map(|s| Step {
                     step: s.step,
                     path: &s.path,
-                    state: state(s.state),
+                    state: s.state.as_str(),
                     files: s.files,
                     bytes: s.bytes,
                 })
@@ -174,7 +162,7 @@ impl<'a> Entries<'a> {
                 .iter()
                 .map(|e| Entry {
                     name: &e.name,
-                    state: state(e.state),
+                    state: e.state.as_str(),
                     detail: e.detail.as_deref(),
                     action: e.action.as_deref(),
                 })
@@ -216,6 +204,7 @@ fn round3(ms: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use handoff_core::StepState;
 
     fn version() -> Version {
         Version {

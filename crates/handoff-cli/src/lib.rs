@@ -537,7 +537,7 @@ pub fn run<B: Backend>(backend: &B, global: &Global, command: Command) -> anyhow
                 let name = s.path.rsplit('/').next().unwrap_or(&s.path);
                 out!(
                     "{name:<24} {:<10} {:>5} {:>14}",
-                    json::state(s.state),
+                    s.state.as_str(),
                     s.files,
                     s.bytes
                 );
@@ -594,7 +594,7 @@ pub fn run<B: Backend>(backend: &B, global: &Global, command: Command) -> anyhow
                 return print_json(&json::Entries::new(&entries));
             }
             for e in &entries {
-                let mut line = format!("{:<32} {}", e.name, json::state(e.state));
+                let mut line = format!("{:<32} {}", e.name, e.state.as_str());
                 if let Some(detail) = &e.detail {
                     line.push_str(&format!(": {detail}"));
                 }

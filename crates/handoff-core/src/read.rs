@@ -102,6 +102,20 @@ pub enum StepState {
     Stray,
 }
 
+impl StepState {
+    /// The state's name, as the WIT and the CLI's output spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Committed => "committed",
+            StepState::Incomplete => "incomplete",
+            StepState::Corrupt => "corrupt",
+            StepState::Staging => "staging",
+            StepState::Trash => "trash",
+            StepState::Stray => "stray",
+        }
+    }
+}
+
 /// One entry of [`list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepInfo {
