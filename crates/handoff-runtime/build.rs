@@ -8,11 +8,18 @@
 //!
 //! `HANDOFF_GUEST_WASM=/path/to/handoff_guest.wasm` skips the nested build and
 //! embeds that file instead (for packagers that build the guest separately).
+//!
+//! A toolchain without the `wasm32-wasip2` standard library gets it through
+//! `rustup target add`: rustup does not act on `rust-toolchain.toml`'s
+//! `targets` for a toolchain that is already installed, nor at all where
+//! `RUSTUP_AUTO_INSTALL=0`, so a fresh clone would otherwise fail here.
 
 use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
 
 /// Environment the outer build sets for itself; passed on, it would point the
 /// nested build at the host's target, flags or wrapper (clippy-driver).
@@ -73,6 +80,8 @@ fn main() {
         );
     }
 
+    ensure_guest_target();
+
     let guest_target = workspace.join("target").join("guest");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
@@ -116,6 +125,59 @@ fn main() {
 
     let built = guest_target.join("wasm32-wasip2/release/handoff_guest.wasm");
     copy(&built, &embedded);
+}
+
+/// Adds the guest's Rust target to the active toolchain when its standard
+/// library is missing, or exits with one line saying what to install.
+fn ensure_guest_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let installed = sysroot.as_deref().is_some_and(|root| {
+        root.join("lib/rustlib")
+            .join(GUEST_TARGET)
+            .join("lib")
+            .is_dir()
+    });
+    if installed {
+        return;
+    }
+
+    // RUSTUP_TOOLCHAIN, set by rustup's cargo proxy, names the toolchain
+    // this build runs on, so the target lands where the nested build looks.
+    let mut rustup = match Command::new("rustup")
+        .args(["target", "add", GUEST_TARGET])
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => fail(&format!(
+            "the {GUEST_TARGET} Rust target is missing and rustup cannot be run ({e}): \
+             install that target's standard library for this toolchain and build again"
+        )),
+    };
+    // Cargo shows warnings from a build script that succeeds, stderr only
+    // from one that fails: say it both ways.
+    println!(
+        "cargo::warning=the {GUEST_TARGET} target was missing; added it with `rustup target add {GUEST_TARGET}`"
+    );
+    eprintln!("handoff: adding the {GUEST_TARGET} target with `rustup target add {GUEST_TARGET}`");
+    match rustup.wait() {
+        Ok(status) if status.success() => {}
+        Ok(status) => fail(&format!(
+            "`rustup target add {GUEST_TARGET}` failed ({status}); run it by hand and build again"
+        )),
+        Err(e) => fail(&format!("`rustup target add {GUEST_TARGET}` failed: {e}")),
+    }
+}
+
+/// One line on stderr and a failed build script, without a panic's backtrace.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
 }
 
 fn copy(from: &Path, to: &Path) {

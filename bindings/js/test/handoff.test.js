@@ -1,8 +1,8 @@
 // The Node binding against the real (transpiled) component, on a local filesystem.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, writeFileSync, existsSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,8 +11,15 @@ import { fileURLToPath } from 'node:url';
 import * as handoff from '../src/index.js';
 import { stats } from '../src/durability.js';
 
+// Every fixture folder, removed when the file's tests are done.
+const fixtures = [];
+after(() => {
+  for (const dir of fixtures) rmSync(dir, { recursive: true, force: true });
+});
+
 function fixture() {
   const dir = mkdtempSync(join(tmpdir(), 'handoff-js-'));
+  fixtures.push(dir);
   const root = join(dir, 'root');
   const src = join(dir, 'src');
   mkdirSync(root);
