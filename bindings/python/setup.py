@@ -1,12 +1,13 @@
-"""Build hook: put the handoff component into the package.
+"""Build hook: put the handoff components into the package.
 
-`pip install ./bindings/python` from a clone of the repository builds the
-component with cargo (`bindings/build-component.sh`, the same command and
-profile the CLI's build uses) and ships the .wasm inside the package.
-`HANDOFF_GUEST_WASM=/path/to/handoff_guest.wasm` ships that file instead.
+`pip install ./bindings/python` (or `pip wheel`) from a clone of the
+repository builds both with cargo (`bindings/build-component.sh`, the same
+commands and profile the CLI's build uses) and ships them inside the
+package: `handoff_guest.wasm`, run by the library, and
+`handoff_command.wasm`, run by the `handoff` console command.
+`HANDOFF_GUEST_WASM` / `HANDOFF_COMMAND_WASM` ship those files instead.
 """
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,23 +19,24 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE.parent / "build-component.sh"
 
 
-class build_py_with_component(build_py):
+class build_py_with_components(build_py):
     def run(self):
         super().run()
-        wasm = os.environ.get("HANDOFF_GUEST_WASM") or self._build_component()
-        target = Path(self.build_lib) / "handoff" / "handoff_guest.wasm"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(wasm, target)
+        package = Path(self.build_lib) / "handoff"
+        package.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._build([]), package / "handoff_guest.wasm")
+        shutil.copyfile(self._build(["--command"]), package / "handoff_command.wasm")
 
-    def _build_component(self):
+    def _build(self, args):
         if not BUILD_SCRIPT.exists():
             raise SystemExit(
                 f"{BUILD_SCRIPT} not found: install from a clone of the handoff repository, "
-                "or set HANDOFF_GUEST_WASM to a built handoff_guest.wasm"
+                "or set HANDOFF_GUEST_WASM and HANDOFF_COMMAND_WASM to built components"
             )
+        # The script prints the path, or the prebuilt file the environment names.
         return subprocess.run(
-            ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
+            ["bash", str(BUILD_SCRIPT), *args], check=True, stdout=subprocess.PIPE, text=True
         ).stdout.strip()
 
 
-setup(cmdclass={"build_py": build_py_with_component})
+setup(cmdclass={"build_py": build_py_with_components})

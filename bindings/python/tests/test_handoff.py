@@ -15,23 +15,6 @@ import handoff
 from handoff import _runtime
 
 
-@pytest.fixture
-def root(tmp_path):
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def src(tmp_path):
-    s = tmp_path / "src"
-    (s / "sub").mkdir(parents=True)
-    (s / "adapter_model.safetensors").write_bytes(os.urandom(65536))
-    (s / "adapter_config.json").write_text('{"r": 8}')
-    (s / "sub" / "extra.bin").write_bytes(b"x" * 10)
-    return s
-
-
 def test_publish_then_wait_returns_the_same_version(root, src):
     report = handoff.publish(root, 3, src, writer="trainer-0", created_ms=1_700_000_000_000)
     assert report.version.step == 3

@@ -1,0 +1,178 @@
+"""The ``handoff`` console command of the Python package.
+
+It runs ``handoff_command.wasm``, the plain WASI command built from the same
+command-line definition as the native ``handoff`` CLI, under wasmtime-py: the
+same subcommands, flags, ``--json`` output, messages and exit codes, with no
+Rust toolchain on the machine.
+
+The command sees only the directories its arguments name: ``--root``
+(read-write) and the source of ``publish`` (read-only), each preopened at
+its canonical absolute host path and passed on by that path, so paths in
+its output are real paths, as the native CLI prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from importlib import resources
+from typing import List, Optional, Sequence, Tuple
+
+from wasmtime import Config, Engine, ExitTrap, Store, WasiConfig, WasmtimeError
+from wasmtime.component import Linker
+
+from . import _runtime
+
+#: Flags that take no value; every other flag takes one (``--x V`` or ``--x=V``).
+_SWITCHES = frozenset({"--json", "--latest", "--repair", "--help", "-h", "--version", "-V"})
+
+#: The WASI interface whose ``run`` the command exports (the WASI 0.2.x the
+#: command is built against; ``handoff_command.wasm`` and this file ship together).
+_RUN = "wasi:cli/run@0.2.12"
+
+
+class _Dir:
+    """A directory argument: where it is in argv and whether it is written."""
+
+    def __init__(self, index: int, writable: bool, what: str):
+        self.index = index
+        self.writable = writable
+        self.what = what
+
+
+def _directories(argv: Sequence[str]) -> Tuple[Optional[str], List[_Dir]]:
+    """The subcommand and the directory arguments of ``argv``, found as clap
+    would parse them: ``--root``'s value, and the positional source of
+    ``publish``. Anything malformed is left for the command to report."""
+    sub: Optional[str] = None
+    dirs: List[_Dir] = []
+    i = 0
+    only_positional = False
+    while i < len(argv):
+        arg = argv[i]
+        if not only_positional and arg == "--":
+            only_positional = True
+        elif not only_positional and arg.startswith("-") and arg != "-":
+            if arg in _SWITCHES or "=" in arg:
+                if arg.startswith("--root="):
+                    dirs.append(_Dir(i, True, "root"))
+            else:
+                if arg == "--root" and i + 1 < len(argv):
+                    dirs.append(_Dir(i + 1, True, "root"))
+                i += 1
+        elif sub is None:
+            sub = arg
+        elif sub == "publish":
+            dirs.append(_Dir(i, False, "source"))
+        i += 1
+    return sub, dirs
+
+
+def _canonical(path: str) -> Tuple[Optional[str], str]:
+    """``(canonical absolute path, "")`` of a directory, or ``(None, why not)``
+    in the words the native CLI uses."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as e:
+        return None, f"{e.strerror} (os error {e.errno})" if e.errno else str(e)
+    if not os.path.isdir(real):
+        return None, "not a directory"
+    return real, ""
+
+
+def _fail(message: str, json_out: bool) -> int:
+    """Report a failure found before the command runs, as the CLI does."""
+    if json_out:
+        failure = {"error": {"class": "other", "exit_code": 1, "message": message}}
+        print(json.dumps(failure, separators=(",", ":")))
+    print(f"handoff: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _command_path() -> str:
+    override = os.environ.get("HANDOFF_COMMAND")
+    if override:
+        return override
+    return str(resources.files("handoff").joinpath("handoff_command.wasm"))
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the command with ``argv`` (without the program name); the exit code."""
+    argv = list(argv)
+    sub, dirs = _directories(argv)
+    json_out = "--json" in argv
+    preopens: List[Tuple[str, bool]] = []
+    for d in dirs:
+        value = argv[d.index]
+        flag = ""
+        if value.startswith("--root="):
+            flag, value = "--root=", value[len("--root=") :]
+        real, why = _canonical(value)
+        if real is None:
+            return _fail(f"{d.what} {value}: {why}", json_out)
+        argv[d.index] = flag + real
+        preopens.append((real, d.writable))
+
+    wasm_path = _command_path()
+    try:
+        with open(wasm_path, "rb") as f:
+            wasm = f.read()
+    except OSError as e:
+        return _fail(f"bad component {wasm_path}: cannot read it: {e.strerror or e}", json_out)
+
+    engine = Engine(Config())
+    try:
+        component, _ = _runtime._compile_cached(engine, wasm)
+        linker = Linker(engine)
+        linker.add_wasip2()
+    except WasmtimeError as e:
+        return _fail(f"bad component {wasm_path}: {e}", json_out)
+
+    wasi = WasiConfig()
+    wasi.argv = ["handoff", *argv]
+    wasi.inherit_stdin()
+    wasi.inherit_stdout()
+    wasi.inherit_stderr()
+    # The command's default writer id is `<$HOSTNAME>:<random>`.
+    wasi.env = [["HOSTNAME", os.environ.get("HOSTNAME") or socket.gethostname() or "localhost"]]
+    # A source inside the root is reached through its own read-only
+    # preopen: the command takes the longest preopen a path is beneath.
+    for path, writable in preopens:
+        wasi.preopen_dir(path, path, writable)
+    store = Store(engine)
+    store.set_wasi(wasi)
+    # The library's memory limit; no time limit: `watch` runs until stopped
+    # and `wait` has its own --timeout.
+    store.set_limits(memory_size=_runtime.MEMORY_LIMIT)
+
+    try:
+        instance = linker.instantiate(store, component)
+        interface = component.get_export_index(_RUN)
+        run_index = component.get_export_index("run", interface) if interface else None
+        if run_index is None:
+            return _fail(f"bad component {wasm_path}: it does not export {_RUN}#run", json_out)
+        func = instance.get_func(store, run_index)
+        assert func is not None
+        result = func(store)
+    except ExitTrap as e:
+        return e.code
+    except WasmtimeError as e:
+        return _fail(f"component trapped: {e}", json_out)
+    sys.stdout.flush()
+    # `run` returns `result` (no payload): None is ok.
+    return 0 if result is None else 1
+
+
+def main() -> None:
+    # Ctrl-C ends the program at once, as it ends the native CLI: Python's
+    # own handler would run only when the component returns, and `watch`
+    # does not return.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
