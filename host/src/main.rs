@@ -5,9 +5,12 @@
 
 mod backend;
 mod demo;
+mod progress;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -66,14 +69,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = runtime(&cli.host)?;
+    let json = matches!(&cli.command, HostCommand::Protocol(command) if command.json());
+    let progress = shows_progress(json, std::io::stderr().is_terminal());
+    let runtime = runtime(&cli.host, progress)?;
     match cli.command {
         HostCommand::Protocol(command) => handoff_cli::run(&Native(runtime), &cli.global, command),
         HostCommand::Demo(args) => demo::run(&runtime, &cli.global, &cli.host, &args),
     }
 }
 
-fn runtime(host: &HostOptions) -> anyhow::Result<Runtime> {
+/// A progress bar only for a person watching: never with `--json`, never
+/// into a pipe or a log file.
+fn shows_progress(json: bool, stderr_is_terminal: bool) -> bool {
+    !json && stderr_is_terminal
+}
+
+fn runtime(host: &HostOptions, progress: bool) -> anyhow::Result<Runtime> {
     let mut builder = Runtime::builder()
         .cache(!host.no_cache)
         .bulk(!host.no_bulk)
@@ -83,6 +94,9 @@ fn runtime(host: &HostOptions) -> anyhow::Result<Runtime> {
         });
     if let Some(path) = &host.component {
         builder = builder.component(path);
+    }
+    if progress {
+        builder = builder.progress(Arc::new(progress::StderrBar::new()));
     }
     Ok(builder.build()?)
 }
@@ -131,6 +145,14 @@ mod tests {
         assert!(matches!(cli.command, HostCommand::Demo(_)));
         let cli = Cli::try_parse_from(["handoff", "ls", "--root", "r", "--json"]).unwrap();
         assert!(matches!(cli.command, HostCommand::Protocol(c) if c.json()));
+    }
+
+    #[test]
+    fn progress_only_on_a_terminal_and_never_with_json() {
+        assert!(shows_progress(false, true));
+        assert!(!shows_progress(true, true));
+        assert!(!shows_progress(false, false));
+        assert!(!shows_progress(true, false));
     }
 
     #[test]

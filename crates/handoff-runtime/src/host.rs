@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::bulk::{self, BulkError, BulkSupport};
 use crate::bindings::durability::{self, SyncError};
+use crate::progress::{BulkWork, Hook, Meter};
 
 /// `EBADF` and `EINVAL`: the same numbers on Linux, macOS and the BSDs.
 const EBADF: i32 = 9;
@@ -32,6 +33,8 @@ pub(crate) struct HostState {
     deadline: Option<Instant>,
     /// Whether `bulk` work is offered to the guest.
     bulk: bool,
+    /// Told how far bulk work has got.
+    progress: Option<Hook>,
 }
 
 impl HostState {
@@ -40,6 +43,7 @@ impl HostState {
         memory_limit: usize,
         deadline: Option<Instant>,
         bulk: bool,
+        progress: Option<Hook>,
     ) -> HostState {
         HostState {
             wasi,
@@ -52,6 +56,7 @@ impl HostState {
             writeback: Writeback::default(),
             deadline,
             bulk,
+            progress,
         }
     }
 }
@@ -137,7 +142,8 @@ impl bulk::Host for HostState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("hash-file"))),
         };
-        let hashed = hash_file(&file, self.deadline);
+        let meter = Meter::start(self.progress.as_ref(), BulkWork::Hashing, file_len(&file));
+        let hashed = hash_file(&file, self.deadline, &meter);
         outcome(
             hashed.map(|(size, hash)| (size, hash.as_bytes().to_vec())),
             "reading to hash",
@@ -167,7 +173,8 @@ impl bulk::Host for HostState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("copy-file"))),
         };
-        outcome(copy_file(&src, &dst, self.deadline), "copying")
+        let meter = Meter::start(self.progress.as_ref(), BulkWork::Copying, file_len(&src));
+        outcome(copy_file(&src, &dst, self.deadline, &meter), "copying")
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {
@@ -210,6 +217,11 @@ impl Writeback {
             let _ = queue.send(file);
         }
     }
+}
+
+/// A file's size for the progress display: 0 when it cannot be read.
+fn file_len(file: &File) -> u64 {
+    file.metadata().map_or(0, |m| m.len())
 }
 
 fn not_a_file(call: &str) -> BulkError {
@@ -257,7 +269,11 @@ const CHUNK: usize = 1 << 20;
 const KERNEL_CHUNK: usize = 64 << 20;
 
 /// BLAKE3 of `file` from offset 0 to its end: bytes read, hash.
-fn hash_file(file: &File, deadline: Option<Instant>) -> Result<(u64, blake3::Hash), Stopped> {
+fn hash_file(
+    file: &File,
+    deadline: Option<Instant>,
+    meter: &Meter,
+) -> Result<(u64, blake3::Hash), Stopped> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
@@ -271,6 +287,7 @@ fn hash_file(file: &File, deadline: Option<Instant>) -> Result<(u64, blake3::Has
         };
         hasher.update(&buf[..n]);
         offset += n as u64;
+        meter.advance(offset);
     }
     Ok((offset, hasher.finalize()))
 }
@@ -279,9 +296,14 @@ fn hash_file(file: &File, deadline: Option<Instant>) -> Result<(u64, blake3::Has
 /// copies where it can (`copy_file_range`, without the data passing
 /// through this process); otherwise, or from where it stopped, a
 /// read/write loop does.
-fn copy_file(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64, Stopped> {
-    let copied = kernel_copy(src, dst, deadline)?;
-    copy_from(src, dst, copied, deadline)
+fn copy_file(
+    src: &File,
+    dst: &File,
+    deadline: Option<Instant>,
+    meter: &Meter,
+) -> Result<u64, Stopped> {
+    let copied = kernel_copy(src, dst, deadline, meter)?;
+    copy_from(src, dst, copied, deadline, meter)
 }
 
 /// Copy `src` into `dst` from `offset` to the end through a buffer: the
@@ -291,6 +313,7 @@ fn copy_from(
     dst: &File,
     mut offset: u64,
     deadline: Option<Instant>,
+    meter: &Meter,
 ) -> Result<u64, Stopped> {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -303,6 +326,7 @@ fn copy_from(
         };
         dst.write_all_at(&buf[..n], offset)?;
         offset += n as u64;
+        meter.advance(offset);
     }
 }
 
@@ -310,7 +334,12 @@ fn copy_from(
 /// own positions are left alone) until end of file, or until the kernel
 /// declines for this pair of files: bytes copied so far.
 #[cfg(target_os = "linux")]
-fn kernel_copy(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64, Stopped> {
+fn kernel_copy(
+    src: &File,
+    dst: &File,
+    deadline: Option<Instant>,
+    meter: &Meter,
+) -> Result<u64, Stopped> {
     use std::os::fd::AsRawFd;
     let mut offset: i64 = 0;
     loop {
@@ -330,7 +359,10 @@ fn kernel_copy(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64,
         };
         match n {
             0 => return Ok(offset as u64),
-            n if n > 0 => offset += n as i64,
+            n if n > 0 => {
+                offset += n as i64;
+                meter.advance(offset as u64);
+            }
             _ => {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -348,7 +380,12 @@ fn kernel_copy(src: &File, dst: &File, deadline: Option<Instant>) -> Result<u64,
 }
 
 #[cfg(not(target_os = "linux"))]
-fn kernel_copy(_src: &File, _dst: &File, _deadline: Option<Instant>) -> Result<u64, Stopped> {
+fn kernel_copy(
+    _src: &File,
+    _dst: &File,
+    _deadline: Option<Instant>,
+    _meter: &Meter,
+) -> Result<u64, Stopped> {
     Ok(0)
 }
 
@@ -495,7 +532,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // Not a multiple of the chunk: the last read is short.
         let (path, data) = data_file(tmp.path(), 3 * CHUNK + 12345);
-        let (size, hash) = hash_file(&File::open(&path).unwrap(), None).unwrap();
+        let (size, hash) = hash_file(&File::open(&path).unwrap(), None, &Meter::none()).unwrap();
         assert_eq!(size, data.len() as u64);
         assert_eq!(hash, blake3::hash(&data));
     }
@@ -505,7 +542,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (path, data) = data_file(tmp.path(), 2 * CHUNK + 999);
         let dst = new_file(&tmp.path().join("dst.bin"));
-        let copied = copy_file(&File::open(&path).unwrap(), &dst, None).unwrap();
+        let copied = copy_file(&File::open(&path).unwrap(), &dst, None, &Meter::none()).unwrap();
         assert_eq!(copied, data.len() as u64);
         assert_eq!(std::fs::read(tmp.path().join("dst.bin")).unwrap(), data);
     }
@@ -517,7 +554,14 @@ mod tests {
         let dst = new_file(&tmp.path().join("dst.bin"));
         let head = 4096;
         dst.write_all_at(&data[..head], 0).unwrap();
-        let copied = copy_from(&File::open(&path).unwrap(), &dst, head as u64, None).unwrap();
+        let copied = copy_from(
+            &File::open(&path).unwrap(),
+            &dst,
+            head as u64,
+            None,
+            &Meter::none(),
+        )
+        .unwrap();
         assert_eq!(copied, data.len() as u64);
         assert_eq!(std::fs::read(tmp.path().join("dst.bin")).unwrap(), data);
     }
@@ -529,7 +573,12 @@ mod tests {
         std::fs::write(tmp.path().join("dst.bin"), b"").unwrap();
         let read_only = File::open(tmp.path().join("dst.bin")).unwrap();
         assert!(matches!(
-            copy_file(&File::open(&path).unwrap(), &read_only, None),
+            copy_file(
+                &File::open(&path).unwrap(),
+                &read_only,
+                None,
+                &Meter::none()
+            ),
             Err(Stopped::Io(_))
         ));
     }
@@ -540,14 +589,68 @@ mod tests {
         let (path, _) = data_file(tmp.path(), 1000);
         let past = Some(Instant::now());
         let file = File::open(&path).unwrap();
-        assert!(matches!(hash_file(&file, past), Err(Stopped::OutOfTime)));
-        let dst = new_file(&tmp.path().join("dst.bin"));
         assert!(matches!(
-            copy_file(&file, &dst, past),
+            hash_file(&file, past, &Meter::none()),
             Err(Stopped::OutOfTime)
         ));
-        let trap = outcome(hash_file(&file, past), "hashing").unwrap_err();
+        let dst = new_file(&tmp.path().join("dst.bin"));
+        assert!(matches!(
+            copy_file(&file, &dst, past, &Meter::none()),
+            Err(Stopped::OutOfTime)
+        ));
+        let trap = outcome(hash_file(&file, past, &Meter::none()), "hashing").unwrap_err();
         assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+    }
+
+    /// What a [`Progress`](crate::Progress) was told, in order.
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<String>>);
+
+    impl crate::Progress for Recorded {
+        fn start(&self, work: BulkWork, len: u64) {
+            self.0.lock().unwrap().push(format!("start {work:?} {len}"));
+        }
+        fn advance(&self, done: u64) {
+            self.0.lock().unwrap().push(format!("at {done}"));
+        }
+        fn finish(&self) {
+            self.0.lock().unwrap().push("finish".to_string());
+        }
+    }
+
+    #[test]
+    fn bulk_work_reports_its_progress_and_always_finishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let len = 2 * CHUNK + 7;
+        let (path, _) = data_file(tmp.path(), len);
+        let recorded = Arc::new(Recorded::default());
+        let hook = Hook(recorded.clone());
+
+        let file = File::open(&path).unwrap();
+        let meter = Meter::start(Some(&hook), BulkWork::Hashing, file_len(&file));
+        hash_file(&file, None, &meter).unwrap();
+        drop(meter);
+        let seen = std::mem::take(&mut *recorded.0.lock().unwrap());
+        let chunk = CHUNK as u64;
+        assert_eq!(
+            seen,
+            [
+                format!("start Hashing {len}"),
+                format!("at {chunk}"),
+                format!("at {}", 2 * chunk),
+                format!("at {len}"),
+                "finish".to_string(),
+            ]
+        );
+
+        // Stopped early (out of time), the display is still told it ended.
+        let meter = Meter::start(Some(&hook), BulkWork::Copying, file_len(&file));
+        let dst = new_file(&tmp.path().join("dst.bin"));
+        let past = Some(Instant::now());
+        assert!(copy_file(&file, &dst, past, &meter).is_err());
+        drop(meter);
+        let seen = std::mem::take(&mut *recorded.0.lock().unwrap());
+        assert_eq!(seen, [format!("start Copying {len}"), "finish".to_string()]);
     }
 
     #[test]

@@ -34,9 +34,11 @@ mod cache;
 mod component;
 mod error;
 mod host;
+mod progress;
 mod types;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
@@ -48,6 +50,7 @@ use crate::host::HostState;
 
 pub use crate::component::LoadInfo;
 pub use crate::error::Error;
+pub use crate::progress::{BulkWork, Progress};
 pub use crate::types::{
     DEFAULT_PREFIX, FileEntry, FsckEntry, GcOptions, GcReport, PinInfo, PinRequest, PublishReport,
     StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, default_writer_id,
@@ -97,6 +100,7 @@ pub struct RuntimeBuilder {
     cache_dir: Option<PathBuf>,
     limits: Limits,
     bulk: bool,
+    progress: Option<progress::Hook>,
 }
 
 impl RuntimeBuilder {
@@ -133,6 +137,13 @@ impl RuntimeBuilder {
     /// `copy_file_range` is not to be trusted.
     pub fn bulk(mut self, enabled: bool) -> Self {
         self.bulk = enabled;
+        self
+    }
+
+    /// Report how far the host's own hashing and copying has got, file by
+    /// file, to `progress` (none by default).
+    pub fn progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress::Hook(progress));
         self
     }
 
@@ -193,6 +204,7 @@ impl RuntimeBuilder {
             pre,
             limits: self.limits,
             bulk: self.bulk,
+            progress: self.progress,
             load,
         })
     }
@@ -222,6 +234,7 @@ pub struct Runtime {
     pre: HandoffPre<HostState>,
     limits: Limits,
     bulk: bool,
+    progress: Option<progress::Hook>,
     load: LoadInfo,
 }
 
@@ -257,6 +270,7 @@ impl Runtime {
             cache_dir: None,
             limits: Limits::default(),
             bulk: true,
+            progress: None,
         }
     }
 
@@ -456,6 +470,7 @@ impl Runtime {
                 self.limits.memory,
                 deadline.and_then(|d| Instant::now().checked_add(d)),
                 self.bulk,
+                self.progress.clone(),
             ),
         );
         store.limiter(|s| &mut s.limiter);
