@@ -2,6 +2,7 @@
 run by wasmtime-py, as a separate process the way a user runs it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -101,3 +102,25 @@ def test_a_source_inside_the_root_is_read_only(root, src):
         "adapter_model.safetensors",
         "sub",
     ]
+
+
+def test_names_that_are_not_utf8_are_refused_clearly(tmp_path, src):
+    root = os.fsencode(tmp_path) + b"/r\xff"
+    os.mkdir(root)
+    out = subprocess.run(
+        [sys.executable, "-m", "handoff._cli", b"ls", b"--root", root],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out
+    assert b"not valid UTF-8" in out.stderr
+    out = handoff_cmd("publish", "--root", tmp_path, "--step", "1", src, check=None)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "handoff._cli", b"wait", b"--root", os.fsencode(tmp_path),
+         b"--step", b"1", b"--pin", b"h\xff"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert b"argument 7 is not valid UTF-8" in out.stderr

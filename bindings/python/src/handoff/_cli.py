@@ -80,7 +80,18 @@ def _canonical(path: str) -> Tuple[Optional[str], str]:
         return None, f"{e.strerror} (os error {e.errno})" if e.errno else str(e)
     if not os.path.isdir(real):
         return None, "not a directory"
+    if not _is_utf8(real):
+        return None, "the path is not valid UTF-8, which WASI paths must be"
     return real, ""
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether an argument (undecodable bytes arrive as surrogates) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fail(message: str, json_out: bool) -> int:
@@ -115,6 +126,11 @@ def run(argv: Sequence[str]) -> int:
             return _fail(f"{d.what} {value}: {why}", json_out)
         argv[d.index] = flag + real
         preopens.append((real, d.writable))
+    for number, arg in enumerate(argv, start=1):
+        if not _is_utf8(arg):
+            # As clap answers an argument it cannot read: a usage error.
+            print(f"handoff: error: argument {number} is not valid UTF-8", file=sys.stderr)
+            return 2
 
     wasm_path = _command_path()
     try:
