@@ -197,13 +197,58 @@ fn wait_with_pin_holds_the_step() {
     // srv still holds 2; gc keeps it.
     let g = json(&env.run("gc", &["--keep", "1", "--json"]));
     assert_eq!(steps(&g, "pinned"), [2]);
-    // Moving forward releases the old pin.
+    // Waiting for the next version keeps the old pin: srv may still serve 2
+    // until it has switched over to 4.
     json(&env.run(
         "wait",
         &["--latest", "--pin", "srv", "--json", "--timeout", "1s"],
     ));
     let g = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&g, "pinned"), [2]);
+    // Switched over: the unpin ends the hand-over.
+    assert_ok(&env.run("unpin", &["--step", "2", "--holder", "srv"]));
+    let g = json(&env.run("gc", &["--keep", "1", "--json"]));
     assert_eq!(steps(&g, "removed"), [2]);
+}
+
+#[test]
+fn watch_with_pin_hands_over_when_asked_for_the_next_step() {
+    let env = Env::new();
+    env.publish(1);
+    let mut child = env
+        .cmd(
+            "watch",
+            &["--from", "1", "--pin", "srv", "--json", "--poll", "20ms"],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ask = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["step"], 1);
+
+    // The consumer has not asked for more: step 1 stays pinned however many
+    // steps arrive.
+    env.publish(2);
+    env.publish(3);
+    std::thread::sleep(Duration::from_millis(200));
+    let g = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&g, "pinned"), [1]);
+    assert_eq!(steps(&g, "removed"), [2]);
+
+    // Asked: the next step is pinned, then step 1 released.
+    std::io::Write::write_all(&mut ask, b"next\n").unwrap();
+    assert_eq!(next()["step"], 3);
+    let g = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&g, "removed"), [1]);
+    assert!(env.root().join(".handoff/pins/step_3/srv").exists());
+
+    // End of input: watch ends, its last pin left for the consumer.
+    drop(ask);
+    assert!(child.wait().unwrap().success());
+    assert!(env.root().join(".handoff/pins/step_3/srv").exists());
 }
 
 #[test]

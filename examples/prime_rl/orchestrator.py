@@ -1,11 +1,15 @@
 """A prime-rl-shaped orchestrator: waits for each new adapter, pins it while
-the inference server loads it, then unpins it.
+the inference server loads and serves it, and hands the pin over: the
+previous adapter stays pinned until the server has switched to the new one.
 
 prime-rl's orchestrator polls for ``step_N/STABLE`` and then asks vLLM to load
 the directory. Here ``wait`` does the polling and also checks the manifest
 and every file (hashes with ``verify="hash"``), retrying while a lagging NFS
 cache still shows a short or missing file; ``pin=`` holds the step so the
-trainer's gc cannot delete it mid-load.
+trainer's gc cannot delete it mid-load. The pin on the adapter being served
+is released only after the next one is loaded: vLLM re-reads an adapter's
+files whenever it falls out of its cache, so the served step must outlive
+the wait for the next.
 
     python orchestrator.py ROOT --steps 6
 """
@@ -34,14 +38,30 @@ def main() -> None:
     args = parser.parse_args()
 
     last = 0
+    serving = None
     while last < args.steps:
         # The lowest committed step above the last one loaded (steps gc'd
-        # meanwhile are skipped), pinned before it is returned.
+        # meanwhile are skipped), pinned before it is returned; the pin on
+        # the step being served stays.
         version = handoff.wait(args.root, after=last, pin=HOLDER, ttl=120, timeout=60, verify="hash")
         load_adapter(version)
-        handoff.unpin(args.root, version.step, HOLDER)
-        print(f"orchestrator: loaded step {version.step} ({len(version.files)} files), unpinned", flush=True)
+        released = "-"
+        if serving is not None:
+            # Requests still in flight on the previous adapter: the server
+            # reads it once more (as after an eviction), then switches over
+            # and hands the pin over.
+            load_adapter(serving)
+            handoff.unpin(args.root, serving.step, HOLDER)
+            released = str(serving.step)
+        print(
+            f"orchestrator: loaded step {version.step} ({len(version.files)} files), "
+            f"serving it; released step {released}",
+            flush=True,
+        )
+        serving = version
         last = version.step
+    if serving is not None:
+        handoff.unpin(args.root, serving.step, HOLDER)
 
 
 if __name__ == "__main__":

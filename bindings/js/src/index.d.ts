@@ -87,7 +87,8 @@ export interface WaitOptions {
   settleMs?: number;
   /** Default 100. */
   pollMs?: number;
-  /** Pin the version for this holder before returning it; release the holder's other pins. */
+  /** Pin the version for this holder before returning it. The holder's other pins stay: unpin the
+   * version served before once switched over to this one. */
   pin?: string;
   /** Default 600000. */
   ttlMs?: number;

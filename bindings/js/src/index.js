@@ -130,8 +130,9 @@ export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, k
  * Throws TimedOutError when `timeoutMs` passes with the step never committed
  * (no timeout: wait forever), IntegrityError when it is committed but still
  * does not validate after `settleMs`. With `pin`, the version is pinned for
- * that holder for `ttlMs` before it is returned, and the holder's other pins
- * are released.
+ * that holder for `ttlMs` before it is returned; the holder's other pins
+ * stay. A reader serving an earlier version hands over: it switches to the
+ * new one, then unpins the old one.
  */
 export function wait(root, stepOrOptions, options = {}) {
   const opts = typeof stepOrOptions === 'object' && stepOrOptions !== null ? stepOrOptions : { ...options, step: stepOrOptions };

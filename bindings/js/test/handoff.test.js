@@ -132,13 +132,16 @@ test('latest, pin, gc and unpin', () => {
   );
 });
 
-test('wait with a pin moves the holder pin forward', () => {
+test('wait with a pin keeps the previous pin until the reader unpins it', () => {
   const { root, src } = fixture();
   handoff.publish(root, 1, src);
   assert.equal(handoff.wait(root, { latest: true, pin: 'r', timeoutMs: 1000 }).step, 1);
   handoff.publish(root, 2, src);
   assert.equal(handoff.wait(root, { after: 1, pin: 'r', timeoutMs: 1000 }).step, 2);
-  assert.throws(() => handoff.unpin(root, 1, 'r'), handoff.NotFoundError);
+  // Still serving step 1 until switched over: gc keeps it.
+  assert.deepEqual(handoff.gc(root, 1).pinned, [1]);
+  handoff.unpin(root, 1, 'r'); // switched over
+  assert.deepEqual(handoff.gc(root, 1).removed, [1]);
   handoff.unpin(root, 2, 'r');
 });
 

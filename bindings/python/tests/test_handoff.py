@@ -136,13 +136,15 @@ def test_latest_pin_gc_and_unpin(root, src):
     assert states == {3: "committed", 9: "incomplete"}
 
 
-def test_wait_pin_moves_the_holders_pin_forward(root, src):
+def test_wait_pin_keeps_the_previous_pin_until_the_reader_unpins_it(root, src):
     handoff.publish(root, 1, src)
     assert handoff.wait(root, latest=True, pin="r", timeout=1).step == 1
     handoff.publish(root, 2, src)
     assert handoff.wait(root, after=1, pin="r", timeout=1).step == 2
-    with pytest.raises(handoff.NotFoundError):
-        handoff.unpin(root, 1, "r")  # released when the pin moved to 2
+    # Still serving step 1 until switched over: gc keeps it.
+    assert list(handoff.gc(root, 1).pinned) == [1]
+    handoff.unpin(root, 1, "r")  # switched over
+    assert list(handoff.gc(root, 1).removed) == [1]
     handoff.unpin(root, 2, "r")
 
 

@@ -103,7 +103,15 @@ pub enum Command {
     },
     /// Wait until a step is committed and validates
     Wait(WaitArgs),
-    /// Print each new step as it is committed, in step order, until interrupted
+    /// Print each new step as it is committed, in step order, until interrupted.
+    /// With --pin, a step stays pinned until a line on stdin asks for the next
+    #[command(
+        after_help = "With --pin, watch hands over pins: each step it prints stays pinned \
+                      while you use it. Write a line to its stdin to ask for the next step; \
+                      the one before is released once the next one is pinned. At end of \
+                      input watch exits and leaves the last pin to expire (--ttl) or to \
+                      `handoff unpin`."
+    )]
     Watch(WatchArgs),
     /// List the step directories under ROOT with their state
     Ls {
@@ -271,7 +279,10 @@ pub struct ReadArgs {
     /// Longest pause between two attempts
     #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "100ms")]
     poll: Duration,
-    /// Pin each step returned for this holder, releasing the holder's other pins
+    /// Pin each step returned for this holder. `wait` keeps the holder's
+    /// other pins: unpin the previous step once you have switched over.
+    /// `watch` keeps each step pinned until you ask for the next one (a line
+    /// on its stdin), then releases it once the next one is pinned
     #[arg(long, value_name = "HOLDER", value_parser = parse_holder)]
     pin: Option<String>,
     /// How long the pin taken with --pin lasts
@@ -739,6 +750,11 @@ fn wait<B: Backend>(backend: &B, global: &Global, args: WaitArgs) -> anyhow::Res
 fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::Result<()> {
     let options = args.read.options(&global.prefix, None);
     let root = &args.root.root;
+    let holder = args.read.pin.as_deref();
+    // With --pin, the step printed last stays pinned until the consumer asks
+    // for the next one, and is released only once that one is pinned: the
+    // consumer is never left holding nothing.
+    let mut held: Option<u64> = None;
     let mut target = match args.from {
         None => Target::Latest,
         Some(0) => {
@@ -749,7 +765,15 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
                 ..options.clone()
             };
             match backend.wait(root, Target::Step(0), &once) {
-                Ok(version) => print_watched(&version, Duration::ZERO, args.json)?,
+                Ok(version) => {
+                    print_watched(&version, Duration::ZERO, args.json)?;
+                    if holder.is_some() {
+                        held = Some(0);
+                        if !next_requested()? {
+                            return Ok(());
+                        }
+                    }
+                }
                 Err(e) if B::class(&e) == Class::TimedOut => {}
                 Err(e) => return Err(e).context("failed to watch step 0"),
             }
@@ -762,8 +786,46 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
         let version = backend
             .wait(root, target, &options)
             .context("failed to watch for the next step")?;
+        if let (Some(previous), Some(holder)) = (held, holder) {
+            release(backend, global, root, previous, holder)?;
+        }
         print_watched(&version, start.elapsed(), args.json)?;
         target = Target::After(version.step);
+        if holder.is_some() {
+            held = Some(version.step);
+            if !next_requested()? {
+                // stdin closed: no more asks. The pin stays until it
+                // expires or is unpinned; the consumer may still read it.
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits for the consumer of `watch --pin` to ask for the next version: a
+/// line on stdin. False at end of input.
+fn next_requested() -> anyhow::Result<bool> {
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .read_line(&mut line)
+        .context("failed to read the request for the next step from stdin")?;
+    Ok(read > 0)
+}
+
+/// Releases `holder`'s pin on `step`; already gone (expired and collected,
+/// or unpinned by hand) is fine.
+fn release<B: Backend>(
+    backend: &B,
+    global: &Global,
+    root: &Path,
+    step: u64,
+    holder: &str,
+) -> anyhow::Result<()> {
+    match backend.unpin(root, &global.prefix, step, holder) {
+        Err(e) if B::class(&e) != Class::NotFound => {
+            Err(e).with_context(|| format!("failed to release {holder}'s pin on step {step}"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::io;
 use crate::error::{Error, Result};
 use crate::layout::{check_prefix, parse_step, step_name};
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
-use crate::retain::{pin, release_other_pins};
+use crate::retain::pin;
 use crate::storage::{Clock, Kind, Storage, StorageFile, join};
 use crate::write::hash_file;
 
@@ -79,8 +79,9 @@ pub struct WaitOptions {
     pub settle_ms: u64,
     /// Longest pause between attempts.
     pub poll_ms: u64,
-    /// Pin the version before returning it, then release the holder's pins
-    /// on other steps.
+    /// Pin the version before returning it. The holder's pins on other
+    /// steps stay: a reader still serving the previous version releases it
+    /// (`unpin`) once it has switched over, never before.
     pub pin: Option<PinRequest>,
 }
 
@@ -421,10 +422,7 @@ pub fn wait<S: Storage, C: Clock>(
                 &request.holder,
                 request.ttl_ms,
             ) {
-                Ok(_) => {
-                    release_other_pins(fs, &options.prefix, version.step, &request.holder);
-                    outcome
-                }
+                Ok(_) => outcome,
                 // gc unpublished it between our check and our pin: look again.
                 Err(Error::NotFound(why)) => Err(Rejected::NotCommitted(why)),
                 Err(e) => return Err(e),

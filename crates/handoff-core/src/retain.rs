@@ -195,25 +195,6 @@ pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Resul
     Ok(())
 }
 
-/// Release `holder`'s pins on every step but `keep`: one pin per holder.
-///
-/// Best effort: a step may vanish under us (gc on another node removes it
-/// and its pin directory), and a pin left behind only delays gc until it
-/// expires, so failures here never fail the caller's wait.
-pub(crate) fn release_other_pins<S: Storage>(fs: &S, prefix: &str, keep: u64, holder: &str) {
-    let Ok(entries) = fs.read_dir(PINS_DIR) else {
-        return;
-    };
-    for entry in entries {
-        match parse_step(prefix, &entry.name) {
-            Some(step) if step != keep => {
-                let _ = fs.remove_file(&join(&pin_dir(prefix, step), holder));
-            }
-            _ => {}
-        }
-    }
-}
-
 /// A step's pin holders with their parsed pins.
 type Holders = Vec<(String, Option<PinInfo>)>;
 

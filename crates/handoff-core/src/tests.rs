@@ -420,7 +420,7 @@ fn pins_need_a_committed_step_and_a_sane_holder() {
 }
 
 #[test]
-fn wait_with_pin_moves_the_holders_pin_forward() {
+fn wait_with_pin_keeps_the_previous_pin_until_the_reader_unpins_it() {
     let f = fixture();
     f.publish(1).unwrap();
     let mut o = wait_opts(Verify::Size, 0);
@@ -437,8 +437,17 @@ fn wait_with_pin_moves_the_holders_pin_forward() {
         wait(&f.root, &RealClock, Target::Latest, &o).unwrap().step,
         2
     );
+    // The reader still serves step 1 until it has switched over.
     assert!(f.path(".handoff/pins/step_2/srv").exists());
-    assert!(!f.path(".handoff/pins/step_1/srv").exists());
+    assert!(f.path(".handoff/pins/step_1/srv").exists());
+    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    assert_eq!(report.pinned, [1]);
+    assert!(f.path("step_1/STABLE").exists());
+
+    // Switched over: the hand-over ends with its unpin, and gc may go on.
+    unpin(&f.root, "step_", 1, "srv").unwrap();
+    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    assert_eq!(report.removed, [1]);
 }
 
 #[test]

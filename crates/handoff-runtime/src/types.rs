@@ -172,8 +172,9 @@ pub struct WaitOptions {
     pub settle: Duration,
     /// Longest pause between two attempts.
     pub poll: Duration,
-    /// Pin the version for this holder before returning it, then release
-    /// the holder's pins on other steps (one pin per holder).
+    /// Pin the version for this holder before returning it. The holder's
+    /// pins on other steps stay: release the version served before
+    /// ([`Runtime::unpin`](crate::Runtime::unpin)) once switched over.
     pub pin: Option<PinRequest>,
 }
 

@@ -447,22 +447,23 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
             during.held = Some((HOLDER, BTreeSet::from([1, 2])));
             during.gc_after_crash = true;
             let mut after = during.clone();
-            // Once the wait returned step 2, the reader serves step 2.
+            // Once it has switched over to step 2, the reader serves step 2.
             after.held = Some((HOLDER, BTreeSet::from([2])));
             CrashCase {
                 scenario: sc,
                 action: format!(
-                    "{HOLDER}, serving step 1, waits for the latest step and moves its pin to it"
+                    "{HOLDER}, serving step 1, waits for the latest step with a pin, \
+                     switches over to it, then unpins step 1"
                 ),
                 run: Box::new(move |m, c| {
-                    p.wait_pin(m, c, Target::Latest, HOLDER, PIN_TTL_MS)
-                        .map(|r| match r {
-                            Ok(2) => Ok(()),
-                            Ok(step) => {
-                                Err(Error::Io(format!("the wait returned step {step}, not 2")))
-                            }
-                            Err(e) => Err(e),
-                        })
+                    let waited = p.wait_pin(m, c, Target::Latest, HOLDER, PIN_TTL_MS)?;
+                    match waited {
+                        Ok(2) => p.unpin(m, c, 1, HOLDER),
+                        Ok(step) => Some(Err(Error::Io(format!(
+                            "the wait returned step {step}, not 2"
+                        )))),
+                        Err(e) => Some(Err(e)),
+                    }
                 }),
                 during,
                 after,

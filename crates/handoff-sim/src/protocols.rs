@@ -140,8 +140,8 @@ pub enum Operation {
     ReadLaggingSeal,
     /// Pin a step (crash at every call).
     Pin,
-    /// A long-lived reader waits for the latest step and moves its pin
-    /// forward (crash at every call).
+    /// A long-lived reader waits for the latest step with a pin, then
+    /// unpins the step it served before (crash at every call).
     WaitPin,
     /// Unpin a step (crash at every call).
     Unpin,
@@ -242,8 +242,8 @@ pub trait Protocol: Copy + Send + Sync + 'static {
         None
     }
 
-    /// Wait for `target` and pin it for `holder`, releasing the holder's
-    /// other pins; the step returned.
+    /// Wait for `target` and pin it for `holder` (its other pins stay); the
+    /// step returned.
     fn wait_pin<S: Storage>(
         &self,
         _fs: &S,

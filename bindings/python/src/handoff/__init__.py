@@ -170,8 +170,10 @@ def wait(
     Raises :class:`TimedOutError` when ``timeout`` passes with the step never
     committed (``None`` waits forever), :class:`IntegrityError` when it is
     committed but still does not validate after ``settle``. With ``pin``,
-    the version is pinned for that holder for ``ttl`` before it is returned,
-    and the holder's pins on other steps are released (one pin per holder).
+    the version is pinned for that holder for ``ttl`` before it is returned;
+    the holder's pins on other steps stay. A reader serving an earlier
+    version hands over: it switches to the new one, then calls :func:`unpin`
+    for the old one.
     """
     chosen = [step is not None, bool(latest), after is not None]
     if sum(chosen) != 1:
