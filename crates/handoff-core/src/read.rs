@@ -156,25 +156,8 @@ pub(crate) fn check<S: Storage>(
 ) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
     let stable = join(&dir, STABLE_NAME);
-    // A missing or non-directory step_N shows up as "not found" or "not a directory".
-    let committed = match fs.stat(&stable) {
-        Ok(found) => found.is_some(),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            false
-        }
-        Err(e) => {
-            return Err(Rejected::Failed(Error::io(
-                "inspect",
-                &fs.display(&stable),
-                &e,
-            )));
-        }
-    };
+    let committed = opens(fs, &stable)
+        .map_err(|e| Rejected::Failed(Error::io("open", &fs.display(&stable), &e)))?;
     if !committed {
         return Err(Rejected::NotCommitted(format!(
             "step {step} is not committed: no {}",
@@ -182,6 +165,28 @@ pub(crate) fn check<S: Storage>(
         )));
     }
     check_contents(fs, prefix, step, verify)
+}
+
+/// Whether `path` exists, found by opening it rather than by `stat`: an NFS
+/// client may answer `stat` of a name from its caches (a `STABLE` another
+/// node removed can look present for seconds), while an open goes to the
+/// server (close-to-open consistency). A missing or non-directory parent,
+/// and a handle the server no longer knows, all mean "not there".
+pub(crate) fn opens<S: Storage>(fs: &S, path: &str) -> io::Result<bool> {
+    match fs.open(path) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::StaleNetworkFileHandle
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The part of [`check`] after `STABLE`: the manifest and every listed file.
@@ -384,7 +389,23 @@ pub fn wait<S: Storage, C: Clock>(
             })
         };
         let mut outcome = match target {
-            Target::Step(step) => check(fs, &options.prefix, step, options.verify),
+            Target::Step(step) => match check(fs, &options.prefix, step, options.verify) {
+                // An NFS client keeps a failed look-up of `step_N` for up to
+                // a minute (negative look-up cache) and answers later ones
+                // from it, but listing the root makes it revalidate the
+                // directory and drop that entry. So once per LIST_EVERY_MS a
+                // step not found is looked for again after a listing.
+                Err(Rejected::NotCommitted(_))
+                    if listed_at
+                        .is_none_or(|at| clock.now_ms().saturating_sub(at) >= LIST_EVERY_MS) =>
+                {
+                    listed_at = Some(clock.now_ms());
+                    fs.read_dir("")
+                        .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+                    check(fs, &options.prefix, step, options.verify)
+                }
+                other => other,
+            },
             Target::Latest => found(
                 latest(fs, &options.prefix, options.verify)?,
                 "no step".into(),

@@ -20,7 +20,7 @@ use crate::layout::{
     HANDOFF_DIR, PINS_DIR, STAGING_DIR, TRASH_DIR, check_prefix, parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
-use crate::read::{Rejected, StepState, Verify, check, check_contents};
+use crate::read::{Rejected, StepState, Verify, check, check_contents, opens};
 use crate::storage::{Clock, Kind, Storage, join, write_all_at};
 use crate::write::{Flusher, ensure_dir, remove_tree};
 
@@ -158,17 +158,19 @@ pub fn pin<S: Storage, C: Clock>(
     }
     // The pin is in place; only now may the step be used, if gc has not
     // already unpublished it (see the module docs).
+    // Opened, not `stat`ed: a client's cached attributes could still show
+    // a `STABLE` gc removed a moment ago on another node.
     let stable = join(&step_name(prefix, step), STABLE_NAME);
-    match fs.stat(&stable) {
-        Ok(Some(_)) => Ok(info),
-        Ok(None) => {
+    match opens(fs, &stable) {
+        Ok(true) => Ok(info),
+        Ok(false) => {
             let _ = fs.remove_file(&path);
             Err(not_committed(format!(
                 "it was removed while pinning: no {}",
                 fs.display(&stable)
             )))
         }
-        Err(e) => Err(Error::io("inspect", &fs.display(&stable), &e)),
+        Err(e) => Err(Error::io("open", &fs.display(&stable), &e)),
     }
 }
 

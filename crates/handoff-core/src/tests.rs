@@ -350,6 +350,31 @@ fn waiting_after_n_looks_up_n_plus_1_and_lists_the_root_once_a_second() {
 }
 
 #[test]
+fn waiting_for_step_n_lists_the_root_at_most_once_a_second() {
+    // The listing makes an NFS client drop a cached failed look-up of
+    // step_N; one a second bounds its cost on a root with many entries.
+    let f = fixture();
+    let clock = ScriptClock::new();
+    let (root, src) = (StdDir(f.root.0.clone()), StdDir(f.src.0.clone()));
+    clock.at(2500, move || {
+        let before = LISTINGS.with(|n| n.get());
+        publish(&root, &src, &RealClock, 2, &opts()).unwrap();
+        LISTINGS.with(|n| n.set(before));
+    });
+    LISTINGS.with(|n| n.set(0));
+    let options = WaitOptions {
+        poll_ms: 10,
+        ..wait_opts(Verify::Size, 10_000)
+    };
+    let version = wait(&f.root, &clock, Target::Step(2), &options).unwrap();
+    assert_eq!(version.step, 2);
+    let found_at = clock.now_ms();
+    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    let listings = LISTINGS.with(|n| n.get());
+    assert_eq!(listings, 3, "at 0, 1 and 2 seconds");
+}
+
+#[test]
 fn gc_keeps_newest_and_pinned_and_removes_stable_first() {
     let f = fixture();
     for step in 1..=5 {
