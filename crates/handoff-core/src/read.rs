@@ -394,14 +394,21 @@ pub fn wait<S: Storage, C: Clock>(
                 // a minute (negative look-up cache) and answers later ones
                 // from it, but listing the root makes it revalidate the
                 // directory and drop that entry. So once per LIST_EVERY_MS a
-                // step not found is looked for again after a listing.
+                // step not found is looked for again after a listing, and
+                // so is a `STABLE` not found in a step that is listed (an
+                // in-place writer creates it last).
                 Err(Rejected::NotCommitted(_))
                     if listed_at
                         .is_none_or(|at| clock.now_ms().saturating_sub(at) >= LIST_EVERY_MS) =>
                 {
                     listed_at = Some(clock.now_ms());
-                    fs.read_dir("")
+                    let dir = step_name(&options.prefix, step);
+                    let root = fs
+                        .read_dir("")
                         .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+                    if root.iter().any(|entry| entry.name == dir) {
+                        let _ = fs.read_dir(&dir);
+                    }
                     check(fs, &options.prefix, step, options.verify)
                 }
                 other => other,
