@@ -8,7 +8,9 @@
 #   LANE_MODULES  the extracted kernel's lib/modules folder
 #   HANDOFF_BIN   the handoff binary to test
 #   LANE_VERS     4.2 (default mount options) or 3 (vers=3,nolock)
-#   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE
+#   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE,
+#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN
+#   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 4000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #
 # Topology: knfsd in the root network namespace exports an ext4 file system on
@@ -231,6 +233,211 @@ scenario_looked() {
 export -f make_payload
 export BLOB
 
+# ---- pins against gc ----------------------------------------------------------
+# gc on node a is held at one point between its steps (strace fault injection:
+# a delay at the entry or exit of one system call), and while it is held node b
+# pins the step gc is about to remove. Whether the step survived is read on the
+# server's own ext4 file system ($MX), which no NFS cache stands in front of.
+MA=/mnt/a MB=/mnt/b MX=/mnt/export
+HOLD_US=${LANE_HOLD_US:-4000000}
+
+# The points gc is held at: name syscall enter|exit nr-on-x86_64. From a plain
+# `strace -f` of `gc --keep 1` with one step to remove: getdents64 #1 lists the
+# root; the pins of step_k are listed (getdents64), then unlinkat #1 removes
+# STABLE, step_k is fsynced, the pins are listed again, and renameat #1 moves
+# step_k into .handoff/trash/.
+PVG_POINTS=(
+    "root-listed getdents64 exit 217"   # before gc has looked at any pin
+    "pins-read unlinkat enter 263"      # pins read (none), STABLE not yet removed
+    "stable-removed unlinkat exit 263"  # STABLE removed, not yet fsynced or re-read
+    "pins-reread renameat enter 264"    # pins re-read (none), not yet moved to trash
+    "in-trash renameat exit 264"        # step_k already renamed into trash
+)
+
+# held PID NR: some thread of PID's traced child is stopped in syscall NR.
+held() {
+    local p t nr _
+    for p in $(pgrep -P "$1"); do
+        for t in /proc/$p/task/*; do
+            read -r nr _ <"$t/syscall" 2>/dev/null || continue
+            [ "$nr" = "$2" ] && return 0
+        done
+    done
+    return 1
+}
+
+small_payload() { # DIR STEP
+    mkdir -p "$1"
+    printf '{"step":%s,"r":8,"alpha":16}\n' "$2" >"$1/adapter_config.json"
+}
+
+# pvg_run I POINT...: one run of pin-vs-gc; sets RUN_OK.
+pvg_run() {
+    local i=$1 point=$2 sc=$3 phase=$4 nr=$5
+    local root=pvg/r$i k=1 d=/run/lane/pvg.$i
+    mkdir -p "$d" "$MA/$root"
+    RUN_OK=1
+    local why="" s
+    for s in $k $((k + 1)); do
+        rm -rf "$d/src"; small_payload "$d/src" "$s"
+        "$HB" publish --root "$MA/$root" --step "$s" "$d/src" --json >"$d/pub$s.json" 2>"$d/pub$s.err" \
+            || { RUN_OK=0; why="publish $s failed: $(head -c 200 "$d/pub$s.err")"; }
+    done
+    # b reads step k first, so its client caches step_k and STABLE.
+    "$HB" wait --root "$MB/$root" --step "$k" --timeout 30s --json >"$d/wait.json" 2>"$d/wait.err" \
+        || { RUN_OK=0; why="$why b's wait failed: $(head -c 200 "$d/wait.err")"; }
+    if [ $RUN_OK = 0 ]; then
+        echo "nfs-guest: pin-vs-gc run=$i point=$point setup failed: $why"
+        return
+    fi
+    local t0=${EPOCHREALTIME/./}
+    strace -f -qq --seccomp-bpf -o /dev/null -e trace="$sc" \
+        -e inject="$sc:delay_$phase=$HOLD_US:when=1" \
+        "$HB" gc --root "$MA/$root" --keep 1 --json >"$d/gc.json" 2>"$d/gc.err" &
+    local sp=$! th="" n
+    for n in $(seq 600); do
+        if held "$sp" "$nr"; then
+            case $point in
+                # the syscall must have done its work before the hold counts
+                stable-removed) [ -e "$MX/$root/step_$k/STABLE" ] || { th=${EPOCHREALTIME/./}; break; } ;;
+                in-trash) [ -e "$MX/$root/step_$k" ] || { th=${EPOCHREALTIME/./}; break; } ;;
+                *) th=${EPOCHREALTIME/./}; break ;;
+            esac
+        fi
+        kill -0 "$sp" 2>/dev/null || break
+        sleep 0.02
+    done
+    local prc=none tp0 tp1
+    tp0=${EPOCHREALTIME/./}
+    "$HB" pin --root "$MB/$root" --step "$k" --holder b --ttl 5m --json >"$d/pin.json" 2>"$d/pin.err"
+    prc=$?
+    tp1=${EPOCHREALTIME/./}
+    wait "$sp"
+    local grc=$? tg=${EPOCHREALTIME/./}
+    # What the server holds now.
+    local dir=gone stable=gone pins
+    [ -d "$MX/$root/step_$k" ] && dir=present
+    [ -e "$MX/$root/step_$k/STABLE" ] && stable=present
+    pins=$(ls "$MX/$root/.handoff/pins/step_$k" 2>/dev/null | tr '\n' ' ')
+    local in_hold=no held_ms=none
+    if [ -n "$th" ]; then
+        held_ms=$(( (th - t0) / 1000 ))
+        [ $((tp1 - th)) -lt "$HOLD_US" ] && in_hold=yes
+    fi
+    if [ "$prc" = 0 ] && { [ $dir = gone ] || [ $stable = gone ]; }; then
+        RUN_OK=0; why="pin exited 0 but step_$k is $dir, STABLE $stable"
+    fi
+    [ $grc = 0 ] || why="$why (gc exit $grc: $(head -c 200 "$d/gc.err"))"
+    echo "nfs-guest: pin-vs-gc run=$i point=$point ok=$RUN_OK pin_rc=$prc pin_in_hold=$in_hold" \
+        "held_after_ms=$held_ms pin_ms=$(( (tp1 - tp0) / 1000 )) gc_ms=$(( (tg - t0) / 1000 ))" \
+        "gc=$(tr -d '\n' <"$d/gc.json") server: step_$k=$dir STABLE=$stable pins=[${pins% }] $why"
+    [ "$prc" = 0 ] || echo "nfs-guest: pin-vs-gc run=$i pin said: $(head -c 300 "$d/pin.err")"
+    echo "$point $in_hold $prc $RUN_OK" >>/run/lane/pvg.sum
+}
+
+scenario_pin_gc() {
+    local runs=${LANE_RUNS_PINGC:-20} fails=0 i p
+    : >/run/lane/pvg.sum
+    mkdir -p "$MA/pvg"
+    for i in $(seq "$runs"); do
+        p=${PVG_POINTS[$(( (i - 1) % ${#PVG_POINTS[@]} ))]}
+        # shellcheck disable=SC2086
+        pvg_run "$i" $p
+        [ $RUN_OK = 1 ] || fails=$((fails + 1))
+    done
+    # Per point: runs, pins that finished while gc was held, pin exit codes, failures.
+    awk '{n[$1]++; if ($2 == "yes") h[$1]++; rc[$1] = rc[$1] " " $3; if ($4 != 1) f[$1]++}
+         END {for (p in n) printf "nfs-guest: pin-vs-gc point=%s runs=%d pin_in_hold=%d pin_rc=[%s] failures=%d\n", p, n[p], h[p], substr(rc[p], 2), f[p]}' \
+        /run/lane/pvg.sum | sort
+    report pin-vs-gc handoff "$runs" "$fails"
+}
+
+# watch --pin keeps the step it printed pinned until a line on its stdin asks
+# for the next; gc on node a must leave that step alone meanwhile.
+wpg_run() {
+    local i=$1 root=wpg/r$i d=/run/lane/wpg.$i n rc g
+    mkdir -p "$d" "$MA/$root"
+    RUN_OK=1
+    local why=""
+    small_payload "$d/src1" 1
+    "$HB" publish --root "$MA/$root" --step 1 "$d/src1" >/dev/null 2>"$d/pub.err" \
+        || { RUN_OK=0; echo "nfs-guest: watch-pin-vs-gc run=$i publish 1 failed: $(head -c 200 "$d/pub.err")"; return; }
+    rm -f "$d/in"; mkfifo "$d/in"
+    "$HB" watch --root "$MB/$root" --from 1 --pin b --json <"$d/in" >"$d/w.out" 2>"$d/w.err" &
+    local wp=$! wfd
+    exec {wfd}>"$d/in"
+    lines_within() { # N SECONDS: w.out has N lines within SECONDS
+        local j
+        for j in $(seq $(( $2 * 10 ))); do
+            [ "$(wc -l <"$d/w.out")" -ge "$1" ] && return 0
+            sleep 0.1
+        done
+        return 1
+    }
+    if ! lines_within 1 60; then
+        RUN_OK=0; why="watch printed nothing in 60 s: $(head -c 200 "$d/w.err")"
+    fi
+    local first
+    first=$(sed -n '1s/^{"step":\([0-9]*\).*/\1/p' "$d/w.out")
+    [ "$first" = 1 ] || { RUN_OK=0; why="$why watch's first step is '$first', not 1"; }
+    for n in 2 3; do
+        small_payload "$d/src$n" "$n"
+        "$HB" publish --root "$MA/$root" --step "$n" "$d/src$n" >/dev/null 2>"$d/pub.err" \
+            || { RUN_OK=0; why="$why publish $n failed"; }
+    done
+    local gcs=""
+    for n in 1 2 3; do
+        "$HB" gc --root "$MA/$root" --keep 1 --json >"$d/gc$n.json" 2>&1
+        rc=$?
+        gcs="$gcs gc$n(rc=$rc)=$(tr -d '\n' <"$d/gc$n.json")"
+        if [ ! -d "$MX/$root/step_1" ] || [ ! -e "$MX/$root/step_1/STABLE" ]; then
+            RUN_OK=0; why="$why step_1 lost its STABLE or directory after gc $n while watch served it;"
+        fi
+        sleep 1
+    done
+    # Ask for the next step.
+    local tn=${EPOCHREALTIME/./}
+    echo next >&"$wfd"
+    local second=none next_ms=none
+    if lines_within 2 60; then
+        second=$(sed -n '2s/^{"step":\([0-9]*\).*/\1/p' "$d/w.out")
+        next_ms=$(( (${EPOCHREALTIME/./} - tn) / 1000 ))
+        [ -n "$second" ] && [ "$second" -gt 1 ] || { RUN_OK=0; why="$why watch's second step is '$second'"; }
+    else
+        RUN_OK=0; why="$why watch printed no newer step within 60 s of the line;"
+    fi
+    sleep 1
+    "$HB" gc --root "$MA/$root" --keep 1 --json >"$d/gc4.json" 2>&1
+    g=$(tr -d '\n' <"$d/gc4.json")
+    local after=kept
+    [ -e "$MX/$root/step_1" ] || after=removed
+    exec {wfd}>&-
+    local wrc=timeout
+    for n in $(seq 300); do
+        kill -0 "$wp" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$wp" 2>/dev/null; then
+        kill "$wp"; wait "$wp" 2>/dev/null
+        RUN_OK=0; why="$why watch did not exit within 30 s of its stdin closing;"
+    else
+        wait "$wp"; wrc=$?
+        [ $wrc = 0 ] || { RUN_OK=0; why="$why watch exited $wrc: $(head -c 200 "$d/w.err")"; }
+    fi
+    echo "nfs-guest: watch-pin-vs-gc run=$i ok=$RUN_OK first=$first next=$second next_after_ms=$next_ms" \
+        "watch_rc=$wrc gcs:$gcs; gc after the line: $g (step_1 $after) $why"
+}
+
+scenario_watch_pin_gc() {
+    local runs=${LANE_RUNS_WATCHPIN:-3} fails=0 i
+    mkdir -p "$MA/wpg"
+    for i in $(seq "$runs"); do
+        wpg_run "$i"
+        [ $RUN_OK = 1 ] || fails=$((fails + 1))
+    done
+    report watch-pin-vs-gc handoff "$runs" "$fails"
+}
+
 # ---- the naive recipe -------------------------------------------------------
 # tests/nfs/naive.py writes with plain writes and no fsync on node a and
 # polls for STABLE on node b; its docstring says exactly what each side does.
@@ -252,19 +459,21 @@ T_RUN=${EPOCHREALTIME/./}
 # 9 minutes. Each one's runs are sequential.
 mkdir -p /run/lane/report
 pids=()
-for s in publish-seen seal-seen looked-before naive-reader; do
+for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-vs-gc; do
     want $s || continue
     case $s in
         publish-seen) scenario_publish ;;
         seal-seen) scenario_seal ;;
         looked-before) scenario_looked ;;
         naive-reader) scenario_naive ;;
+        pin-vs-gc) scenario_pin_gc ;;
+        watch-pin-vs-gc) scenario_watch_pin_gc ;;
     esac >/run/lane/report/$s 2>&1 &
     pids+=($!)
 done
 # Wait for these by id: a bare `wait` would also wait for the tee above.
 wait "${pids[@]}"
-for s in publish-seen seal-seen looked-before naive-reader; do
+for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-vs-gc; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
     grep '^nfs: scenario=' /run/lane/report/$s | tee -a "$R"
