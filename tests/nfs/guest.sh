@@ -10,7 +10,7 @@
 #   LANE_VERS     4.2 (default mount options) or 3 (vers=3,nolock)
 #   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE,
 #   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN
-#   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 4000000)
+#   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #
 # Topology: knfsd in the root network namespace exports an ext4 file system on
@@ -239,7 +239,7 @@ export BLOB
 # pins the step gc is about to remove. Whether the step survived is read on the
 # server's own ext4 file system ($MX), which no NFS cache stands in front of.
 MA=/mnt/a MB=/mnt/b MX=/mnt/export
-HOLD_US=${LANE_HOLD_US:-4000000}
+HOLD_US=${LANE_HOLD_US:-3000000}
 
 # The points gc is held at: name syscall enter|exit nr-on-x86_64. From a plain
 # `strace -f` of `gc --keep 1` with one step to remove: getdents64 #1 lists the
@@ -287,6 +287,7 @@ pvg_run() {
     "$HB" wait --root "$MB/$root" --step "$k" --timeout 30s --json >"$d/wait.json" 2>"$d/wait.err" \
         || { RUN_OK=0; why="$why b's wait failed: $(head -c 200 "$d/wait.err")"; }
     if [ $RUN_OK = 0 ]; then
+        RUN_IN_HOLD=no
         echo "nfs-guest: pin-vs-gc run=$i point=$point setup failed: $why"
         return
     fi
@@ -333,23 +334,32 @@ pvg_run() {
         "gc=$(tr -d '\n' <"$d/gc.json") server: step_$k=$dir STABLE=$stable pins=[${pins% }] $why"
     [ "$prc" = 0 ] || echo "nfs-guest: pin-vs-gc run=$i pin said: $(head -c 300 "$d/pin.err")"
     echo "$point $in_hold $prc $RUN_OK" >>/run/lane/pvg.sum
+    RUN_IN_HOLD=$in_hold
 }
 
 scenario_pin_gc() {
-    local runs=${LANE_RUNS_PINGC:-20} fails=0 i p
+    local planned=${LANE_RUNS_PINGC:-20} fails=0 i=0 j p again extra=0
     : >/run/lane/pvg.sum
     mkdir -p "$MA/pvg"
-    for i in $(seq "$runs"); do
-        p=${PVG_POINTS[$(( (i - 1) % ${#PVG_POINTS[@]} ))]}
-        # shellcheck disable=SC2086
-        pvg_run "$i" $p
-        [ $RUN_OK = 1 ] || fails=$((fails + 1))
+    for j in $(seq "$planned"); do
+        p=${PVG_POINTS[$(( (j - 1) % ${#PVG_POINTS[@]} ))]}
+        # A run whose pin did not finish while gc was held (the VM's one CPU
+        # busy with the other scenarios) counts as a run, and its point gets
+        # one more; at most 5 such extra runs.
+        for again in 1 2; do
+            i=$((i + 1))
+            # shellcheck disable=SC2086
+            pvg_run "$i" $p
+            [ $RUN_OK = 1 ] || fails=$((fails + 1))
+            if [ "$RUN_IN_HOLD" = yes ] || [ $extra -ge 5 ] || [ $again = 2 ]; then break; fi
+            extra=$((extra + 1))
+        done
     done
     # Per point: runs, pins that finished while gc was held, pin exit codes, failures.
     awk '{n[$1]++; if ($2 == "yes") h[$1]++; rc[$1] = rc[$1] " " $3; if ($4 != 1) f[$1]++}
          END {for (p in n) printf "nfs-guest: pin-vs-gc point=%s runs=%d pin_in_hold=%d pin_rc=[%s] failures=%d\n", p, n[p], h[p], substr(rc[p], 2), f[p]}' \
         /run/lane/pvg.sum | sort
-    report pin-vs-gc handoff "$runs" "$fails"
+    report pin-vs-gc handoff "$i" "$fails"
 }
 
 # watch --pin keeps the step it printed pinned until a line on its stdin asks
