@@ -124,3 +124,24 @@ def test_names_that_are_not_utf8_are_refused_clearly(tmp_path, src):
     )
     assert out.returncode == 2, out
     assert b"argument 7 is not valid UTF-8" in out.stderr
+
+
+def test_the_scan_knows_every_flag_that_takes_no_value():
+    # The argument scan must tell switches from flags with values exactly as
+    # clap does, or it would take a value for the root: check it against the
+    # command's own --help for every subcommand.
+    import re
+
+    from handoff._cli import _SWITCHES
+
+    subcommands = ["publish", "seal", "wait", "watch", "ls", "pin", "unpin", "gc", "fsck"]
+    for sub in subcommands:
+        help_text = handoff_cmd(sub, "--help", check=0).stdout
+        for line in help_text.splitlines():
+            m = re.match(r"\s+(?:-(\w), )?--([\w-]+)( <[^>]+>)?", line)
+            if not m:
+                continue
+            short, name, value = m.groups()
+            assert (f"--{name}" in _SWITCHES) == (value is None), (sub, line)
+            if short:
+                assert (f"-{short}" in _SWITCHES) == (value is None), (sub, line)

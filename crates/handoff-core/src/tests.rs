@@ -309,17 +309,20 @@ fn a_native_copy_records_the_same_manifest_and_a_bad_one_is_caught() {
     );
 }
 
-/// Wait for the step after 1 on a simulated clock while `step` is published
-/// at 50 ms: when it was found, and how often the root was listed.
-fn wait_after_one_for(step: u64) -> (u64, u32) {
-    let f = fixture();
-    f.publish(1).unwrap();
+/// Wait for `target` on a simulated clock while `write` runs at `at_ms`:
+/// when the wait returned, and how often the reader listed a directory.
+fn timed_wait(
+    f: &Fixture,
+    target: Target,
+    at_ms: u64,
+    write: impl FnOnce(&StdDir, &StdDir) + 'static,
+) -> (Version, u64, u32) {
     let clock = ScriptClock::new();
     let (root, src) = (StdDir(f.root.0.clone()), StdDir(f.src.0.clone()));
-    clock.at(50, move || {
-        // The publisher's own listings are not the reader's.
+    clock.at(at_ms, move || {
+        // The writer's own listings are not the reader's.
         let before = LISTINGS.with(|n| n.get());
-        publish(&root, &src, &RealClock, step, &opts()).unwrap();
+        write(&root, &src);
         LISTINGS.with(|n| n.set(before));
     });
     LISTINGS.with(|n| n.set(0));
@@ -327,9 +330,19 @@ fn wait_after_one_for(step: u64) -> (u64, u32) {
         poll_ms: 10,
         ..wait_opts(Verify::Size, 10_000)
     };
-    let version = wait(&f.root, &clock, Target::After(1), &options).unwrap();
+    let version = wait(&f.root, &clock, target, &options).unwrap();
+    (version, clock.now_ms(), LISTINGS.with(|n| n.get()))
+}
+
+/// Wait for the step after 1 while `step` is published at 50 ms.
+fn wait_after_one_for(step: u64) -> (u64, u32) {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let (version, found_at, listings) = timed_wait(&f, Target::After(1), 50, move |root, src| {
+        publish(root, src, &RealClock, step, &opts()).unwrap();
+    });
     assert_eq!(version.step, step);
-    (clock.now_ms(), LISTINGS.with(|n| n.get()))
+    (found_at, listings)
 }
 
 #[test]
@@ -354,24 +367,27 @@ fn waiting_for_step_n_lists_the_root_at_most_once_a_second() {
     // The listing makes an NFS client drop a cached failed look-up of
     // step_N; one a second bounds its cost on a root with many entries.
     let f = fixture();
-    let clock = ScriptClock::new();
-    let (root, src) = (StdDir(f.root.0.clone()), StdDir(f.src.0.clone()));
-    clock.at(2500, move || {
-        let before = LISTINGS.with(|n| n.get());
-        publish(&root, &src, &RealClock, 2, &opts()).unwrap();
-        LISTINGS.with(|n| n.set(before));
+    let (version, found_at, listings) = timed_wait(&f, Target::Step(2), 2500, |root, src| {
+        publish(root, src, &RealClock, 2, &opts()).unwrap();
     });
-    LISTINGS.with(|n| n.set(0));
-    let options = WaitOptions {
-        poll_ms: 10,
-        ..wait_opts(Verify::Size, 10_000)
-    };
-    let version = wait(&f.root, &clock, Target::Step(2), &options).unwrap();
     assert_eq!(version.step, 2);
-    let found_at = clock.now_ms();
     assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
-    let listings = LISTINGS.with(|n| n.get());
     assert_eq!(listings, 3, "at 0, 1 and 2 seconds");
+}
+
+#[test]
+fn waiting_for_a_step_sealed_in_place_also_lists_the_step() {
+    // The payload is there before STABLE: a reader that looked for STABLE
+    // early may hold that failed look-up, which only a listing of the step
+    // itself clears. Root and step, once a second.
+    let f = fixture();
+    payload(&f.path("step_2"), "x");
+    let (version, found_at, listings) = timed_wait(&f, Target::Step(2), 2500, |root, _| {
+        seal(root, &RealClock, 2, &opts()).unwrap();
+    });
+    assert_eq!(version.step, 2);
+    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
 }
 
 #[test]
