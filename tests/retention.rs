@@ -80,11 +80,9 @@ fn gc_with_malformed_pins_and_garbage_names_keeps_going() {
     for step in 1..=3 {
         env.publish(step);
     }
-    let pins = env.root().join(".handoff/pins");
-    fs::create_dir_all(pins.join("step_1")).unwrap();
-    fs::write(pins.join("step_1/broken"), b"{not json").unwrap();
-    fs::create_dir_all(pins.join("step_2/dir-not-file")).unwrap();
-    fs::create_dir_all(pins.join("garbage")).unwrap();
+    fs::write(env.root().join("step_1/.handoff.pins/broken"), b"").unwrap();
+    fs::create_dir_all(env.root().join("step_2/.handoff.pins/dir-not-file")).unwrap();
+    fs::create_dir_all(env.root().join(".handoff/pins/garbage")).unwrap();
     for junk in ["step_x", "step_007", "README", ".nfs000123"] {
         fs::write(env.root().join(junk), b"junk").unwrap();
     }
@@ -102,11 +100,15 @@ fn gc_with_malformed_pins_and_garbage_names_keeps_going() {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert!(
-        stray.iter().any(|n| n.ends_with("step_1/broken")),
+        stray
+            .iter()
+            .any(|n| n.ends_with("step_1/.handoff.pins/broken")),
         "{stray:?}"
     );
     assert!(
-        stray.iter().any(|n| n.ends_with("step_2/dir-not-file")),
+        stray
+            .iter()
+            .any(|n| n.ends_with("step_2/.handoff.pins/dir-not-file")),
         "{stray:?}"
     );
     let v = json(&env.run("gc", &["--keep", "1", "--json"]));
@@ -243,12 +245,12 @@ fn watch_with_pin_hands_over_when_asked_for_the_next_step() {
     assert_eq!(next()["step"], 3);
     let g = json(&env.run("gc", &["--keep", "1", "--json"]));
     assert_eq!(steps(&g, "removed"), [1]);
-    assert!(env.root().join(".handoff/pins/step_3/srv").exists());
+    assert_eq!(env.pin_holders(3), ["srv"]);
 
     // End of input: watch ends, its last pin left for the consumer.
     drop(ask);
     assert!(child.wait().unwrap().success());
-    assert!(env.root().join(".handoff/pins/step_3/srv").exists());
+    assert_eq!(env.pin_holders(3), ["srv"]);
 }
 
 #[test]

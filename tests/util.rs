@@ -51,6 +51,22 @@ impl Env {
         out
     }
 
+    /// The holders of the pins on `step` (protocol version 2: files named
+    /// `<holder>+<ttl>+<unique>` in the step's pin directory), sorted.
+    pub fn pin_holders(&self, step: u64) -> Vec<String> {
+        let dir = self.root().join(format!("step_{step}/.handoff.pins"));
+        let mut holders: Vec<String> = fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .map(|name| name.split('+').next().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort();
+        holders
+    }
+
     pub fn spawn(&self, sub: &str, args: &[&str]) -> Child {
         self.cmd(sub, args)
             .stdout(Stdio::piped())

@@ -241,17 +241,18 @@ export BLOB
 MA=/mnt/a MB=/mnt/b MX=/mnt/export
 HOLD_US=${LANE_HOLD_US:-3000000}
 
-# The points gc is held at: name syscall enter|exit nr-on-x86_64. From a plain
-# `strace -f` of `gc --keep 1` with one step to remove: getdents64 #1 lists the
-# root; the pins of step_k are listed (getdents64), then unlinkat #1 removes
-# STABLE, step_k is fsynced, the pins are listed again, and renameat #1 moves
-# step_k into .handoff/trash/.
+# The points gc is held at: name syscall enter|exit nr-on-x86_64 which-call.
+# From a plain `strace -f` of `gc --keep 1` with one step to remove:
+# getdents64 #1 lists the root; unlinkat #1 removes the clock file gc read
+# the server's time from; step_k and then step_k/.handoff.pins are listed
+# (getdents64); unlinkat #2 removes .handoff.pins (the claim), unlinkat #3
+# STABLE; step_k is fsynced and renameat #1 moves it into .handoff/trash/.
 PVG_POINTS=(
-    "root-listed getdents64 exit 217"   # before gc has looked at any pin
-    "pins-read unlinkat enter 263"      # pins read (none), STABLE not yet removed
-    "stable-removed unlinkat exit 263"  # STABLE removed, not yet fsynced or re-read
-    "pins-reread renameat enter 264"    # pins re-read (none), not yet moved to trash
-    "in-trash renameat exit 264"        # step_k already renamed into trash
+    "root-listed getdents64 exit 217 1" # before gc has looked at any pin
+    "pins-listed unlinkat enter 263 2"  # pins listed (none), not yet claimed
+    "claimed unlinkat exit 263 2"       # .handoff.pins removed, STABLE still there
+    "stable-removed unlinkat exit 263 3" # STABLE removed, not yet fsynced
+    "in-trash renameat exit 264 1"      # step_k already renamed into trash
 )
 
 # held PID NR: some thread of PID's traced child is stopped in syscall NR.
@@ -273,7 +274,7 @@ small_payload() { # DIR STEP
 
 # pvg_run I POINT...: one run of pin-vs-gc; sets RUN_OK.
 pvg_run() {
-    local i=$1 point=$2 sc=$3 phase=$4 nr=$5
+    local i=$1 point=$2 sc=$3 phase=$4 nr=$5 when=$6
     local root=pvg/r$i k=1 d=/run/lane/pvg.$i
     mkdir -p "$d" "$MA/$root"
     RUN_OK=1
@@ -293,15 +294,20 @@ pvg_run() {
     fi
     local t0=${EPOCHREALTIME/./}
     strace -f -qq --seccomp-bpf -o /dev/null -e trace="$sc" \
-        -e inject="$sc:delay_$phase=$HOLD_US:when=1" \
+        -e inject="$sc:delay_$phase=$HOLD_US:when=$when" \
         "$HB" gc --root "$MA/$root" --keep 1 --json >"$d/gc.json" 2>"$d/gc.err" &
     local sp=$! th="" n
     for n in $(seq 600); do
         if held "$sp" "$nr"; then
+            # The hold counts once the server's disk shows gc got that far
+            # (an earlier call of the same syscall passes in a moment).
+            local sd=$MX/$root/step_$k
             case $point in
-                # the syscall must have done its work before the hold counts
-                stable-removed) [ -e "$MX/$root/step_$k/STABLE" ] || { th=${EPOCHREALTIME/./}; break; } ;;
-                in-trash) [ -e "$MX/$root/step_$k" ] || { th=${EPOCHREALTIME/./}; break; } ;;
+                pins-listed) compgen -G "$MX/$root/.handoff/clock.*" >/dev/null || [ ! -d "$sd/.handoff.pins" ] \
+                    || { th=${EPOCHREALTIME/./}; break; } ;;
+                claimed) [ -d "$sd/.handoff.pins" ] || [ ! -e "$sd/STABLE" ] || { th=${EPOCHREALTIME/./}; break; } ;;
+                stable-removed) [ -e "$sd/STABLE" ] || { th=${EPOCHREALTIME/./}; break; } ;;
+                in-trash) [ -e "$sd" ] || { th=${EPOCHREALTIME/./}; break; } ;;
                 *) th=${EPOCHREALTIME/./}; break ;;
             esac
         fi
@@ -319,7 +325,7 @@ pvg_run() {
     local dir=gone stable=gone pins
     [ -d "$MX/$root/step_$k" ] && dir=present
     [ -e "$MX/$root/step_$k/STABLE" ] && stable=present
-    pins=$(ls "$MX/$root/.handoff/pins/step_$k" 2>/dev/null | tr '\n' ' ')
+    pins=$(ls "$MX/$root/step_$k/.handoff.pins" 2>/dev/null | tr '\n' ' ')
     local in_hold=no held_ms=none
     if [ -n "$th" ]; then
         held_ms=$(( (th - t0) / 1000 ))

@@ -8,8 +8,14 @@ pub const HANDOFF_DIR: &str = ".handoff";
 pub const STAGING_DIR: &str = ".handoff/staging";
 /// Versions being deleted.
 pub const TRASH_DIR: &str = ".handoff/trash";
-/// Reader pins: `pins/<prefix><step>/<holder>`.
+/// Reader pins on steps of protocol version 1: `pins/<prefix><step>/<holder>`.
 pub const PINS_DIR: &str = ".handoff/pins";
+/// Reader pins on steps of protocol version 2, inside the step directory:
+/// created before `STABLE`, removed by gc to claim the step.
+pub const STEP_PINS_NAME: &str = ".handoff.pins";
+/// Files gc creates for a moment to read the server's clock from their
+/// modification time: `clock.<random>`.
+pub const CLOCK_PREFIX: &str = ".handoff/clock.";
 /// The manifest's temporary name while it is written, inside the step
 /// directory; a leftover is ignored by readers and replaced by the next seal.
 pub const MANIFEST_TMP_NAME: &str = ".handoff.manifest.json.tmp";

@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST_NAME: &str = "handoff.manifest.json";
 /// The sentinel's file name inside a step directory, created last.
 pub const STABLE_NAME: &str = "STABLE";
-/// The protocol version this crate writes and reads.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate writes.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol version this crate reads (version 1 steps have no pin
+/// directory of their own; docs/PROTOCOL.md).
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 /// A manifest larger than this is refused unread (a corrupt or hostile file;
 /// a 470 GB checkpoint in 5 GB shards needs about 20 KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
@@ -29,7 +32,8 @@ pub struct FileEntry {
 /// input always gives the same bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Protocol version, [`PROTOCOL_VERSION`].
+    /// Protocol version: [`PROTOCOL_VERSION`] when written by this crate;
+    /// readers accept [`OLDEST_PROTOCOL_VERSION`] and later.
     pub version: u32,
     /// The step this manifest belongs to; a reader checks it against the
     /// directory name, so a directory copied to another step is caught.
@@ -67,9 +71,10 @@ impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let manifest: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
-        if manifest.version != PROTOCOL_VERSION {
+        if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&manifest.version) {
             return Err(format!(
-                "protocol version {} is not supported (this build reads {PROTOCOL_VERSION})",
+                "protocol version {} is not supported (this build reads \
+                 {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                 manifest.version
             ));
         }
@@ -126,7 +131,10 @@ pub fn check_payload_path(path: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    if path == MANIFEST_NAME || path == STABLE_NAME {
+    if path == MANIFEST_NAME
+        || path == STABLE_NAME
+        || path.split('/').next() == Some(crate::layout::STEP_PINS_NAME)
+    {
         return unsafe_path("names a protocol file");
     }
     Ok(())
@@ -155,7 +163,7 @@ mod tests {
         let b = Manifest::new(7, "w", 1, vec![entry("a/x"), entry("b")]);
         assert_eq!(a.to_bytes(), b.to_bytes());
         let text = String::from_utf8(a.to_bytes()).unwrap();
-        assert!(text.starts_with(r#"{"version":1,"step":7,"writer":"w","created":1,"files":[{"path":"a/x","size":3,"blake3":""#), "{text}");
+        assert!(text.starts_with(r#"{"version":2,"step":7,"writer":"w","created":1,"files":[{"path":"a/x","size":3,"blake3":""#), "{text}");
         assert_eq!(Manifest::parse(&a.to_bytes()).unwrap(), a);
     }
 
@@ -170,6 +178,7 @@ mod tests {
             "",
             "STABLE",
             MANIFEST_NAME,
+            ".handoff.pins/x",
             "a\\b",
         ] {
             let m = Manifest {
@@ -191,13 +200,17 @@ mod tests {
                 .contains("duplicate")
         );
         m.files.pop();
-        m.version = 2;
+        m.version = 3;
         assert!(
             Manifest::parse(&m.to_bytes())
                 .unwrap_err()
-                .contains("version 2")
+                .contains("version 3")
         );
         m.version = 1;
+        assert!(
+            Manifest::parse(&m.to_bytes()).is_ok(),
+            "version 1 stays readable"
+        );
         m.files[0].blake3 = "XYZ".into();
         assert!(
             Manifest::parse(&m.to_bytes())

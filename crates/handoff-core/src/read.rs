@@ -175,18 +175,20 @@ pub(crate) fn check<S: Storage>(
 pub(crate) fn opens<S: Storage>(fs: &S, path: &str) -> io::Result<bool> {
     match fs.open(path) {
         Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound
-                    | io::ErrorKind::NotADirectory
-                    | io::ErrorKind::StaleNetworkFileHandle
-            ) =>
-        {
-            Ok(false)
-        }
+        Err(e) if is_absent(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether an error opening or creating a path means that it, or a
+/// directory on the way, is not there (any more).
+pub(crate) fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::StaleNetworkFileHandle
+    )
 }
 
 /// The part of [`check`] after `STABLE`: the manifest and every listed file.
@@ -254,7 +256,7 @@ pub(crate) fn check_contents<S: Storage>(
 }
 
 /// Read and parse `<dir>/handoff.manifest.json` of a committed step.
-fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
+pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
     let path = join(dir, MANIFEST_NAME);
     let shown = fs.display(&path);
     let mut file = match fs.open(&path) {

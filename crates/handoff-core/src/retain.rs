@@ -1,15 +1,20 @@
 //! Retention: reader pins, gc, and fsck.
 //!
-//! The race between gc and a reader that has found a step but not yet pinned
-//! it is closed by ordering, as in Dekker's algorithm:
-//! - a reader writes its pin, then checks that `STABLE` is still there;
-//! - gc removes `STABLE`, then reads the pins.
+//! Protocol version 2 lets the server decide between gc and a reader, so no
+//! client's cache can make both think they won. Every step has a pin
+//! directory, `step_N/.handoff.pins/`, created before `STABLE`:
+//! - a reader pins by an exclusive create of a uniquely named file in it;
+//! - gc claims the step by removing the directory, which the server refuses
+//!   while it holds a pin; once it is gone, every later pin's create fails.
 //!
-//! Either the reader's check comes before gc's removal, and then so does its
-//! pin, which gc's later read sees: gc puts `STABLE` back and keeps the step.
-//! Or the check comes after the removal: the reader sees no `STABLE`, drops its
-//! pin and does not use the step. docs/PROTOCOL.md states what this assumes of
-//! the filesystem.
+//! Whichever of the create and the removal the server does first wins. Pin
+//! ages are read from the times the server stamps on files, never from a
+//! node's clock.
+//!
+//! Steps of version 1 have no pin directory; their pins live in
+//! `.handoff/pins/` and the race is closed by ordering, as in Dekker's
+//! algorithm: the reader writes its pin, then opens `STABLE`; gc removes
+//! `STABLE`, then reads the pins. docs/PROTOCOL.md argues both.
 
 use std::io;
 
@@ -17,10 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    HANDOFF_DIR, PINS_DIR, STAGING_DIR, TRASH_DIR, check_prefix, parse_step, step_name,
+    CLOCK_PREFIX, HANDOFF_DIR, PINS_DIR, STAGING_DIR, STEP_PINS_NAME, TRASH_DIR, check_prefix,
+    parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
-use crate::read::{Rejected, StepState, Verify, check, check_contents, opens};
+use crate::read::{
+    Rejected, StepState, Verify, check, check_contents, is_absent, opens, read_manifest,
+};
 use crate::storage::{Clock, Kind, Storage, join, write_all_at};
 use crate::write::{Flusher, ensure_dir, remove_tree};
 
@@ -99,8 +107,42 @@ fn pin_dir(prefix: &str, step: u64) -> String {
     join(PINS_DIR, &step_name(prefix, step))
 }
 
-/// Pin committed `step` for `holder` until now + `ttl_ms`. Pinning again
-/// refreshes the expiry.
+/// The pin directory inside a version 2 step.
+fn step_pins_dir(prefix: &str, step: u64) -> String {
+    join(&step_name(prefix, step), STEP_PINS_NAME)
+}
+
+/// A version 2 pin's file name, `<holder>+<ttl_ms>+<16 hex digits>`: the
+/// whole pin, so that one exclusive create makes it (no content to be read
+/// half-written). `+` cannot occur in a holder.
+fn pin_file_name(holder: &str, ttl_ms: u64, unique: u64) -> String {
+    format!("{holder}+{ttl_ms}+{unique:016x}")
+}
+
+/// The holder and ttl of a version 2 pin's file name.
+fn parse_pin_file_name(name: &str) -> Option<(&str, u64)> {
+    let mut parts = name.rsplitn(3, '+');
+    let unique = parts.next()?;
+    let ttl = parts.next()?;
+    let holder = parts.next()?;
+    let ok = unique.len() == 16
+        && unique.bytes().all(|b| b.is_ascii_hexdigit())
+        && !ttl.is_empty()
+        && ttl.bytes().all(|b| b.is_ascii_digit())
+        && check_holder(holder).is_ok();
+    Some((holder, ttl.parse().ok()?)).filter(|_| ok)
+}
+
+/// The protocol version of `step`'s manifest.
+fn step_protocol<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<u32, Rejected> {
+    read_manifest(fs, &step_name(prefix, step)).map(|m| m.version)
+}
+
+/// Pin committed `step` for `holder` for `ttl_ms`. Pinning again renews the
+/// pin: a new one is made, then the holder's older ones on the step removed.
+///
+/// On a version 2 step the pin's expiry is by the server's clock (the time it
+/// stamped on the pin file); on a version 1 step, by this node's.
 pub fn pin<S: Storage, C: Clock>(
     fs: &S,
     clock: &C,
@@ -112,13 +154,106 @@ pub fn pin<S: Storage, C: Clock>(
     check_prefix(prefix)?;
     check_holder(holder)?;
     let not_committed = |why: String| Error::NotFound(format!("cannot pin step {step}: {why}"));
-    match check(fs, prefix, step, Verify::Size) {
-        Ok(_) => {}
-        Err(Rejected::NotCommitted(why) | Rejected::Mismatch(why) | Rejected::Unsafe(why)) => {
-            return Err(not_committed(why));
-        }
-        Err(Rejected::Failed(e)) => return Err(e),
+    let protocol =
+        match check(fs, prefix, step, Verify::Size).and_then(|_| step_protocol(fs, prefix, step)) {
+            Ok(protocol) => protocol,
+            Err(Rejected::NotCommitted(why) | Rejected::Mismatch(why) | Rejected::Unsafe(why)) => {
+                return Err(not_committed(why));
+            }
+            Err(Rejected::Failed(e)) => return Err(e),
+        };
+    if protocol < 2 {
+        return pin_v1(fs, clock, prefix, step, holder, ttl_ms);
     }
+    let dir = step_pins_dir(prefix, step);
+    let path = join(&dir, &pin_file_name(holder, ttl_ms, clock.random_u64()));
+    let claimed = || {
+        not_committed(format!(
+            "gc has claimed it for removal: no {}",
+            fs.display(&dir)
+        ))
+    };
+    // The create is the decision: it fails once gc has removed the directory.
+    let mut listed = false;
+    let file = loop {
+        match fs.create_new(&path) {
+            Ok(file) => break file,
+            Err(e) if is_absent(&e) => {
+                // This node may hold the directory as absent from a look-up
+                // before the step was sealed (an NFS negative look-up):
+                // listing the step makes it look again.
+                if listed {
+                    return Err(claimed());
+                }
+                listed = true;
+                let step_dir = step_name(prefix, step);
+                let entries = fs
+                    .read_dir(&step_dir)
+                    .map_err(|e| Error::io("list", &fs.display(&step_dir), &e))?;
+                if !entries.iter().any(|e| e.name == STEP_PINS_NAME) {
+                    return Err(claimed());
+                }
+            }
+            Err(e) => return Err(Error::io("create pin", &fs.display(&path), &e)),
+        }
+    };
+    drop(file);
+    let mut flush = Flusher::new(fs);
+    let stamped = flush.dir(&dir).and_then(|()| {
+        fs.stat(&path)
+            .map_err(|e| Error::io("inspect", &fs.display(&path), &e))
+    });
+    let created_ms = match stamped {
+        Ok(Some(meta)) if meta.modified_ms > 0 => meta.modified_ms,
+        Ok(Some(_)) => clock.now_ms(),
+        Ok(None) => {
+            return Err(Error::NotFound(format!(
+                "cannot pin step {step}: {} was removed as soon as it was made \
+                 (a ttl of {ttl_ms} ms is too short for gc's clock skew allowance)",
+                fs.display(&path)
+            )));
+        }
+        Err(e) => {
+            let _ = fs.remove_file(&path);
+            return Err(e);
+        }
+    };
+    // Renewal: the new pin holds the step, so the older ones can go.
+    let ours = path.rsplit('/').next().unwrap_or_default();
+    for (name, _) in holder_pins(fs, &dir, holder)? {
+        if name != ours {
+            let _ = fs.remove_file(&join(&dir, &name));
+        }
+    }
+    Ok(PinInfo {
+        step,
+        holder: holder.to_string(),
+        expires_ms: created_ms.saturating_add(ttl_ms),
+    })
+}
+
+/// `holder`'s version 2 pins in pin directory `dir`: file names and ttls.
+fn holder_pins<S: Storage>(fs: &S, dir: &str, holder: &str) -> Result<Vec<(String, u64)>> {
+    Ok(list_or_empty(fs, dir)?
+        .into_iter()
+        .filter_map(|entry| {
+            let (h, ttl) = parse_pin_file_name(&entry.name)?;
+            (h == holder).then(|| (entry.name.clone(), ttl))
+        })
+        .collect())
+}
+
+/// Pin a version 1 step: the pin file in `.handoff/pins/`, then `STABLE`
+/// opened again (see the module docs).
+fn pin_v1<S: Storage, C: Clock>(
+    fs: &S,
+    clock: &C,
+    prefix: &str,
+    step: u64,
+    holder: &str,
+    ttl_ms: u64,
+) -> Result<PinInfo> {
+    let not_committed = |why: String| Error::NotFound(format!("cannot pin step {step}: {why}"));
     let info = PinInfo {
         step,
         holder: holder.to_string(),
@@ -174,26 +309,45 @@ pub fn pin<S: Storage, C: Clock>(
     }
 }
 
-/// Release `holder`'s pin on `step`.
+/// Release `holder`'s pins on `step`.
 pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Result<()> {
     check_prefix(prefix)?;
     check_holder(holder)?;
-    let dir = pin_dir(prefix, step);
-    let path = join(&dir, holder);
-    match fs.remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::NotFound(format!(
-                "{holder} holds no pin on step {step}: no {}",
-                fs.display(&path)
-            )));
+    let dir = step_pins_dir(prefix, step);
+    let mut released = Vec::new();
+    for (name, _) in holder_pins(fs, &dir, holder)? {
+        let path = join(&dir, &name);
+        match fs.remove_file(&path) {
+            Ok(()) => released.push(dir.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &fs.display(&path), &e)),
         }
-        Err(e) => return Err(Error::io("remove", &fs.display(&path), &e)),
+    }
+    // A version 1 pin. Its directory stays while the step does: gc relies
+    // on it existing (see gc).
+    let v1 = join(&pin_dir(prefix, step), holder);
+    match fs.remove_file(&v1) {
+        Ok(()) => released.push(pin_dir(prefix, step)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) => {}
+        Err(e) => return Err(Error::io("remove", &fs.display(&v1), &e)),
+    }
+    if released.is_empty() {
+        return Err(Error::NotFound(format!(
+            "{holder} holds no pin on step {step}: none in {} or {}",
+            fs.display(&dir),
+            fs.display(&pin_dir(prefix, step))
+        )));
     }
     // Durable release is not needed for safety (a lost unpin only delays gc
-    // until the pin expires), but flush anyway so gc can act sooner. The
-    // directory stays while the step does: gc relies on it existing (see gc).
-    let _ = fs.sync_dir(&dir);
+    // until the pin expires), but flush anyway so gc can act sooner.
+    released.dedup();
+    for dir in released {
+        let _ = fs.sync_dir(&dir);
+    }
     Ok(())
 }
 
@@ -321,15 +475,88 @@ fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, bool)>> {
     Ok(steps)
 }
 
+/// How gc finds a version 2 step beyond `keep`.
+enum Claim {
+    /// An unexpired (or unreadable) pin holds it.
+    Pinned,
+    /// gc removed its pin directory: no pin can be made any more.
+    Claimed,
+    /// Another gc removed the pin directory meanwhile and removes the step.
+    Taken,
+}
+
+/// The server's time: the modification time it stamps on a file created
+/// now. Pin files carry times stamped the same way, so comparing the two
+/// never mixes clocks of different nodes. Falls back to this node's clock on
+/// a storage that reports no times.
+fn server_now<S: Storage, C: Clock>(flush: &mut Flusher<'_, S>, clock: &C) -> Result<u64> {
+    let fs = flush.fs;
+    ensure_dir(flush, HANDOFF_DIR, "")?;
+    let path = format!("{CLOCK_PREFIX}{:016x}", clock.random_u64());
+    drop(
+        fs.create_new(&path)
+            .map_err(|e| Error::io("create", &fs.display(&path), &e))?,
+    );
+    let meta = fs.stat(&path);
+    let _ = fs.remove_file(&path);
+    match meta {
+        Ok(Some(meta)) if meta.modified_ms > 0 => Ok(meta.modified_ms),
+        Ok(_) => Ok(clock.now_ms()),
+        Err(e) => Err(Error::io("inspect", &fs.display(&path), &e)),
+    }
+}
+
+/// Try to claim version 2 `step` for removal: remove its expired pins, then
+/// its pin directory, which the server refuses while a pin is in it.
+fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64) -> Result<Claim> {
+    let dir = step_pins_dir(prefix, step);
+    for entry in list_or_empty(fs, &dir)? {
+        let path = join(&dir, &entry.name);
+        let Some((_, ttl)) = parse_pin_file_name(&entry.name).filter(|_| entry.kind == Kind::File)
+        else {
+            return Ok(Claim::Pinned); // unreadable: held (fsck reports it)
+        };
+        let stamped = match fs.stat(&path) {
+            Ok(Some(meta)) => meta.modified_ms,
+            Ok(None) => continue, // released while we listed
+            Err(e) => return Err(Error::io("inspect", &fs.display(&path), &e)),
+        };
+        if now_ms < stamped.saturating_add(ttl).saturating_add(skew_ms) {
+            return Ok(Claim::Pinned);
+        }
+        match fs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove expired pin", &fs.display(&path), &e)),
+        }
+    }
+    match fs.remove_dir(&dir) {
+        Ok(()) => Ok(Claim::Claimed),
+        // A pin came in after our listing: the server kept the directory.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+            ) =>
+        {
+            Ok(Claim::Pinned)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Taken),
+        Err(e) => Err(Error::io("remove", &fs.display(&dir), &e)),
+    }
+}
+
 /// Remove committed steps beyond the newest `keep` that no unexpired pin
 /// holds, abandoned staging directories, leftover trash, and expired pins.
 ///
-/// A step goes in this order: `STABLE` removed and the step directory flushed
-/// (no reader accepts it from here on), pins read again (a reader that pinned
-/// in the meantime keeps it: `STABLE` is put back), then the directory is
-/// renamed into trash, the root flushed, and the tree deleted. A crash at any
-/// point leaves either a committed step, an incomplete one, or trash, all of
-/// which fsck --repair settles.
+/// A version 2 step is claimed first (its pin directory removed, which fails
+/// while a pin is in it), then `STABLE` is removed and the step directory
+/// flushed, then the directory is renamed into trash, the root flushed, and
+/// the tree deleted. A version 1 step goes as version 1 did: `STABLE` removed,
+/// pins read again (a reader that pinned meanwhile keeps it: `STABLE` is put
+/// back), then trash. A crash at any point leaves a committed step, a claimed
+/// one (which the next gc finishes), an incomplete one, or trash; fsck
+/// --repair settles all of them.
 pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Result<GcReport> {
     check_prefix(&options.prefix)?;
     if options.keep == 0 {
@@ -348,47 +575,30 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
     let split = committed.len().saturating_sub(options.keep as usize);
     let (old, newest) = committed.split_at(split);
     report.kept = newest.to_vec();
+    let now = server_now(&mut flush, clock)?;
 
     for &step in old {
-        // The pin directory must exist before the first check: gc then reads
-        // a directory it knows, never a name its node may have cached as
-        // absent (NFS negative look-ups), which would hide a new pin in the
-        // check after unpublishing.
-        ensure_dir(&mut flush, HANDOFF_DIR, "")?;
-        ensure_dir(&mut flush, PINS_DIR, HANDOFF_DIR)?;
-        ensure_dir(&mut flush, &pin_dir(prefix, step), PINS_DIR)?;
-        let now = clock.now_ms();
-        if is_pinned(fs, prefix, step, now, options.skew_ms)? {
-            report.pinned.push(step);
-            continue;
-        }
         let dir = step_name(prefix, step);
-        let stable = join(&dir, STABLE_NAME);
-        match fs.remove_file(&stable) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // another gc
-            Err(e) => return Err(Error::io("remove", &fs.display(&stable), &e)),
+        let fate = match step_generation(fs, prefix, step)? {
+            None => Fate::Skipped, // another gc removed it
+            Some(Generation::V2) => match claim(fs, prefix, step, now, options.skew_ms)? {
+                Claim::Pinned => Fate::Pinned,
+                Claim::Taken => Fate::Skipped,
+                Claim::Claimed => remove_claimed(&mut flush, &dir, clock)?,
+            },
+            Some(Generation::V2Claimed) => remove_claimed(&mut flush, &dir, clock)?,
+            Some(Generation::V1) => remove_v1(&mut flush, clock, prefix, step, options.skew_ms)?,
+        };
+        match fate {
+            Fate::Removed => report.removed.push(step),
+            Fate::Pinned => report.pinned.push(step),
+            Fate::Skipped => {}
         }
-        flush.dir(&dir)?;
-        if is_pinned(fs, prefix, step, clock.now_ms(), options.skew_ms)? {
-            // A reader pinned between our two reads and may have seen STABLE:
-            // republish. The manifest and data were never touched.
-            let mut file = fs
-                .create_new(&stable)
-                .map_err(|e| Error::io("recreate", &fs.display(&stable), &e))?;
-            flush.file(&mut file, &stable)?;
-            flush.dir(&dir)?;
-            report.pinned.push(step);
-            continue;
-        }
-        move_to_trash(&mut flush, &dir, clock)?;
-        let _ = remove_tree(fs, &pin_dir(prefix, step));
-        report.removed.push(step);
     }
 
     // Abandoned staging: nothing in it changed for the grace period. A
     // publisher in progress keeps writing, so its newest mtime stays fresh.
-    let now = clock.now_ms();
+    // Both times are the server's.
     for entry in list_or_empty(fs, STAGING_DIR)? {
         let path = join(STAGING_DIR, &entry.name);
         let newest =
@@ -403,13 +613,29 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
         let path = join(TRASH_DIR, &entry.name);
         remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
     }
-    // Expired pins, and pins of steps that are gone.
+    // Clock files a crashed gc left behind (a minute old: not another gc's).
+    for entry in list_or_empty(fs, HANDOFF_DIR)? {
+        let path = join(HANDOFF_DIR, &entry.name);
+        if path.starts_with(CLOCK_PREFIX)
+            && entry.kind == Kind::File
+            && fs
+                .stat(&path)
+                .ok()
+                .flatten()
+                .is_some_and(|m| now.saturating_sub(m.modified_ms) > 60_000)
+        {
+            let _ = fs.remove_file(&path);
+        }
+    }
+    // Expired version 1 pins (by the pinners' clocks, compared with ours),
+    // and pins of steps that are gone.
+    let local_now = clock.now_ms();
     let live: Vec<u64> = step_dirs(fs, prefix)?.into_iter().map(|(s, _)| s).collect();
     for (step, holders) in pins(fs, prefix)? {
         for (holder, pin) in holders {
             let expired = pin
                 .as_ref()
-                .is_some_and(|p| now >= p.expires_ms.saturating_add(options.skew_ms));
+                .is_some_and(|p| local_now >= p.expires_ms.saturating_add(options.skew_ms));
             if expired || (!live.contains(&step) && pin.is_some()) {
                 let _ = fs.remove_file(&join(&pin_dir(prefix, step), &holder));
             }
@@ -429,6 +655,107 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
         }
     }
     Ok(report)
+}
+
+/// What gc did with one step beyond `keep`.
+enum Fate {
+    Removed,
+    Pinned,
+    /// Another gc is removing it.
+    Skipped,
+}
+
+/// Which rules a committed step follows.
+enum Generation {
+    /// Version 1: pins in `.handoff/pins/`.
+    V1,
+    /// Version 2 with its pin directory: not claimed.
+    V2,
+    /// Version 2 without it: claimed by a gc that did not finish.
+    V2Claimed,
+}
+
+/// Which rules committed `step` follows. The step directory is listed rather
+/// than its pin directory looked up: a node may hold that name as absent
+/// from before the step was sealed (an NFS negative look-up), and a listing
+/// makes it look again. `None`: the step is gone.
+fn step_generation<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<Option<Generation>> {
+    let dir = step_name(prefix, step);
+    let entries = match fs.read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("list", &fs.display(&dir), &e)),
+    };
+    if entries.iter().any(|e| e.name == STEP_PINS_NAME) {
+        return Ok(Some(Generation::V2));
+    }
+    Ok(Some(match step_protocol(fs, prefix, step) {
+        Ok(version) if version >= 2 => Generation::V2Claimed,
+        _ => Generation::V1,
+    }))
+}
+
+/// Unpublish a claimed step and move it to trash.
+fn remove_claimed<S: Storage, C: Clock>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    clock: &C,
+) -> Result<Fate> {
+    let fs = flush.fs;
+    let stable = join(dir, STABLE_NAME);
+    match fs.remove_file(&stable) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Fate::Skipped),
+        Err(e) => return Err(Error::io("remove", &fs.display(&stable), &e)),
+    }
+    // The claim and the unpublishing are durable before the step's name goes.
+    flush.dir(dir)?;
+    move_to_trash(flush, dir, clock)?;
+    Ok(Fate::Removed)
+}
+
+/// Remove version 1 `step` unless a pin holds it: `STABLE` removed, pins
+/// read again, `STABLE` put back if one appeared (see the module docs).
+fn remove_v1<S: Storage, C: Clock>(
+    flush: &mut Flusher<'_, S>,
+    clock: &C,
+    prefix: &str,
+    step: u64,
+    skew_ms: u64,
+) -> Result<Fate> {
+    let fs = flush.fs;
+    // The pin directory must exist before the first check: gc then reads
+    // a directory it knows, never a name its node may have cached as
+    // absent (NFS negative look-ups), which would hide a new pin in the
+    // check after unpublishing.
+    ensure_dir(flush, HANDOFF_DIR, "")?;
+    ensure_dir(flush, PINS_DIR, HANDOFF_DIR)?;
+    ensure_dir(flush, &pin_dir(prefix, step), PINS_DIR)?;
+    // Version 1 pins carry the pinner's clock: compare with ours.
+    if is_pinned(fs, prefix, step, clock.now_ms(), skew_ms)? {
+        return Ok(Fate::Pinned);
+    }
+    let dir = step_name(prefix, step);
+    let stable = join(&dir, STABLE_NAME);
+    match fs.remove_file(&stable) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Fate::Skipped),
+        Err(e) => return Err(Error::io("remove", &fs.display(&stable), &e)),
+    }
+    flush.dir(&dir)?;
+    if is_pinned(fs, prefix, step, clock.now_ms(), skew_ms)? {
+        // A reader pinned between our two reads and may have seen STABLE:
+        // republish. The manifest and data were never touched.
+        let mut file = fs
+            .create_new(&stable)
+            .map_err(|e| Error::io("recreate", &fs.display(&stable), &e))?;
+        flush.file(&mut file, &stable)?;
+        flush.dir(&dir)?;
+        return Ok(Fate::Pinned);
+    }
+    move_to_trash(flush, &dir, clock)?;
+    let _ = remove_tree(fs, &pin_dir(prefix, step));
+    Ok(Fate::Removed)
 }
 
 fn list_or_empty<S: Storage>(fs: &S, dir: &str) -> Result<Vec<crate::storage::DirEntry>> {
@@ -554,6 +881,40 @@ pub fn fsck<S: Storage, C: Clock>(
             }
             live.push(step);
             continue;
+        }
+        if state == StepState::Committed {
+            match step_generation(fs, prefix, step)? {
+                Some(Generation::V2Claimed) => {
+                    // gc decided; the next gc finishes it. Repair leaves
+                    // committed steps alone.
+                    live.push(step);
+                    out.push(FsckEntry {
+                        name: entry.name.clone(),
+                        state,
+                        detail: Some(
+                            "claimed for removal by a gc that did not finish (no pin \
+                             directory): the next gc removes it"
+                                .into(),
+                        ),
+                        action: None,
+                    });
+                    continue;
+                }
+                Some(Generation::V2) => {
+                    let dir = step_pins_dir(prefix, step);
+                    for pin in list_or_empty(fs, &dir)? {
+                        if pin.kind != Kind::File || parse_pin_file_name(&pin.name).is_none() {
+                            out.push(stray_pin(
+                                fs,
+                                &join(&dir, &pin.name),
+                                "malformed pin",
+                                repair,
+                            )?);
+                        }
+                    }
+                }
+                Some(Generation::V1) | None => {}
+            }
         }
         if repair && state != StepState::Committed {
             if state == StepState::Corrupt {

@@ -75,6 +75,30 @@ impl Fixture {
     fn publish(&self, step: u64) -> Result<PublishReport> {
         publish(&self.root, &self.src, &RealClock, step, &opts())
     }
+    /// Publish `step` as a version 1 writer did: manifest version 1, no pin
+    /// directory in the step.
+    fn publish_v1(&self, step: u64) {
+        self.publish(step).unwrap();
+        let manifest = self.path(&format!("step_{step}/{MANIFEST_NAME}"));
+        let text = fs::read_to_string(&manifest).unwrap();
+        fs::write(
+            &manifest,
+            text.replacen(r#""version":2"#, r#""version":1"#, 1),
+        )
+        .unwrap();
+        fs::remove_dir(self.path(&format!("step_{step}/.handoff.pins"))).unwrap();
+    }
+    /// The file names of the version 2 pins on `step`.
+    fn pins(&self, step: u64) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.path(&format!("step_{step}/.handoff.pins")))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
 }
 
 #[test]
@@ -422,7 +446,7 @@ fn expired_pins_do_not_hold_and_malformed_pins_do() {
         f.publish(step).unwrap();
     }
     pin(&f.root, &RealClock, "step_", 1, "old", 0).unwrap();
-    fs::create_dir_all(f.path(".handoff/pins/step_2/weird")).unwrap(); // a pin that is a directory
+    fs::create_dir(f.path("step_2/.handoff.pins/weird")).unwrap(); // a pin that is a directory
     let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
     assert_eq!(report.removed, [1]);
     assert_eq!(report.pinned, [2]);
@@ -430,10 +454,135 @@ fn expired_pins_do_not_hold_and_malformed_pins_do() {
     assert!(
         entries
             .iter()
-            .any(|e| e.name.ends_with("step_2/weird") && e.action.is_some()),
+            .any(|e| e.name.ends_with("step_2/.handoff.pins/weird") && e.action.is_some()),
         "{entries:?}"
     );
     assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [2]);
+}
+
+#[test]
+fn version_1_pins_still_hold_their_steps() {
+    let f = fixture();
+    for step in 1..=3 {
+        f.publish_v1(step);
+    }
+    f.publish(4).unwrap();
+    // A version 1 step is pinned the version 1 way, where version 1 gc and
+    // readers look for it.
+    pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
+    assert!(f.path(".handoff/pins/step_1/srv").exists());
+    pin(&f.root, &RealClock, "step_", 2, "old", 0).unwrap();
+    fs::create_dir_all(f.path(".handoff/pins/step_3/weird")).unwrap();
+    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    assert_eq!(report.removed, [2]);
+    assert_eq!(report.pinned, [1, 3]);
+    let entries = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name.ends_with("step_3/weird") && e.action.is_some()),
+        "{entries:?}"
+    );
+    unpin(&f.root, "step_", 1, "srv").unwrap();
+    assert_eq!(
+        gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed,
+        [1, 3]
+    );
+    assert!(
+        wait(
+            &f.root,
+            &RealClock,
+            Target::Latest,
+            &wait_opts(Verify::Hash, 0)
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn gc_claims_a_step_by_removing_its_pin_directory_and_no_pin_gets_in_after() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    assert!(
+        f.path("step_1/.handoff.pins").is_dir(),
+        "made before STABLE"
+    );
+    // A gc that claimed step 1 and died before unpublishing it.
+    fs::remove_dir(f.path("step_1/.handoff.pins")).unwrap();
+    let err = pin(&f.root, &RealClock, "step_", 1, "late", 60_000).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(why) if why.contains("claimed")),
+        "{err:?}"
+    );
+    assert!(
+        !f.path("step_1/.handoff.pins").exists(),
+        "the pin made nothing"
+    );
+    let dry = fsck(&f.root, &RealClock, "step_", false).unwrap();
+    assert!(
+        dry.iter()
+            .any(|e| e.name == "step_1"
+                && e.detail.as_deref().is_some_and(|d| d.contains("claimed"))),
+        "{dry:?}"
+    );
+    // The next gc finishes it, although the newest one is kept anyway.
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+    assert!(!f.path("step_1").exists());
+    // fsck --repair leaves a claimed step to gc, as every committed step.
+    f.publish(3).unwrap();
+    fs::remove_dir(f.path("step_2/.handoff.pins")).unwrap();
+    let repaired = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    assert!(
+        repaired
+            .iter()
+            .any(|e| e.name == "step_2" && e.action.is_none()),
+        "{repaired:?}"
+    );
+    assert!(f.path("step_2/STABLE").exists());
+}
+
+#[test]
+fn pinning_again_renews_and_expiry_follows_the_server_stamp() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    let first = pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let renewed = pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
+    assert!(renewed.expires_ms > first.expires_ms);
+    assert_eq!(f.pins(1).len(), 1, "the older pin went: {:?}", f.pins(1));
+    assert!(f.pins(1)[0].starts_with("srv+60000+"));
+    // The pin's age is the server's stamp on its file, not anything the
+    // pinner wrote: stamped two minutes ago, a one-minute pin has expired.
+    let pin_file = f.path(&format!("step_1/.handoff.pins/{}", f.pins(1)[0]));
+    let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    fs::File::options()
+        .write(true)
+        .open(&pin_file)
+        .unwrap()
+        .set_modified(two_minutes_ago)
+        .unwrap();
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+}
+
+#[test]
+fn a_payload_cannot_take_the_pin_directory_name() {
+    let f = fixture();
+    payload(&f.path("step_1"), "x");
+    fs::write(f.path("step_1/.handoff.pins"), "mine").unwrap();
+    let err = seal(&f.root, &RealClock, 1, &opts()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(why) if why.contains("step_1/.handoff.pins")),
+        "{err:?}"
+    );
+    assert!(!f.path("step_1/STABLE").exists());
+    assert_eq!(fs::read(f.path("step_1/.handoff.pins")).unwrap(), b"mine");
+    // An empty one a crashed seal left is taken over.
+    fs::remove_file(f.path("step_1/.handoff.pins")).unwrap();
+    fs::create_dir(f.path("step_1/.handoff.pins")).unwrap();
+    seal(&f.root, &RealClock, 1, &opts()).unwrap();
+    pin(&f.root, &RealClock, "step_", 1, "srv", 1000).unwrap();
 }
 
 #[test]
@@ -479,8 +628,8 @@ fn wait_with_pin_keeps_the_previous_pin_until_the_reader_unpins_it() {
         2
     );
     // The reader still serves step 1 until it has switched over.
-    assert!(f.path(".handoff/pins/step_2/srv").exists());
-    assert!(f.path(".handoff/pins/step_1/srv").exists());
+    assert_eq!(f.pins(2).len(), 1);
+    assert_eq!(f.pins(1).len(), 1);
     let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
     assert_eq!(report.pinned, [1]);
     assert!(f.path("step_1/STABLE").exists());
@@ -548,10 +697,10 @@ fn gc_removes_abandoned_staging_only() {
 }
 
 #[test]
-fn fsck_republishes_a_pinned_step_an_interrupted_gc_unpublished() {
+fn fsck_republishes_a_pinned_version_1_step_an_interrupted_gc_unpublished() {
     let f = fixture();
-    f.publish(1).unwrap();
-    f.publish(2).unwrap();
+    f.publish_v1(1);
+    f.publish_v1(2);
     pin(&f.root, &RealClock, "step_", 1, "reader", 60_000).unwrap();
     // gc removed STABLE, a reader pinned meanwhile, gc died before putting it back.
     fs::remove_file(f.path("step_1/STABLE")).unwrap();

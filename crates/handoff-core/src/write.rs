@@ -3,7 +3,9 @@
 use std::io;
 
 use crate::error::{Error, Result};
-use crate::layout::{HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, check_prefix, step_name};
+use crate::layout::{
+    HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix, step_name,
+};
 use crate::manifest::{FileEntry, MANIFEST_NAME, Manifest, STABLE_NAME, hex};
 use crate::read::Version;
 use crate::storage::{Clock, Kind, Storage, StorageFile, join, write_all_at};
@@ -296,7 +298,25 @@ fn commit_dir<S: Storage>(
     let path = join(dir, MANIFEST_NAME);
     fs.rename(&tmp, &path)
         .map_err(|e| Error::io("rename manifest to", &fs.display(&path), &e))?;
-    // The manifest's name must be durable before STABLE vouches for it.
+    // The pin directory exists before the step is committed and goes only
+    // when gc claims the step, so "no pin directory" means "claimed" (see
+    // retain.rs). A crashed seal may have left it, empty.
+    let pins = join(dir, STEP_PINS_NAME);
+    match fs.create_dir(&pins) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs.stat(&pins) {
+            Ok(Some(m)) if m.kind == Kind::Dir => {}
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is in the way: the name is handoff's pin directory",
+                    fs.display(&pins)
+                )));
+            }
+        },
+        Err(e) => return Err(Error::io("create", &fs.display(&pins), &e)),
+    }
+    // The manifest's and the pin directory's names must be durable before
+    // STABLE vouches for them.
     flush.dir(dir)?;
 
     let stable = join(dir, STABLE_NAME);
@@ -357,8 +377,8 @@ pub(crate) fn ensure_dir<S: Storage>(
 }
 
 /// List a payload tree: files and directories relative to `dir`, sorted, with
-/// parents before children. At the top level the protocol's own files are
-/// skipped. Anything but a regular file or a directory is refused.
+/// parents before children. At the top level the protocol's own files (and
+/// its pin directory) are skipped. Anything but a regular file or a directory is refused.
 pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>, Vec<String>)> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -373,7 +393,7 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
             if rel.is_empty()
                 && matches!(
                     entry.name.as_str(),
-                    MANIFEST_NAME | STABLE_NAME | MANIFEST_TMP_NAME
+                    MANIFEST_NAME | STABLE_NAME | MANIFEST_TMP_NAME | STEP_PINS_NAME
                 )
             {
                 continue;

@@ -261,13 +261,12 @@ struct PinRace {
     read: Result<(), String>,
 }
 
-/// The deterministic race: gc on A checks pins of step 1 (none: the look-up
-/// of `.handoff/pins` fails), then its unlink of `step_1/STABLE` is stalled
-/// for a second; meanwhile B pins step 1 (STABLE is still there, so the pin
-/// succeeds); then gc removes STABLE and checks the pins again. With
-/// `gc_negative_ttl` > 0, node A answers that second look-up from its
-/// negative cache (docs/PROTOCOL.md assumption 3 allows exactly this lag).
-fn pin_during_unpublish(gc_negative_ttl: Duration) -> Option<PinRace> {
+/// A deterministic race: gc on A removes step 1 (keep 1), and one of its
+/// removals, of `stalled` (the step's pin directory, by which gc claims the
+/// step, or its `STABLE`, after the claim), is stalled for 1.5 s at node A's
+/// mount; meanwhile B pins step 1. With `gc_negative_ttl` > 0, node A keeps
+/// names it found missing for that long (an NFS negative look-up cache).
+fn pin_during_gc(stalled: &str, gc_negative_ttl: Duration) -> Option<PinRace> {
     let setup = setup()?;
     let _serial = serial();
     let work = crate::util::base().join(format!("pin-race-template-{}", std::process::id()));
@@ -297,14 +296,13 @@ fn pin_during_unpublish(gc_negative_ttl: Duration) -> Option<PinRace> {
         ..Delays::default()
     });
     let (root_a, root_b) = (rig.at(0).join("root"), rig.at(1).join("root"));
-    rig.fs
-        .stall_unlink(0, "STABLE", Duration::from_millis(1500));
+    rig.fs.stall_unlink(0, stalled, Duration::from_millis(1500));
     let (gc, pin) = std::thread::scope(|scope| {
         let gc = scope.spawn(|| run(setup.cmd("gc", &root_a, &["--keep", "1"]), DEADLINE));
         poll(Duration::from_secs(30), Duration::from_millis(5), || {
             (rig.fs.stalls_begun() > 0).then_some(())
         })
-        .expect("gc reached the unlink of STABLE");
+        .unwrap_or_else(|| panic!("gc reached the removal of {stalled}"));
         let pin = run(
             setup.cmd("pin", &root_b, &["--step", "1", "--holder", "reader"]),
             DEADLINE,
@@ -319,28 +317,32 @@ fn pin_during_unpublish(gc_negative_ttl: Duration) -> Option<PinRace> {
     })
 }
 
-/// The control: without negative caching on the gc node, the protocol holds.
+/// B pins before the server has removed the pin directory: the removal fails,
+/// gc keeps the step, and B reads it whole.
 #[test]
-fn gc_keeps_a_step_pinned_while_it_unpublishes() {
-    let Some(race) = pin_during_unpublish(Duration::ZERO) else {
-        return;
-    };
-    assert!(race.pin_succeeded, "{race:?}");
-    assert_eq!(race.state, "committed", "{race:?}");
-    assert_eq!(race.read, Ok(()), "{race:?}");
+fn gc_keeps_a_step_pinned_before_its_claim() {
+    for ttl in [Duration::ZERO, Duration::from_secs(5)] {
+        let Some(race) = pin_during_gc(".handoff.pins", ttl) else {
+            return;
+        };
+        assert!(race.pin_succeeded, "negative ttl {ttl:?}: {race:?}");
+        assert_eq!(
+            race.state, "committed",
+            "negative ttl {ttl:?}: a successful pin did not keep the step: {race:?}"
+        );
+        assert_eq!(race.read, Ok(()), "negative ttl {ttl:?}: {race:?}");
+    }
 }
 
-/// Regression: gc's second pin check once trusted a cached negative look-up
-/// of the pin directory, so a reader that pinned successfully lost its step.
+/// B pins after gc claimed the step (its unpublishing stalled): the pin
+/// fails, whatever B's node still holds of the step, and the step goes.
 #[test]
-fn gc_keeps_a_step_pinned_while_it_unpublishes_despite_negative_caching() {
-    let Some(race) = pin_during_unpublish(Duration::from_secs(5)) else {
-        return;
-    };
-    assert!(race.pin_succeeded, "{race:?}");
-    assert_eq!(
-        race.state, "committed",
-        "a successful pin did not keep the step: {race:?}"
-    );
-    assert_eq!(race.read, Ok(()), "{race:?}");
+fn a_pin_after_gcs_claim_fails() {
+    for ttl in [Duration::ZERO, Duration::from_secs(5)] {
+        let Some(race) = pin_during_gc("STABLE", ttl) else {
+            return;
+        };
+        assert!(!race.pin_succeeded, "negative ttl {ttl:?}: {race:?}");
+        assert_eq!(race.state, "absent", "negative ttl {ttl:?}: {race:?}");
+    }
 }

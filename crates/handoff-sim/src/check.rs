@@ -986,11 +986,15 @@ fn check_held(tree: &Tree, expect: &Expect, problems: &mut Vec<String>) -> BTree
         .iter()
         .copied()
         .filter(|&step| {
-            let pin = format!(
-                ".handoff/pins/{}/{holder}",
-                handoff_core::layout::step_name(PREFIX, step)
-            );
-            matches!(tree.get(&pin), Some(Node::File(data)) if !data.is_empty())
+            let dir = handoff_core::layout::step_name(PREFIX, step);
+            // Version 1: a pin file with content; version 2: a pin file
+            // named for its holder in the step's own pin directory.
+            let v1 = format!(".handoff/pins/{dir}/{holder}");
+            let v2 = format!("{dir}/{}/{holder}+", handoff_core::layout::STEP_PINS_NAME);
+            matches!(tree.get(&v1), Some(Node::File(data)) if !data.is_empty())
+                || tree.range(v2.clone()..).next().is_some_and(|(path, node)| {
+                    path.starts_with(&v2) && matches!(node, Node::File(_))
+                })
         })
         .collect();
     if held.is_empty() {
