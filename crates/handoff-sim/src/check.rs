@@ -10,6 +10,12 @@
 //! - **lagging reader**: a reader on another node, seeded lags, while the
 //!   writer publishes.
 //!
+//! gc, pin and fsck run on nodes of their own ([`NodeView`]: a client's
+//! attribute and negative look-up caches over the shared model): both
+//! processes of `gc-pin-race` and `gc-race`, the long-lived reader of
+//! `wait-pin` and the gc some cases run after a crash, and `fsck-repair`. A node
+//! whose reader read a step a moment before has it cached as present.
+//!
 //! The invariants, checked on every state (see [`check_state`]):
 //! 1. a reader never accepts a version whose files differ from what the
 //!    writer wrote;
@@ -39,9 +45,10 @@ use handoff_core::{Clock, Error, Storage, Target};
 use crate::model::{
     CrashOptions, FsState, Model, Node, Recording, Rng, SimClock, Tree, mix, show_bytes, show_tree,
 };
+use crate::node::{NodeCaches, NodeView};
 use crate::protocols::{
-    Files, GcParams, Handoff, Naive, Operation, PREFIX, Protocol, Read, SETTLE_MS, StableReader,
-    Written,
+    Files, GcParams, Handoff, HandoffV1, Naive, Operation, PREFIX, Protocol, Read, SETTLE_MS,
+    StableReader, Written,
 };
 use crate::view::{LaggingView, Lags, Timeline};
 
@@ -67,6 +74,47 @@ const GC: GcParams = GcParams {
 const OP_MS: u64 = 1;
 const MAX_LAG_MS: u64 = 20;
 const NEGATIVE_TTL_MS: u64 = 10;
+/// A reader warmed its node's cache this long before the race, at most.
+const WARM_MS: u64 = 1_000;
+
+/// The caches of node `node` of a scenario (TTLs drawn per node from the
+/// seed, see [`NodeCaches::drawn`]).
+fn caches(seed: u64, node: u64) -> NodeCaches {
+    NodeCaches::drawn(mix(seed ^ mix(node ^ 0xcac4e)))
+}
+
+/// A node whose reader read `step` a moment before (age drawn from the
+/// seed): the step directory and its payload and manifest are cached as
+/// present. Names starting with `.` are the protocol's own, which a reader
+/// does not look up.
+fn reader_node(name: &str, model: &Model, clock: &SimClock, seed: u64, step: u64) -> NodeView {
+    let node = NodeView::new(name, model, clock, caches(seed, step ^ 0x9ead));
+    let dir = handoff_core::layout::step_name(PREFIX, step);
+    let age = Rng::new(mix(seed ^ 0xa9e)).below(WARM_MS + 1);
+    node.warm(&dir, age, |path| {
+        !path.split('/').skip(1).any(|part| part.starts_with('.'))
+    });
+    node
+}
+
+/// The nodes of a race or a crash case and what they answered from their
+/// caches, for traces.
+fn show_nodes(nodes: &[NodeView]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        let c = node.caches();
+        let _ = write!(
+            out,
+            "  node {} (attributes cached {} ms, failed look-ups {} ms), answered from its \
+             cache:\n{}",
+            node.name(),
+            c.attr_ttl_ms,
+            c.negative_ttl_ms,
+            node.show_log()
+        );
+    }
+    out
+}
 
 /// How much to explore.
 #[derive(Clone, Debug)]
@@ -381,7 +429,7 @@ fn crash_cases<P: Protocol>(
                         committed: readable,
                     },
                     action: "fsck --repair".to_string(),
-                    run: Box::new(move |m, c| p.fsck_repair(m, c).map(|r| r.map(|_| ()))),
+                    run: Box::new(move |m, c| fsck_on_node(p, m, c)),
                     after: during.clone(),
                     during,
                 });
@@ -456,9 +504,11 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
                      switches over to it, then unpins step 1"
                 ),
                 run: Box::new(move |m, c| {
-                    let waited = p.wait_pin(m, c, Target::Latest, HOLDER, PIN_TTL_MS)?;
+                    // The reader's node has step 1, which it serves, cached.
+                    let node = &reader_node("reader-node", m, c, 0, 1);
+                    let waited = p.wait_pin(node, c, Target::Latest, HOLDER, PIN_TTL_MS)?;
                     match waited {
-                        Ok(2) => p.unpin(m, c, 1, HOLDER),
+                        Ok(2) => p.unpin(node, c, 1, HOLDER),
                         Ok(step) => Some(Err(Error::Io(format!(
                             "the wait returned step {step}, not 2"
                         )))),
@@ -502,7 +552,7 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
             CrashCase {
                 scenario: sc,
                 action: "fsck --repair".to_string(),
-                run: Box::new(move |m, c| p.fsck_repair(m, c).map(|r| r.map(|_| ()))),
+                run: Box::new(move |m, c| fsck_on_node(p, m, c)),
                 after: during.clone(),
                 during,
             }
@@ -526,6 +576,24 @@ fn gc_scenario<P: Protocol>(p: P) -> Result<Scenario, String> {
         GC.skew_ms
     ));
     Ok(sc)
+}
+
+/// `fsck --repair` on a node of its own (whose cache starts empty).
+fn fsck_on_node<P: Protocol>(p: P, model: &Model, clock: &SimClock) -> Option<Result<(), Error>> {
+    let node = NodeView::new("fsck-node", model, clock, caches(0, 0xf5c));
+    p.fsck_repair(&node, clock).map(|r| r.map(|_| ()))
+}
+
+/// gc on a node of its own (whose cache starts empty).
+fn gc_on_node<P: Protocol>(
+    p: P,
+    node: &str,
+    model: &Model,
+    clock: &SimClock,
+    seed: u64,
+) -> Option<Result<(), Error>> {
+    let node = NodeView::new(node, model, clock, caches(seed, 0x9c));
+    p.gc(&node, clock, GC).map(|r| r.map(|_| ()))
 }
 
 fn gc_action() -> String {
@@ -843,7 +911,7 @@ fn check_state<P: Protocol>(
     let held = check_held(&tree, expect, &mut problems);
     if expect.gc_after_crash {
         let copy = Model::from_state(model.state(), &clock);
-        match p.gc(&copy, &clock, GC) {
+        match gc_on_node(p, "gc-node", &copy, &clock, seed) {
             None => {}
             Some(Err(e)) => problems.push(format!("gc after the crash failed: {e}")),
             Some(Ok(_)) => {
@@ -1134,6 +1202,8 @@ struct Raced {
     second_all: std::ops::Range<usize>,
     /// gc inside pin (rather than pin inside gc).
     swapped: bool,
+    /// The nodes the processes ran on, for traces.
+    nodes: Vec<NodeView>,
 }
 
 struct RaceCase {
@@ -1144,10 +1214,14 @@ struct RaceCase {
     second_name: String,
     second: Action,
     second_clock: SimClock,
+    /// The nodes the processes run on (none: both on the model itself).
+    nodes: Vec<NodeView>,
 }
 
 /// A race: two processes, the second run whole in between two calls of the
 /// first. gc and pin are raced in both nestings (`swapped`: gc inside pin).
+/// gc and pin each run on a node of their own, through its caches
+/// ([`NodeView`]); the pinning node read step 2 a moment before.
 fn race_case<P: Protocol>(
     p: P,
     op: Operation,
@@ -1167,15 +1241,19 @@ fn race_case<P: Protocol>(
                 second_name: format!("{RIVAL} publishes step 2"),
                 second: Box::new(move |m, c| Some(p.publish(m, c, &b))),
                 second_clock,
+                nodes: Vec::new(),
             })
         }
         Operation::GcPinRace => {
             let sc = gc_scenario(p)?;
             let second_clock = sc.clock.fork(mix(seed ^ 0xb));
-            let gc_name = gc_action();
-            let gc: Action = Box::new(move |m, c| p.gc(m, c, GC).map(|r| r.map(|_| ())));
-            let pin_name = format!("{LATE_HOLDER} pins step 2 for {PIN_TTL_MS} ms");
-            let pin: Action = Box::new(move |m, c| p.pin(m, c, 2, LATE_HOLDER, PIN_TTL_MS));
+            let gc_node = NodeView::new("gc-node", &sc.model, &sc.clock, caches(seed, 0x9c));
+            let pin_node = reader_node("pin-node", &sc.model, &sc.clock, seed, 2);
+            let nodes = vec![gc_node.clone(), pin_node.clone()];
+            let gc_name = format!("{} on gc-node", gc_action());
+            let gc: Action = Box::new(move |_, c| p.gc(&gc_node, c, GC).map(|r| r.map(|_| ())));
+            let pin_name = format!("{LATE_HOLDER} pins step 2 for {PIN_TTL_MS} ms on pin-node");
+            let pin: Action = Box::new(move |_, c| p.pin(&pin_node, c, 2, LATE_HOLDER, PIN_TTL_MS));
             let ((first_name, first), (second_name, second)) = if swapped {
                 ((pin_name, pin), (gc_name, gc))
             } else {
@@ -1189,19 +1267,24 @@ fn race_case<P: Protocol>(
                 second_name,
                 second,
                 second_clock,
+                nodes,
             })
         }
         Operation::GcRace => {
             let sc = gc_scenario(p)?;
             let second_clock = sc.clock.fork(mix(seed ^ 0xb));
+            let a = NodeView::new("gc-node-a", &sc.model, &sc.clock, caches(seed, 0xa));
+            let b = NodeView::new("gc-node-b", &sc.model, &sc.clock, caches(seed, 0xb));
+            let nodes = vec![a.clone(), b.clone()];
             Ok(RaceCase {
                 scenario: sc,
                 swapped,
-                first_name: format!("{} (first process)", gc_action()),
-                first: Box::new(move |m, c| p.gc(m, c, GC).map(|r| r.map(|_| ()))),
-                second_name: format!("{} (second process)", gc_action()),
-                second: Box::new(move |m, c| p.gc(m, c, GC).map(|r| r.map(|_| ()))),
+                first_name: format!("{} on gc-node-a", gc_action()),
+                first: Box::new(move |_, c| p.gc(&a, c, GC).map(|r| r.map(|_| ()))),
+                second_name: format!("{} on gc-node-b", gc_action()),
+                second: Box::new(move |_, c| p.gc(&b, c, GC).map(|r| r.map(|_| ()))),
                 second_clock,
+                nodes,
             })
         }
         _ => unreachable!("{} is not a race", op.name()),
@@ -1216,6 +1299,7 @@ fn interleave(case: RaceCase, at: usize) -> Option<Raced> {
         first,
         second,
         second_clock,
+        nodes,
         ..
     } = case;
     let model = scenario.model.clone();
@@ -1256,6 +1340,7 @@ fn interleave(case: RaceCase, at: usize) -> Option<Raced> {
         second_calls: from..to,
         second_all: all_from..all_to,
         swapped,
+        nodes,
     })
 }
 
@@ -1343,6 +1428,9 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
                  this call):\n{}",
                     show_race_calls(&raced.recording, &raced.second_all, crash.map(|c| c.0))
                 );
+                if !raced.nodes.is_empty() {
+                    let _ = write!(t, "nodes:\n{}", show_nodes(&raced.nodes));
+                }
                 match crash {
                     None => {
                         let _ = write!(
@@ -1668,7 +1756,7 @@ fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
 }
 
 /// The protocols, by name.
-pub const PROTOCOLS: [&str; 3] = ["handoff", "naive", "stable-reader"];
+pub const PROTOCOLS: [&str; 4] = ["handoff", "naive", "stable-reader", "handoff-v1"];
 
 /// Run `protocol`'s `op`, or `None` if there is no such protocol or it has no
 /// such operation.
@@ -1682,6 +1770,7 @@ pub fn run_named(protocol: &str, op: Operation, budget: &Budget, focus: &Focus) 
         "handoff" => go(Handoff, op, budget, focus),
         "naive" => go(Naive, op, budget, focus),
         "stable-reader" => go(StableReader, op, budget, focus),
+        "handoff-v1" => go(HandoffV1, op, budget, focus),
         _ => None,
     }
 }
@@ -1691,6 +1780,7 @@ fn operations_of(protocol: &str) -> Vec<Operation> {
         "handoff" => Handoff.operations(),
         "naive" => Naive.operations(),
         "stable-reader" => StableReader.operations(),
+        "handoff-v1" => HandoffV1.operations(),
         _ => Vec::new(),
     }
 }
@@ -1802,6 +1892,13 @@ mod tests {
         assert!(failing("naive", Operation::Publish), "naive loses crashes");
         assert!(failing("naive", Operation::ReadLagging));
         assert!(failing("stable-reader", Operation::ReadLagging));
+        // v1's pin re-checks STABLE with a stat: a node's cache still shows
+        // the STABLE gc removed, the pin returns Ok, gc deletes the step.
+        assert!(failing("handoff-v1", Operation::GcPinRace));
+        assert!(
+            !failing("handoff-v1", Operation::Pin),
+            "v1's pin alone is sound"
+        );
     }
 
     #[test]

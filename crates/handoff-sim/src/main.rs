@@ -7,6 +7,7 @@
 
 mod check;
 mod model;
+mod node;
 mod protocols;
 mod view;
 
@@ -28,13 +29,13 @@ usage:
 report prints `protocol=<name> operation=<op> states=<n> violations=<n>` per pair, the
 trace of each pair's first violation, and ends with `N passed, M failed` over handoff's
 pairs. Exit status: 0 if handoff has no violation and every reference protocol (naive,
-stable-reader) has at least one; 1 otherwise; 2 for a usage error.
+stable-reader, handoff-v1) has at least one; 1 otherwise; 2 for a usage error.
 
 --quick uses the small budget of `cargo test` (set it before the other budget flags).
 
 replay prints the trace of every state selected (a violation's trace ends with the replay
 command that selects it; leave a selector out to see all its values). Protocols: handoff,
-naive, stable-reader. Operations: seal, publish, publish-race, read-lagging,
+naive, stable-reader, handoff-v1. Operations: seal, publish, publish-race, read-lagging,
 read-lagging-seal, pin, wait-pin, unpin, gc, gc-pin-race, gc-race, fsck-repair.
 ";
 

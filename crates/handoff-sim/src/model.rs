@@ -984,6 +984,34 @@ impl Model {
         self.shared.inner.borrow().calls_done
     }
 
+    /// What is at `path` right now, without counting a call or running a
+    /// hook: for a node's cache, which learns a name's attributes along with
+    /// the counted call that touched it. `None` if nothing (or an error).
+    pub fn peek(&self, path: &str) -> Option<Metadata> {
+        self.stat_now(path).ok().flatten()
+    }
+
+    /// The shortest prefix of `path` (the path itself included) that names
+    /// nothing right now, without counting a call: where a client's failed
+    /// look-up stops. `None` if every component is there, or one is not a
+    /// directory.
+    pub fn first_missing(&self, path: &str) -> Option<String> {
+        let inner = self.shared.inner.borrow();
+        let mut prefix = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match inner.fs.resolve(&prefix) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Some(prefix),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     /// Count a call that changed nothing, and run a hook that came due.
     fn read_call<T>(&self, value: T, desc: impl FnOnce(&T) -> String) -> T {
         let hook = {

@@ -8,6 +8,8 @@
 //!   loads whatever the directory holds.
 //! - `stable-reader`: handoff's writer with the naive reader, which trusts
 //!   `STABLE` without a manifest.
+//! - `handoff-v1`: handoff as released in v1, whose pin re-checked `STABLE`
+//!   with a `stat` (which a node's cache may answer) after writing the pin.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -607,5 +609,173 @@ impl Protocol for StableReader {
 
     fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
         naive_committed(fs)
+    }
+}
+
+/// handoff as released in v1: everything is `handoff_core`'s but the pin,
+/// which re-checks `STABLE` with a `stat` after writing the pin file. Must
+/// fail the gc/pin race on a node whose cache still shows the `STABLE` that
+/// gc on another node removed: the pin returns Ok and gc deletes the step.
+#[derive(Clone, Copy, Debug)]
+pub struct HandoffV1;
+
+impl Protocol for HandoffV1 {
+    fn name(&self) -> &'static str {
+        "handoff-v1"
+    }
+
+    fn reference(&self) -> bool {
+        true
+    }
+
+    fn operations(&self) -> Vec<Operation> {
+        vec![Operation::Pin, Operation::GcPinRace]
+    }
+
+    fn publish<S: Storage>(
+        &self,
+        fs: &S,
+        clock: &SimClock,
+        written: &Written,
+    ) -> Result<(), Error> {
+        Handoff.publish(fs, clock, written)
+    }
+
+    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
+        Handoff.read(fs, clock, target, timeout_ms)
+    }
+
+    fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
+        Handoff.committed(fs)
+    }
+
+    fn pin<S: Storage>(
+        &self,
+        fs: &S,
+        clock: &SimClock,
+        step: u64,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Option<Result<(), Error>> {
+        Some(pin_v1(fs, clock, step, holder, ttl_ms))
+    }
+
+    fn unpin<S: Storage>(
+        &self,
+        fs: &S,
+        clock: &SimClock,
+        step: u64,
+        holder: &str,
+    ) -> Option<Result<(), Error>> {
+        Handoff.unpin(fs, clock, step, holder)
+    }
+
+    fn gc<S: Storage>(
+        &self,
+        fs: &S,
+        clock: &SimClock,
+        params: GcParams,
+    ) -> Option<Result<Vec<u64>, Error>> {
+        Handoff.gc(fs, clock, params)
+    }
+
+    fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimClock) -> Option<Result<usize, Error>> {
+        Handoff.fsck_repair(fs, clock)
+    }
+}
+
+/// Where v1 kept a step's pins.
+fn pin_dir_v1(step: u64) -> String {
+    format!(".handoff/pins/{}", step_name(PREFIX, step))
+}
+
+/// v1's pin: check the step is committed, write
+/// `.handoff/pins/step_N/<holder>` whole (temporary name, fsync, rename,
+/// fsync of the directory), then `stat` `STABLE`; if it is gone, drop the
+/// pin and report the step not found.
+fn pin_v1<S: Storage>(
+    fs: &S,
+    clock: &SimClock,
+    step: u64,
+    holder: &str,
+    ttl_ms: u64,
+) -> Result<(), Error> {
+    let failed = |what: &str, path: &str, e: io::Error| {
+        let msg = format!("failed to {what} {}: {e}", fs.display(path));
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound(msg)
+        } else {
+            Error::Io(msg)
+        }
+    };
+    // The step must be committed and whole: one look, as a reader's.
+    let once = WaitOptions {
+        prefix: PREFIX.to_string(),
+        verify: Verify::Size,
+        timeout_ms: Some(0),
+        settle_ms: 0,
+        poll_ms: 1,
+        pin: None,
+    };
+    match handoff_core::wait(fs, clock, Target::Step(step), &once) {
+        Ok(_) => {}
+        Err(Error::TimedOut(why) | Error::Integrity(why) | Error::NotFound(why)) => {
+            return Err(Error::NotFound(format!("cannot pin step {step}: {why}")));
+        }
+        Err(e) => return Err(e),
+    }
+    let dir = pin_dir_v1(step);
+    for (path, parent) in [
+        (".handoff", ""),
+        (".handoff/pins", ".handoff"),
+        (dir.as_str(), ".handoff/pins"),
+    ] {
+        match fs.create_dir(path) {
+            Ok(()) => fs
+                .sync_dir(parent)
+                .map_err(|e| failed("fsync", parent, e))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(failed("create", path, e)),
+        }
+    }
+    let path = join(&dir, holder);
+    let tmp = join(&dir, &format!(".{holder}.{:016x}.tmp", clock.random_u64()));
+    let pin = format!(
+        "{{\"step\":{step},\"holder\":\"{holder}\",\"expires_ms\":{}}}",
+        clock.now_ms().saturating_add(ttl_ms)
+    );
+    let mut file = fs.create_new(&tmp).map_err(|e| failed("create", &tmp, e))?;
+    let written = file
+        .write_at(pin.as_bytes(), 0)
+        .and_then(|n| {
+            if n == pin.len() {
+                Ok(())
+            } else {
+                Err(io::Error::new(io::ErrorKind::WriteZero, "short write"))
+            }
+        })
+        .map_err(|e| failed("write", &tmp, e))
+        .and_then(|()| file.sync().map_err(|e| failed("fsync", &tmp, e)))
+        .and_then(|()| {
+            fs.rename(&tmp, &path)
+                .map_err(|e| failed("rename", &tmp, e))
+        })
+        .and_then(|()| fs.sync_dir(&dir).map_err(|e| failed("fsync", &dir, e)));
+    if let Err(e) = written {
+        let _ = fs.remove_file(&tmp);
+        return Err(e);
+    }
+    // The v1 re-check: a stat, which the node may answer from its cache.
+    let stable = join(&step_name(PREFIX, step), STABLE_NAME);
+    match fs.stat(&stable) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let _ = fs.remove_file(&path);
+            Err(Error::NotFound(format!(
+                "cannot pin step {step}: it was removed while pinning: no {}",
+                fs.display(&stable)
+            )))
+        }
+        Err(e) => Err(failed("inspect", &stable, e)),
     }
 }
