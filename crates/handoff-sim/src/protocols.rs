@@ -638,7 +638,13 @@ impl Protocol for HandoffV1 {
         clock: &SimClock,
         written: &Written,
     ) -> Result<(), Error> {
-        Handoff.publish(fs, clock, written)
+        Handoff.publish(fs, clock, written)?;
+        as_version_1(fs, &written.dir()).map_err(|e| {
+            Error::Io(format!(
+                "cannot make {} a version 1 step: {e}",
+                written.dir()
+            ))
+        })
     }
 
     fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
@@ -682,6 +688,26 @@ impl Protocol for HandoffV1 {
     fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimClock) -> Option<Result<usize, Error>> {
         Handoff.fsck_repair(fs, clock)
     }
+}
+
+/// Turn a step handoff just published into what a version 1 writer left: a
+/// version 1 manifest and no pin directory in the step. handoff's gc then
+/// treats it by the version 1 rules, which v1's own pin relied on.
+fn as_version_1<S: Storage>(fs: &S, dir: &str) -> io::Result<()> {
+    let path = join(dir, MANIFEST_NAME);
+    let text = String::from_utf8(read_file(fs, &path)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let v1 = text.replacen(r#""version":2"#, r#""version":1"#, 1);
+    let tmp = join(dir, MANIFEST_TMP_NAME);
+    let mut file = fs.create_new(&tmp)?;
+    if file.write_at(v1.as_bytes(), 0)? != v1.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    }
+    file.sync()?;
+    drop(file);
+    fs.rename(&tmp, &path)?;
+    fs.remove_dir(&join(dir, handoff_core::layout::STEP_PINS_NAME))?;
+    fs.sync_dir(dir)
 }
 
 /// Where v1 kept a step's pins.
