@@ -12,6 +12,9 @@
 #   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN
 #   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
+#   LANE_CRASH    1: after the scenarios, run writers on node a and crash the
+#                 VM in the middle of them (sysrq b) instead of powering off
+#   LANE_PHASE    verify: the boot after that crash; check the export's disk
 #
 # Topology: knfsd in the root network namespace exports an ext4 file system on
 # the virtio disk; node a (writer) and node b (reader) are network namespaces
@@ -56,10 +59,50 @@ hostname nfs-lane
 HB=$HANDOFF_BIN
 VERS=${LANE_VERS:-4.2}
 R=$LANE_OUT/results.txt
+[ "${LANE_PHASE:-}" = verify ] && R=$LANE_OUT/verify.txt
 : >"$R"
 ms_since() { echo $(( (${EPOCHREALTIME/./} - $1) / 1000 )); }
 
 fail_setup() { echo "nfs-guest: setup failed: $*"; off 1; }
+
+# ---- after a crash ------------------------------------------------------------
+# Every step the crashed writers left committed (STABLE present) must verify
+# by hash, and every step whose publish or seal had returned must be
+# committed. Read on the server's own disk, no NFS cache in between.
+verify_crash() {
+    local c=/mnt/export/crash d=/run/lane/verify runs=0 fails=0 root dir k what n
+    mkdir -p "$d"
+    for root in pub seal; do
+        for dir in "$c/$root"/step_*; do
+            [ -e "$dir/STABLE" ] || continue
+            k=${dir##*step_}
+            runs=$((runs + 1))
+            if ! "$HB" wait --root "$c/$root" --step "$k" --verify hash --timeout 5s >/dev/null 2>"$d/err"; then
+                fails=$((fails + 1))
+                echo "nfs-guest: crash: $root/step_$k is committed but does not verify: $(head -c 300 "$d/err")"
+            fi
+        done
+        n=$(ls -d "$c/$root"/step_* 2>/dev/null | wc -l)
+        echo "nfs-guest: crash: $root: $n step directories, fsck: $("$HB" fsck --root "$c/$root" 2>&1 | tr '\n' ';' | head -c 600)"
+        "$HB" fsck --root "$c/$root" --repair >/dev/null 2>&1 \
+            || { fails=$((fails + 1)); echo "nfs-guest: crash: fsck --repair of $root failed"; }
+    done
+    n=0
+    while read -r what k; do
+        n=$((n + 1))
+        root=pub; [ "$what" = seal ] && root=seal
+        if [ ! -e "$c/$root/step_$k/STABLE" ]; then
+            fails=$((fails + 1))
+            echo "nfs-guest: crash: $what of step $k returned before the crash, but $root/step_$k is not committed"
+        fi
+    done <"$LANE_OUT/crash.returned"
+    echo "nfs-guest: crash: $n publishes and seals had returned before the crash; $runs committed steps checked"
+    if [ "$n" = 0 ]; then
+        fails=$((fails + 1))
+        echo "nfs-guest: crash: no publish or seal returned before the crash: nothing was tested"
+    fi
+    echo "nfs: scenario=crash tool=handoff runs=$runs failures=$fails" | tee -a "$R"
+}
 
 # ---- server -----------------------------------------------------------------
 for m in virtio_blk ext4 nfsd nfsv4 nfsv3 veth; do
@@ -67,6 +110,12 @@ for m in virtio_blk ext4 nfsd nfsv4 nfsv3 veth; do
 done
 for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mount -t ext4 /dev/vda /mnt/export || fail_setup "mount /dev/vda"
+if [ "${LANE_PHASE:-}" = verify ]; then
+    # The disk the crashed server left, its journal replayed by this mount.
+    export HANDOFF_CACHE_DIR=/run/lane/cache
+    verify_crash
+    off 0
+fi
 mount -t nfsd nfsd /proc/fs/nfsd || fail_setup "mount nfsd"
 # The shortest grace and lease the server accepts, so opens work sooner.
 echo 10 >/proc/fs/nfsd/nfsv4gracetime
@@ -145,16 +194,32 @@ files_of() { # the "files" array of handoff's JSON output
 VIS=/run/lane/visible_ms
 : >"$VIS"
 
-# run_pair NAME ROOT STEP B_HEAD_START_S WRITER-COMMAND...
+# The reader's target in run I of a scenario: --step, --after or --latest in
+# turn. A --latest reader needs a root without older steps (it would return
+# one at once), so those runs write into a root of their own.
+target_of() { local t=(step after latest); echo "${t[$(( ($1 - 1) % 3 ))]}"; }
+target_args() { # TARGET STEP
+    case $1 in
+        step) echo "--step $2" ;;
+        after) echo "--after $(( $2 - 1 ))" ;;
+        latest) echo "--latest" ;;
+    esac
+}
+root_for() { # ROOT TARGET STEP
+    if [ "$2" = latest ]; then echo "$1/latest$3"; else echo "$1"; fi
+}
+
+# run_pair NAME ROOT STEP B_HEAD_START_S TARGET WRITER-COMMAND...
 # Sets RUN_OK (1/0) and RUN_VIS_MS.
 run_pair() {
-    local name=$1 root=$2 k=$3 head=$4
-    shift 4
+    local name=$1 root=$2 k=$3 head=$4 target=$5
+    shift 5
     local d=/run/lane/$name.$k
-    mkdir -p "$d"
+    mkdir -p "$d" "/mnt/a/$root"
     (
-        "$HB" wait --root "/mnt/b/$root" --step "$k" --verify hash --timeout "$B_TIMEOUT" --json \
-            >"$d/b.json" 2>"$d/b.err"
+        # shellcheck disable=SC2046
+        "$HB" wait --root "/mnt/b/$root" $(target_args "$target" "$k") --verify hash \
+            --timeout "$B_TIMEOUT" --json >"$d/b.json" 2>"$d/b.err"
         echo "$? ${EPOCHREALTIME/./}" >"$d/b.end"
     ) &
     local bpid=$!
@@ -172,8 +237,11 @@ run_pair() {
     if [ $RUN_OK = 1 ] && [ "$(files_of "$d/a.json")" != "$(files_of "$d/b.json")" ]; then
         RUN_OK=0; why="reader's files differ from the writer's"
     fi
-    echo "nfs-guest: $name step=$k ok=$RUN_OK visible_after_ms=$RUN_VIS_MS $why"
-    echo "$RUN_VIS_MS" >>"$VIS"
+    if [ $RUN_OK = 1 ] && ! grep -q "^{\"step\":$k," "$d/b.json"; then
+        RUN_OK=0; why="the reader returned $(head -c 60 "$d/b.json"), not step $k"
+    fi
+    echo "nfs-guest: $name step=$k target=$target ok=$RUN_OK visible_after_ms=$RUN_VIS_MS $why"
+    echo "$RUN_VIS_MS $target" >>"$VIS"
 }
 
 want() { [ -z "${LANE_ONLY:-}" ] || [[ ",$LANE_ONLY," == *",$1,"* ]]; }
@@ -187,10 +255,11 @@ scenario_publish() {
     mkdir -p /mnt/a/pub
     ls /mnt/b/pub >/dev/null
     B_TIMEOUT=60s
+    local t r
     for i in $(seq "$runs"); do
-        k=$i
+        k=$i t=$(target_of "$i") r=$(root_for pub "$t" "$i")
         rm -rf /run/lane/src.pub; make_payload /run/lane/src.pub "$k"
-        run_pair publish-seen pub "$k" 2 "$HB" publish --root /mnt/a/pub --step "$k" /run/lane/src.pub --json
+        run_pair publish-seen "$r" "$k" 2 "$t" "$HB" publish --root "/mnt/a/$r" --step "$k" /run/lane/src.pub --json
         [ $RUN_OK = 1 ] || fails=$((fails + 1))
     done
     report publish-seen handoff "$runs" "$fails"
@@ -201,31 +270,35 @@ scenario_seal() {
     mkdir -p /mnt/a/seal
     ls /mnt/b/seal >/dev/null
     B_TIMEOUT=60s
+    local t r
     for i in $(seq "$runs"); do
-        k=$i
+        k=$i t=$(target_of "$i") r=$(root_for seal "$t" "$i")
         # The writer writes the payload in place through its own mount.
-        run_pair seal-seen seal "$k" 2 \
-            bash -c 'make_payload "$1" "$2" && exec "$3" seal --root /mnt/a/seal --step "$2" --json' \
-            _ "/mnt/a/seal/step_$k" "$k" "$HB"
+        run_pair seal-seen "$r" "$k" 2 "$t" \
+            bash -c 'make_payload "$1/step_$2" "$2" && exec "$3" seal --root "$1" --step "$2" --json' \
+            _ "/mnt/a/$r" "$k" "$HB"
         [ $RUN_OK = 1 ] || fails=$((fails + 1))
     done
     report seal-seen handoff "$runs" "$fails"
 }
 
 scenario_looked() {
-    local runs=${LANE_RUNS_LOOKED:-3} fails=0 i k rc
+    local runs=${LANE_RUNS_LOOKED:-6} fails=0 i k rc
     mkdir -p /mnt/a/looked
     ls /mnt/b/looked >/dev/null
     B_TIMEOUT=90s
+    local t r
     for i in $(seq "$runs"); do
-        k=$i
+        k=$i t=$(target_of "$i") r=$(root_for looked "$t" "$i")
+        mkdir -p "/mnt/a/$r"
         # B looks once and gives up: the client now caches "step_k: no such file".
-        "$HB" wait --root /mnt/b/looked --step "$k" --timeout 1s >/dev/null 2>&1
+        # shellcheck disable=SC2046
+        "$HB" wait --root "/mnt/b/$r" $(target_args "$t" "$k") --timeout 1s >/dev/null 2>&1
         rc=$?
         [ $rc = 3 ] || echo "nfs-guest: looked-before: the 1 s wait exited $rc, expected 3"
-        run_pair looked-before looked "$k" 1 \
-            bash -c 'make_payload "$1" "$2" && exec "$3" seal --root /mnt/a/looked --step "$2" --json' \
-            _ "/mnt/a/looked/step_$k" "$k" "$HB"
+        run_pair looked-before "$r" "$k" 1 "$t" \
+            bash -c 'make_payload "$1/step_$2" "$2" && exec "$3" seal --root "$1" --step "$2" --json' \
+            _ "/mnt/a/$r" "$k" "$HB"
         if [ $RUN_OK != 1 ] || [ "$RUN_VIS_MS" -gt 2000 ]; then fails=$((fails + 1)); fi
     done
     report looked-before handoff "$runs" "$fails"
@@ -496,8 +569,49 @@ for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-v
 done
 
 if [ -s "$VIS" ]; then
+    for t in step after latest; do
+        awk -v t=$t '$2 == t {print $1}' "$VIS" | sort -n \
+            | awk -v t=$t '{v[NR]=$1} END {if (NR) printf "nfs-guest: visible_after_ms target=%s p50=%d max=%d runs=%d\n", t, v[int((NR+1)/2)], v[NR], NR}'
+    done
     sort -n "$VIS" | awk '{v[NR]=$1} END {p=v[int((NR+1)/2)]; printf "nfs: visible_after_ms p50=%d max=%d runs=%d\n", p, v[NR], NR}' | tee -a "$R"
 fi
 echo "run_ms=$(ms_since $T_RUN)" >>"$R"
+
+# ---- a crash mid-publish and mid-seal ----------------------------------------
+# Node a publishes (root crash/pub) and writes and seals in place (crash/seal)
+# in loops, logging each step whose command returned to the results share
+# (on the host, so it outlives the VM); after 4-9 s the whole VM (server and
+# clients) is stopped with sysrq b. The next boot checks the disk.
+if [ "${LANE_CRASH:-0}" = 1 ]; then
+    cl=$LANE_OUT/crash.returned
+    : >"$cl"
+    mkdir -p /run/lane/crash "$MA/crash/pub" "$MA/crash/seal"
+    make_payload /run/lane/crash/src 0
+    (
+        k=1
+        while :; do
+            printf '{"step":%s}\n' "$k" >/run/lane/crash/src/adapter_config.json
+            "$HB" publish --root "$MA/crash/pub" --step "$k" /run/lane/crash/src >/dev/null 2>>/run/lane/crash/pub.err \
+                && echo "publish $k" >>"$cl"
+            k=$((k + 1))
+        done
+    ) &
+    (
+        k=1
+        while :; do
+            make_payload "$MA/crash/seal/step_$k" "$k" \
+                && "$HB" seal --root "$MA/crash/seal" --step "$k" >/dev/null 2>>/run/lane/crash/seal.err \
+                && echo "seal $k" >>"$cl"
+            k=$((k + 1))
+        done
+    ) &
+    crash_ms=$(( 4000 + RANDOM % 5000 ))
+    sleep "$(( crash_ms / 1000 )).$(printf %03d $(( crash_ms % 1000 )))"
+    echo "crash_after_ms=$crash_ms" >>"$R"
+    echo "nfs-guest: crash: after $crash_ms ms, $(wc -l <"$cl") publishes and seals had returned; sysrq b"
+    echo 1 >/proc/sys/kernel/sysrq
+    echo b >/proc/sysrq-trigger
+    sleep 10
+fi
 umount /mnt/a /mnt/b 2>/dev/null
 off 0

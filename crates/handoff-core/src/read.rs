@@ -314,7 +314,7 @@ fn steps_desc<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<u64>> {
 /// The highest committed step that validates, in one pass.
 pub fn latest<S: Storage>(fs: &S, prefix: &str, verify: Verify) -> Result<Option<Version>> {
     check_prefix(prefix)?;
-    first_valid(fs, prefix, verify, steps_desc(fs, prefix)?)
+    first_valid(fs, prefix, verify, steps_desc(fs, prefix)?, false)
 }
 
 /// How often a wait for the step after N lists the whole root, in
@@ -327,21 +327,34 @@ fn next_after<S: Storage>(
     prefix: &str,
     verify: Verify,
     after: u64,
+    relist: bool,
 ) -> Result<Option<Version>> {
     let mut steps = steps_desc(fs, prefix)?;
     steps.retain(|&s| s > after);
     steps.reverse();
-    first_valid(fs, prefix, verify, steps)
+    first_valid(fs, prefix, verify, steps, relist)
 }
 
+/// The first of `steps` that is committed and validates. With `relist`, a
+/// step found uncommitted is listed and checked once more: an NFS client may
+/// hold its `STABLE` as absent from a look-up made while it was being
+/// written (in place), and listing the step makes it look again.
 fn first_valid<S: Storage>(
     fs: &S,
     prefix: &str,
     verify: Verify,
     steps: Vec<u64>,
+    relist: bool,
 ) -> Result<Option<Version>> {
     for step in steps {
-        match check(fs, prefix, step, verify) {
+        let checked = match check(fs, prefix, step, verify) {
+            Err(Rejected::NotCommitted(_)) if relist => {
+                let _ = fs.read_dir(&step_name(prefix, step));
+                check(fs, prefix, step, verify)
+            }
+            other => other,
+        };
+        match checked {
             Ok(version) => return Ok(Some(version)),
             // A step being written, lagging or broken does not hide older ones.
             Err(Rejected::NotCommitted(_) | Rejected::Mismatch(_) | Rejected::Unsafe(_)) => {}
@@ -415,10 +428,20 @@ pub fn wait<S: Storage, C: Clock>(
                 }
                 other => other,
             },
-            Target::Latest => found(
-                latest(fs, &options.prefix, options.verify)?,
-                "no step".into(),
-            ),
+            Target::Latest => {
+                // The root is listed on every attempt; steps in it that are
+                // not committed yet are listed at most once per LIST_EVERY_MS.
+                let now = clock.now_ms();
+                let relist = listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS);
+                if relist {
+                    listed_at = Some(now);
+                }
+                let steps = steps_desc(fs, &options.prefix)?;
+                found(
+                    first_valid(fs, &options.prefix, options.verify, steps, relist)?,
+                    "no step".into(),
+                )
+            }
             Target::After(after) => {
                 // The next step is the lowest candidate there can be, and
                 // looking it up costs one call. Listing the root costs one
@@ -435,7 +458,7 @@ pub fn wait<S: Storage, C: Clock>(
                     _ if listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS) => {
                         listed_at = Some(now);
                         found(
-                            next_after(fs, &options.prefix, options.verify, after)?,
+                            next_after(fs, &options.prefix, options.verify, after, true)?,
                             format!("no step above {after}"),
                         )
                     }

@@ -387,6 +387,30 @@ fn waiting_after_n_looks_up_n_plus_1_and_lists_the_root_once_a_second() {
 }
 
 #[test]
+fn waiting_after_n_and_for_the_latest_list_a_step_sealed_in_place() {
+    // As for `wait --step`: the payload is there before STABLE, so a reader
+    // may hold a failed look-up of its STABLE that only a listing of the
+    // step clears.
+    let f = fixture();
+    f.publish(1).unwrap();
+    payload(&f.path("step_2"), "x");
+    let (version, found_at, listings) = timed_wait(&f, Target::After(1), 2500, |root, _| {
+        seal(root, &RealClock, 2, &opts()).unwrap();
+    });
+    assert_eq!(version.step, 2);
+    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
+
+    let f = fixture();
+    payload(&f.path("step_2"), "x");
+    let (version, found_at, _) = timed_wait(&f, Target::Latest, 2500, |root, _| {
+        seal(root, &RealClock, 2, &opts()).unwrap();
+    });
+    assert_eq!(version.step, 2);
+    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+}
+
+#[test]
 fn waiting_for_step_n_lists_the_root_at_most_once_a_second() {
     // The listing makes an NFS client drop a cached failed look-up of
     // step_N; one a second bounds its cost on a root with many entries.
