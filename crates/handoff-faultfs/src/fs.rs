@@ -206,38 +206,20 @@ fn intent(tid: u32) -> Intent {
         .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or(0))
         .collect();
     let arg = |i: usize| args.get(i).copied().unwrap_or(0);
-    let open = |flags: u64| {
-        let flags = flags as libc::c_int;
-        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-            Intent::Exclusive
-        } else {
-            Intent::Open
-        }
-    };
     match nr {
-        libc::SYS_openat => open(arg(2)),
-        libc::SYS_openat2 => open_how_flags(tid, arg(2)).map_or(Intent::Open, open),
+        // An O_CREAT|O_EXCL open too: it skips positive entries, and a name
+        // it finds absent is created by the server, which decides EEXIST.
+        libc::SYS_openat | libc::SYS_openat2 => Intent::Open,
         libc::SYS_mkdirat | libc::SYS_mknodat | libc::SYS_symlinkat | libc::SYS_linkat => {
             Intent::Exclusive
         }
         libc::SYS_renameat2 if arg(4) & u64::from(libc::RENAME_NOREPLACE) != 0 => Intent::Exclusive,
         #[cfg(target_arch = "x86_64")]
-        libc::SYS_open => open(arg(1)),
-        #[cfg(target_arch = "x86_64")]
-        libc::SYS_creat => Intent::Open,
+        libc::SYS_open | libc::SYS_creat => Intent::Open,
         #[cfg(target_arch = "x86_64")]
         libc::SYS_mkdir | libc::SYS_mknod | libc::SYS_symlink | libc::SYS_link => Intent::Exclusive,
         _ => Intent::Stat,
     }
-}
-
-/// The `flags` of the `struct open_how` an `openat2` caller passed.
-fn open_how_flags(tid: u32, address: u64) -> Option<u64> {
-    use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
-    let mut flags = [0u8; 8];
-    mem.read_exact_at(&mut flags, address).ok()?;
-    Some(u64::from_ne_bytes(flags))
 }
 
 /// One mount: the filesystem as node `node` sees it.

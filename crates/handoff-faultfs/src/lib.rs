@@ -90,9 +90,11 @@
 //!    - `open`: the name is resolved again (close-to-open; NFSv4 opens by
 //!      name), so an open of a removed name fails with ENOENT and an open of
 //!      a replaced one opens the new file. A negative entry still answers: the
-//!      open fails with ENOENT until the entry expires or a listing drops it.
-//!    - an exclusive create (`mkdir`, `O_CREAT|O_EXCL`, a rename that must
-//!      not replace): the server answers, past every cache.
+//!      open fails with ENOENT until the entry expires or a listing drops it
+//!      (with `O_CREAT`, the server then creates the name or, with `O_EXCL`,
+//!      says EEXIST).
+//!    - `mkdir` and a rename that must not replace: the server answers, past
+//!      every cache (NFS's `LOOKUP_EXCL`).
 //!
 //!    **Listing** a directory (opening it, or reading it) revalidates it for
 //!    that node: its negative entries there are dropped, and so are its
@@ -105,17 +107,17 @@
 //!    [`Delays::attr_ttl`]: `stat` may show an old size or a file that is gone.
 //!    `open` revalidates them (close-to-open); `read` returns what the node
 //!    sees of the data at that moment.
-//! 5. **The server decides** exclusive create, unlink, rmdir and rename on
-//!    what it holds, not on what the node sees: `rmdir` of a directory with
-//!    names the node does not see fails with ENOTEMPTY; creating in a
-//!    directory another node removed fails with ENOENT even while the node
-//!    still caches the directory (an exclusive create resolves its path at
-//!    the server; any other request on the stale directory gets ESTALE, which
-//!    drops the node's entry, and the kernel's one retry of the path walk
-//!    resolves it afresh); nothing can be created in a removed directory that
-//!    is still open. Only
-//!    the look-ups before them are the node's: unlinking a name the node
-//!    caches as absent fails with ENOENT without asking the server, as on NFS.
+//! 5. **The server decides** exclusive create (`O_EXCL`, `mkdir`), unlink,
+//!    rmdir and rename on what it holds, not on what the node sees: `rmdir`
+//!    of a directory with names the node does not see fails with ENOTEMPTY;
+//!    creating in a directory another node removed fails with ENOENT even
+//!    while the node still caches the directory (an open or `mkdir` resolves
+//!    its path at the server; any other request on the stale directory gets
+//!    ESTALE, which drops the node's entry, and the kernel's one retry of the
+//!    path walk resolves it afresh); nothing can be created in a removed
+//!    directory that is still open. Only the look-ups before them are the
+//!    node's: unlinking a name the node caches as absent fails with ENOENT
+//!    without asking the server, as on NFS.
 //! 6. **Removal.** A file is freed when its last name goes, unless the node
 //!    that removed it holds it open (POSIX; NFS's "silly rename"); other nodes'
 //!    open handles then fail with ESTALE, as across NFS clients.

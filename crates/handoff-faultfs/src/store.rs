@@ -79,8 +79,8 @@ pub(crate) enum Intent {
     /// An open: the name is resolved again (close-to-open, NFSv4 opens by
     /// name), so a positive entry does not answer; a negative one still does.
     Open,
-    /// An exclusive create (mkdir, `O_CREAT|O_EXCL`, rename without
-    /// replacing): the server answers, past every cache and delay.
+    /// A create that must not find the name (mkdir, a rename without
+    /// replacing): the server answers, past every cache.
     Exclusive,
 }
 

@@ -249,6 +249,34 @@ fn kind<T>(r: std::io::Result<T>) -> Result<(), std::io::ErrorKind> {
     r.map(|_| ()).map_err(|e| e.kind())
 }
 
+/// `O_CREAT|O_EXCL` through the openat2 system call.
+fn create_new_openat2(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    let how: [u64; 3] = [
+        (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
+        0o644,
+        0,
+    ];
+    // SAFETY: `path` and `how` outlive the call; the size is `how`'s.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            how.as_ptr(),
+            size_of_val(&how),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor this function owns.
+    Ok(unsafe { fs::File::from_raw_fd(fd as i32) })
+}
+
 /// The cache rules through the kernel: `stat`, `open`, exclusive creates,
 /// listings and rmdir as a process on node B sees them.
 #[test]
@@ -299,6 +327,12 @@ fn node_caches_through_the_kernel() {
     fs::remove_file(a.join("h")).unwrap();
     assert_eq!(kind(fs::metadata(b.join("h"))), Ok(()));
     assert_eq!(kind(fs::File::create_new(b.join("h"))), Ok(()));
+    // The same through openat2 (how handoff creates a pin).
+    fs::write(a.join("h2"), b"").unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h2"))), Ok(()));
+    fs::remove_file(a.join("h2")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h2"))), Ok(()));
+    assert_eq!(kind(create_new_openat2(&b.join("h2"))), Ok(()));
     // A name A replaced while its old file lives on elsewhere: stat shows
     // the old file, open the new one.
     fs::write(a.join("g"), b"old").unwrap();
