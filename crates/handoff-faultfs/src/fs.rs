@@ -1,7 +1,7 @@
 //! The FUSE side: one [`NodeFs`] per mount turns kernel requests into store
-//! operations as seen by its node, through that node's caches (negative
-//! look-ups, attributes), and runs the kill switch that SIGKILLs a process at
-//! a chosen state-changing request.
+//! operations as seen by its node (the store keeps each node's caches), tells
+//! the store why a name is looked up (the caller's system call), and runs the
+//! kill switch that SIGKILLs a process at a chosen state-changing request.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -14,7 +14,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::store::{Attr, Errno, Ino, Kind, NodeId, Res, Store};
+use crate::store::{Attr, Errno, Ino, Intent, Kind, NodeId, Res, Stats, Store};
 
 /// What the kernel may cache by itself: nothing. Every look-up and `stat`
 /// reaches the model, so the only caching is the one the model states.
@@ -41,31 +41,9 @@ struct KillSwitch {
     fired: Option<Killed>,
 }
 
-/// How often one node's view differed from the server's: evidence that a
-/// scenario exercised the lag it claims to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Look-ups answered "no such name" from the node's negative cache.
-    pub negative_hits: u64,
-    /// Look-ups of a name that exists but this node does not see yet (or
-    /// still sees removed).
-    pub hidden_names: u64,
-    /// Attributes served from the node's cache that no longer matched.
-    pub stale_attrs: u64,
-    /// Reads and attribute fetches that saw a file shorter than it is.
-    pub short_views: u64,
-}
-
-/// One node's private view: its caches and open handles.
+/// One node's open handles.
 #[derive(Debug, Default)]
-struct NodeCache {
-    stats: Stats,
-    /// This node's own (negative, attribute) TTLs instead of the shared ones.
-    ttls: Option<(Duration, Duration)>,
-    /// (dir, name) → until when "no such name" is remembered.
-    negative: HashMap<(Ino, OsString), Instant>,
-    /// ino → attributes and until when they are reused.
-    attrs: HashMap<Ino, (Attr, Instant)>,
+struct Handles {
     handles: HashMap<u64, Handle>,
     next_fh: u64,
 }
@@ -98,7 +76,7 @@ struct Stall {
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) store: Store,
-    caches: Vec<NodeCache>,
+    caches: Vec<Handles>,
     kill: KillSwitch,
     stalls: Vec<Stall>,
     /// Stalls that have begun (their request is waiting or went on).
@@ -111,24 +89,12 @@ impl World {
     pub(crate) fn new(store: Store, nodes: usize) -> World {
         World {
             store,
-            caches: (0..nodes).map(|_| NodeCache::default()).collect(),
+            caches: (0..nodes).map(|_| Handles::default()).collect(),
             kill: KillSwitch::default(),
             stalls: Vec::new(),
             stalls_begun: 0,
             mutations: 0,
         }
-    }
-
-    pub(crate) fn set_ttls(&mut self, node: NodeId, negative: Duration, attr: Duration) {
-        if let Some(cache) = self.caches.get_mut(node) {
-            cache.ttls = Some((negative, attr));
-        }
-    }
-
-    fn ttls(&self, node: NodeId) -> (Duration, Duration) {
-        self.caches[node]
-            .ttls
-            .unwrap_or((self.store.delays.negative_ttl, self.store.delays.attr_ttl))
     }
 
     pub(crate) fn stall_unlink(&mut self, node: NodeId, name: &OsStr, duration: Duration) {
@@ -151,12 +117,9 @@ impl World {
     /// Forgets every cache and handle (after a crash or a reload: the old
     /// inodes are gone).
     pub(crate) fn reset_caches(&mut self) {
+        self.store.reset_views();
         for cache in &mut self.caches {
-            *cache = NodeCache {
-                stats: cache.stats,
-                ttls: cache.ttls,
-                ..NodeCache::default()
-            };
+            *cache = Handles::default();
         }
     }
 
@@ -169,9 +132,7 @@ impl World {
     }
 
     pub(crate) fn stats(&self, node: NodeId) -> Stats {
-        self.caches
-            .get(node)
-            .map_or_else(Stats::default, |c| c.stats)
+        self.store.stats(node)
     }
 
     pub(crate) fn disarm_kill(&mut self) -> Option<Killed> {
@@ -207,80 +168,6 @@ impl World {
         Err(libc::EIO)
     }
 
-    fn lookup(&mut self, node: NodeId, parent: Ino, name: &OsStr, now: Instant) -> Res<Attr> {
-        let key = (parent, name.to_owned());
-        let cache = &mut self.caches[node];
-        match cache.negative.get(&key) {
-            Some(until) if *until > now => {
-                cache.stats.negative_hits += 1;
-                return Err(libc::ENOENT);
-            }
-            Some(_) => {
-                cache.negative.remove(&key);
-            }
-            None => {}
-        }
-        match self.store.lookup(node, parent, name, now) {
-            Ok(ino) => {
-                if !self.store.exists(parent, name) {
-                    self.caches[node].stats.hidden_names += 1;
-                }
-                self.attr(node, ino, now)
-            }
-            Err(libc::ENOENT) => {
-                if self.store.exists(parent, name) {
-                    self.caches[node].stats.hidden_names += 1;
-                }
-                let ttl = self.ttls(node).0;
-                if !ttl.is_zero() {
-                    self.caches[node].negative.insert(key, now + ttl);
-                }
-                Err(libc::ENOENT)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Attributes through the node's cache: reused until they expire, even if
-    /// the file changed or went away meanwhile (a stale `stat`).
-    fn attr(&mut self, node: NodeId, ino: Ino, now: Instant) -> Res<Attr> {
-        if let Some((attr, until)) = self.caches[node].attrs.get(&ino)
-            && *until > now
-        {
-            let attr = attr.clone();
-            if self
-                .store
-                .attr(node, ino, now)
-                .map_or(true, |fresh| fresh.size != attr.size)
-            {
-                self.caches[node].stats.stale_attrs += 1;
-            }
-            return Ok(attr);
-        }
-        let attr = self.store.attr(node, ino, now)?;
-        if self.store.live_len(ino).is_some_and(|len| len > attr.size) {
-            self.caches[node].stats.short_views += 1;
-        }
-        let ttl = self.ttls(node).1;
-        if !ttl.is_zero() {
-            self.caches[node]
-                .attrs
-                .insert(ino, (attr.clone(), now + ttl));
-        }
-        Ok(attr)
-    }
-
-    /// A node's own change invalidates its own cached view of it (others'
-    /// caches stay stale: that is the point).
-    fn changed(&mut self, node: NodeId, ino: Ino, names: &[(Ino, &OsStr)]) {
-        let cache = &mut self.caches[node];
-        cache.attrs.remove(&ino);
-        for (dir, name) in names {
-            cache.attrs.remove(dir);
-            cache.negative.remove(&(*dir, name.to_os_string()));
-        }
-    }
-
     fn new_handle(&mut self, node: NodeId, handle: Handle) -> FileHandle {
         let cache = &mut self.caches[node];
         cache.next_fh += 1;
@@ -298,6 +185,41 @@ fn thread_group(tid: u32) -> u32 {
                 .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
         })
         .unwrap_or(tid)
+}
+
+/// Why the kernel is looking a name up, read from the system call the
+/// calling thread is blocked in (`/proc/<tid>/syscall`): FUSE look-ups carry
+/// no intent, NFS's do. Anything unreadable counts as a plain look-up.
+fn intent(tid: u32) -> Intent {
+    if tid == 0 {
+        return Intent::Stat;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/syscall")) else {
+        return Intent::Stat;
+    };
+    let mut fields = text.split_whitespace();
+    let Some(Ok(nr)) = fields.next().map(str::parse::<libc::c_long>) else {
+        return Intent::Stat;
+    };
+    let args: Vec<u64> = fields
+        .take(6)
+        .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or(0))
+        .collect();
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    match nr {
+        // An O_CREAT|O_EXCL open too: it skips positive entries, and a name
+        // it finds absent is created by the server, which decides EEXIST.
+        libc::SYS_openat | libc::SYS_openat2 => Intent::Open,
+        libc::SYS_mkdirat | libc::SYS_mknodat | libc::SYS_symlinkat | libc::SYS_linkat => {
+            Intent::Exclusive
+        }
+        libc::SYS_renameat2 if arg(4) & u64::from(libc::RENAME_NOREPLACE) != 0 => Intent::Exclusive,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open | libc::SYS_creat => Intent::Open,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_mkdir | libc::SYS_mknod | libc::SYS_symlink | libc::SYS_link => Intent::Exclusive,
+        _ => Intent::Stat,
+    }
 }
 
 /// One mount: the filesystem as node `node` sees it.
@@ -372,17 +294,19 @@ impl NodeFs {
         w.admit(req)?;
         let (ino, created) =
             w.store
-                .create(self.node, parent, name, kind, mode & 0o7777, exclusive, now)?;
-        w.changed(self.node, ino, &[(parent, name)]);
-        Ok((w.attr(self.node, ino, now)?, created))
+                .create(self.node, parent, name, kind, mode & 0o7777, exclusive)?;
+        w.store.changed(self.node, ino, &[(parent, name)]);
+        Ok((w.store.cached_attr(self.node, ino, now)?, created))
     }
 }
 
 impl Filesystem for NodeFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let intent = intent(req.pid());
         match self
             .world()
-            .lookup(self.node, parent.0, name, Instant::now())
+            .store
+            .lookup(self.node, parent.0, name, intent, Instant::now())
         {
             Ok(attr) => reply.entry(&KERNEL_TTL, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -390,7 +314,11 @@ impl Filesystem for NodeFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.world().attr(self.node, ino.0, Instant::now()) {
+        match self
+            .world()
+            .store
+            .cached_attr(self.node, ino.0, Instant::now())
+        {
             Ok(attr) => reply.attr(&KERNEL_TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -422,8 +350,8 @@ impl Filesystem for NodeFs {
         });
         match result {
             Ok(()) => {
-                w.changed(self.node, ino.0, &[]);
-                match w.attr(self.node, ino.0, now) {
+                w.store.changed(self.node, ino.0, &[]);
+                match w.store.cached_attr(self.node, ino.0, now) {
                     Ok(attr) => reply.attr(&KERNEL_TTL, &file_attr(&attr)),
                     Err(e) => reply.error(errno(e)),
                 }
@@ -497,22 +425,14 @@ impl Filesystem for NodeFs {
             return reply.error(fuser::Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let now = Instant::now();
         let mut w = self.world();
         let result = w.admit(req).and_then(|()| {
-            w.store.rename(
-                self.node,
-                parent.0,
-                name,
-                newparent.0,
-                newname,
-                noreplace,
-                now,
-            )
+            w.store
+                .rename(self.node, parent.0, name, newparent.0, newname, noreplace)
         });
         match result {
             Ok(()) => {
-                w.changed(
+                w.store.changed(
                     self.node,
                     parent.0,
                     &[(parent.0, name), (newparent.0, newname)],
@@ -525,9 +445,8 @@ impl Filesystem for NodeFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut w = self.world();
-        // Close-to-open: opening revalidates the node's cached attributes.
-        w.caches[self.node].attrs.remove(&ino.0);
-        match w.store.open(self.node, ino.0) {
+        // Close-to-open: the store revalidates the node's cached attributes.
+        match w.store.open(self.node, ino.0, Instant::now()) {
             Ok(Kind::File) => {
                 let fh = w.new_handle(self.node, Handle::File(ino.0));
                 reply.opened(fh, open_flags());
@@ -555,7 +474,7 @@ impl Filesystem for NodeFs {
             .create_node(req, parent.0, name, Kind::File, mode & !umask, exclusive)
             .and_then(|(attr, _)| {
                 let mut w = self.world();
-                w.store.open(self.node, attr.ino)?;
+                w.store.open(self.node, attr.ino, Instant::now())?;
                 Ok((
                     attr.clone(),
                     w.new_handle(self.node, Handle::File(attr.ino)),
@@ -594,7 +513,7 @@ impl Filesystem for NodeFs {
                     .saturating_sub(offset)
                     .min(u64::from(size));
                 if (data.len() as u64) < wanted {
-                    w.caches[self.node].stats.short_views += 1;
+                    w.store.count_short_view(self.node);
                 }
                 reply.data(&data)
             }
@@ -621,7 +540,7 @@ impl Filesystem for NodeFs {
             .and_then(|()| w.store.write(self.node, ino.0, offset, data, now))
         {
             Ok(n) => {
-                w.changed(self.node, ino.0, &[]);
+                w.store.changed(self.node, ino.0, &[]);
                 reply.written(n as u32);
             }
             Err(e) => reply.error(errno(e)),
@@ -667,8 +586,11 @@ impl Filesystem for NodeFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut w = self.world();
-        match w.store.open(self.node, ino.0) {
+        match w.store.open(self.node, ino.0, Instant::now()) {
             Ok(Kind::Dir) => {
+                // Opening a directory revalidates it for this node, as a
+                // listing does (the listing itself is taken on the first read).
+                let _ = w.store.readdir(self.node, ino.0);
                 let fh = w.new_handle(self.node, Handle::Dir(ino.0, Vec::new()));
                 reply.opened(fh, FopenFlags::empty());
             }
@@ -688,11 +610,10 @@ impl Filesystem for NodeFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let now = Instant::now();
         let mut w = self.world();
         let node = self.node;
         if offset == 0 {
-            match w.store.readdir(node, ino.0, now) {
+            match w.store.readdir(node, ino.0) {
                 Ok(listing) => {
                     w.caches[node]
                         .handles
@@ -758,14 +679,13 @@ impl NodeFs {
         if let Some(duration) = stall {
             std::thread::sleep(duration);
         }
-        let now = Instant::now();
         let mut w = self.world();
         match w
             .admit(req)
-            .and_then(|()| w.store.remove(self.node, parent, name, dir, now))
+            .and_then(|()| w.store.remove(self.node, parent, name, dir))
         {
             Ok(()) => {
-                w.changed(self.node, parent, &[(parent, name)]);
+                w.store.changed(self.node, parent, &[(parent, name)]);
                 reply.ok();
             }
             Err(e) => reply.error(errno(e)),

@@ -64,28 +64,64 @@
 //! ## Nodes mode: what each node sees
 //!
 //! All mounts share one store (the "server"); every change reaches it at once
-//! and the node that made it sees it at once. The others see it late:
+//! and the node that made it sees it at once. The others see it late, through
+//! their own caches and a lag on data:
 //!
-//! 1. **Names.** A name another node created, renamed or removed keeps its
-//!    previous state for the observer during a delay drawn from the seed for
-//!    each (observer, change), up to [`Delays::name_delay_max`] — so names
-//!    appear out of order, and `STABLE` can be seen before the data files.
-//!    The author's fsync of the parent directory publishes all its changes in
-//!    that directory to every node at once.
+//! 1. **Names.** A node that asks the server — a look-up its caches do not
+//!    answer, a listing, an exclusive create — gets the server's names at
+//!    once. The lag is all in its caches (rule 3): a name shows late to a
+//!    node that cached it as absent, and names can show out of order
+//!    (`STABLE` before a data file the node looked for earlier). The author's
+//!    fsync of a directory makes its names durable; it pushes nothing into
+//!    other nodes' caches.
 //! 2. **Data.** Bytes another node wrote are seen as the file was `lag` ago,
 //!    `lag` drawn per (observer, file) up to [`Delays::data_lag_max`]: a short
 //!    file. The writer's fsync of the file publishes all its bytes; `close`
 //!    does not (a write-back client).
-//! 3. **Negative look-ups.** A node that looked up a missing name answers
-//!    ENOENT for it for [`Delays::negative_ttl`], even once it exists.
+//! 3. **Look-up caches.** Each node keeps what its look-ups found until the
+//!    entry expires, whatever the server does meanwhile: a **negative** entry
+//!    ("no such name", [`Delays::negative_ttl`]) and a **positive** one (the
+//!    inode a name resolved to, [`Delays::positive_ttl`]). What they answer
+//!    depends on why the name is looked up:
+//!    - `stat` and path walks: both answer. A name the server no longer has
+//!      (removed or replaced) still stats as the old file while its
+//!      attributes are cached (rule 4); once they are not, the server's
+//!      ESTALE drops the entry and the name is resolved again.
+//!    - `open`: the name is resolved again (close-to-open; NFSv4 opens by
+//!      name), so an open of a removed name fails with ENOENT and an open of
+//!      a replaced one opens the new file. A negative entry still answers: the
+//!      open fails with ENOENT until the entry expires or a listing drops it
+//!      (with `O_CREAT`, the server then creates the name or, with `O_EXCL`,
+//!      says EEXIST).
+//!    - `mkdir` and a rename that must not replace: the server answers, past
+//!      every cache (NFS's `LOOKUP_EXCL`).
+//!
+//!    **Listing** a directory (opening it, or reading it) revalidates it for
+//!    that node: its negative entries there are dropped, and so are its
+//!    positive entries there that the listing contradicts. A node's own
+//!    change of a name drops its own entries for it. FUSE look-ups carry no
+//!    intent, so the mount reads it from the system call the caller is
+//!    blocked in (`/proc/<tid>/syscall`); when it cannot, the look-up counts
+//!    as a `stat`.
 //! 4. **Attributes.** A node reuses fetched attributes for
 //!    [`Delays::attr_ttl`]: `stat` may show an old size or a file that is gone.
 //!    `open` revalidates them (close-to-open); `read` returns what the node
 //!    sees of the data at that moment.
-//! 5. **Removal.** A file is freed when its last name goes, unless the node
+//! 5. **The server decides** exclusive create (`O_EXCL`, `mkdir`), unlink,
+//!    rmdir and rename on what it holds, not on what the node sees: `rmdir`
+//!    of a directory with names the node does not see fails with ENOTEMPTY;
+//!    creating in a directory another node removed fails with ENOENT even
+//!    while the node still caches the directory (an open or `mkdir` resolves
+//!    its path at the server; any other request on the stale directory gets
+//!    ESTALE, which drops the node's entry, and the kernel's one retry of the
+//!    path walk resolves it afresh); nothing can be created in a removed
+//!    directory that is still open. Only the look-ups before them are the
+//!    node's: unlinking a name the node caches as absent fails with ENOENT
+//!    without asking the server, as on NFS.
+//! 6. **Removal.** A file is freed when its last name goes, unless the node
 //!    that removed it holds it open (POSIX; NFS's "silly rename"); other nodes'
 //!    open handles then fail with ESTALE, as across NFS clients.
-//! 6. The **kernel caches nothing** on its own: entry and attribute TTLs are 0
+//! 7. The **kernel caches nothing** on its own: entry and attribute TTLs are 0
 //!    and files are opened with direct I/O, so every cache is the model's.
 //!
 //! ## Kill switch
@@ -119,10 +155,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use fs::{Killed, Stats};
+pub use fs::Killed;
 pub use mount::{FS_NAME, Mount, fuse_available, owned_dir, sweep_stale_mounts};
 pub use rng::SeededRng;
-pub use store::{Delays, NodeId, Writeback};
+pub use store::{Delays, NodeId, Stats, Writeback};
 
 use fs::World;
 use store::{Image, Store};
@@ -237,6 +273,7 @@ impl FaultFs {
         let mut w = self.world();
         store.seed = w.store.seed;
         store.delays = w.store.delays;
+        store.adopt_views(&mut w.store);
         w.store = store;
         w.reset_caches();
         Ok(())
@@ -258,11 +295,19 @@ impl FaultFs {
         self.world().store.delays = delays;
     }
 
-    /// Gives node `node` its own negative-look-up and attribute TTLs instead
-    /// of the shared ones in [`Delays`] (a node mounted with other cache
-    /// options, e.g. NFS `lookupcache=positive`).
-    pub fn set_node_ttls(&self, node: NodeId, negative_ttl: Duration, attr_ttl: Duration) {
-        self.world().set_ttls(node, negative_ttl, attr_ttl);
+    /// Gives node `node` its own negative-look-up, positive-look-up and
+    /// attribute TTLs instead of the shared ones in [`Delays`] (a node mounted
+    /// with other cache options, e.g. NFS `lookupcache=positive`).
+    pub fn set_node_ttls(
+        &self,
+        node: NodeId,
+        negative_ttl: Duration,
+        positive_ttl: Duration,
+        attr_ttl: Duration,
+    ) {
+        self.world()
+            .store
+            .set_ttls(node, negative_ttl, positive_ttl, attr_ttl);
     }
 
     /// Makes node `node`'s next unlink (or rmdir) of an entry named `name`

@@ -1,5 +1,5 @@
 //! Seeded, dependency-free randomness: every "random" choice the filesystem
-//! makes (visibility delays, what a background writeback flushes) is a pure
+//! makes (data lags, what a background writeback flushes) is a pure
 //! function of the seed, so a failing seed replays exactly.
 
 /// The SplitMix64 finaliser: a good 64-bit mixer.

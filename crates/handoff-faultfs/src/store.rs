@@ -1,6 +1,7 @@
 //! The model behind every mount: one in-memory store of inodes ("the server"),
-//! an optional durable layer (lazy mode), and the per-name and per-file
-//! history that decides what each node sees and when. The rules themselves are
+//! an optional durable layer (lazy mode), each file's growth history (what a
+//! lagging node sees of its data) and each node's caches (what it sees of the
+//! names). The rules themselves are
 //! stated once, in the crate documentation (`lib.rs`); this module implements
 //! them and the unit tests below pin them without FUSE.
 
@@ -55,19 +56,70 @@ pub(crate) struct Attr {
 /// node caches what it saw. All zero means "one coherent local filesystem".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delays {
-    /// Longest time a name created, renamed or removed by another node stays
-    /// unseen (each name's delay is drawn from the seed, per observing node),
-    /// unless the author flushes it earlier by fsyncing the parent directory.
-    pub name_delay_max: Duration,
     /// Longest time data written by another node stays unseen (each file's lag
     /// is drawn from the seed, per observing node), unless the writer flushes
     /// it earlier by fsyncing the file.
     pub data_lag_max: Duration,
     /// How long a node remembers that a name did not exist (NFS `lookupcache`).
     pub negative_ttl: Duration,
+    /// How long a node keeps a name it resolved, even once the server removed
+    /// or replaced it (NFS's cached dentries): `stat` still finds it, `open`
+    /// does not.
+    pub positive_ttl: Duration,
     /// How long a node reuses attributes (size, mtime) it fetched (NFS
     /// `acregmin`); `open` revalidates them (close-to-open).
     pub attr_ttl: Duration,
+}
+
+/// Why a node looks a name up, which decides what its caches may answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// `stat`, a path walk, an unlink: positive and negative entries answer.
+    Stat,
+    /// An open: the name is resolved again (close-to-open, NFSv4 opens by
+    /// name), so a positive entry does not answer; a negative one still does.
+    Open,
+    /// A create that must not find the name (mkdir, a rename without
+    /// replacing): the server answers, past every cache.
+    Exclusive,
+}
+
+/// How often one node's view differed from the server's: evidence that a
+/// scenario exercised the lag it claims to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Look-ups answered "no such name" from the node's negative cache.
+    pub negative_hits: u64,
+    /// Look-ups answered from the node's positive cache with an inode the
+    /// name no longer has (removed or replaced since).
+    pub stale_names: u64,
+    /// Attributes served from the node's cache that no longer matched.
+    pub stale_attrs: u64,
+    /// Reads and attribute fetches that saw a file shorter than it is.
+    pub short_views: u64,
+}
+
+/// One node's cache lifetimes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ttls {
+    negative: Duration,
+    positive: Duration,
+    attr: Duration,
+}
+
+/// One node's caches over the server: what it resolved, what it found
+/// missing, the attributes it fetched, each kept until it expires.
+#[derive(Debug, Default)]
+struct View {
+    stats: Stats,
+    /// This node's own TTLs instead of the shared ones in [`Delays`].
+    ttls: Option<Ttls>,
+    /// (dir, name) → until when "no such name" is answered.
+    negative: HashMap<(Ino, OsString), Instant>,
+    /// (dir, name) → the inode it resolved to, and until when.
+    positive: HashMap<(Ino, OsString), (Ino, Instant)>,
+    /// ino → attributes and until when they are reused.
+    attrs: HashMap<Ino, (Attr, Instant)>,
 }
 
 /// What a seeded background writeback made durable before a crash.
@@ -81,19 +133,6 @@ pub struct Writeback {
     pub files: usize,
 }
 
-/// One state of one name in a directory, as some node changed it.
-#[derive(Clone, Debug)]
-struct Version {
-    /// `None`: the name was removed (or renamed away).
-    target: Option<Ino>,
-    by: NodeId,
-    at: Instant,
-    /// Unique per version: the seed of its visibility delay.
-    generation: u64,
-    /// Its author fsynced the directory after the change: every node sees it.
-    flushed: bool,
-}
-
 #[derive(Debug)]
 struct Inode {
     kind: Kind,
@@ -103,10 +142,8 @@ struct Inode {
     nlink: u32,
     /// File contents, as the server holds them.
     data: Vec<u8>,
-    /// Directory entries: each name's recent history, oldest first. The last
-    /// version is the server's truth; older ones are what lagging nodes may
-    /// still see.
-    names: BTreeMap<OsString, Vec<Version>>,
+    /// Directory entries, as the server holds them.
+    names: BTreeMap<OsString, Ino>,
     /// The node whose writes are not yet (all) visible to the others.
     writer: NodeId,
     /// The file's length after each of `writer`'s changes: what a lagging
@@ -141,16 +178,11 @@ impl Inode {
     }
 
     fn live(&self, name: &OsStr) -> Option<Ino> {
-        self.names
-            .get(name)
-            .and_then(|h| h.last())
-            .and_then(|v| v.target)
+        self.names.get(name).copied()
     }
 
     fn is_empty_dir(&self) -> bool {
-        self.names
-            .values()
-            .all(|h| h.last().is_none_or(|v| v.target.is_none()))
+        self.names.is_empty()
     }
 }
 
@@ -323,12 +355,13 @@ pub(crate) enum Image {
 pub(crate) struct Store {
     inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
-    next_generation: u64,
     nodes: usize,
     pub(crate) seed: u64,
     pub(crate) delays: Delays,
     /// `Some` in lazy mode.
     durable: Option<Durable>,
+    /// Every node's caches.
+    views: Vec<View>,
 }
 
 impl Store {
@@ -339,11 +372,11 @@ impl Store {
         let mut store = Store {
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
-            next_generation: 1,
             nodes: nodes.max(1),
             seed: 0,
             delays: Delays::default(),
             durable: None,
+            views: (0..nodes.max(1)).map(|_| View::default()).collect(),
         };
         if lazy {
             store.durable = Some(store.snapshot_durable());
@@ -392,7 +425,7 @@ impl Store {
                 inode.flushed_len = inode.data.len() as u64;
             }
             self.inodes.insert(ino, inode);
-            self.push_version(dir, child.file_name(), Some(ino), NOBODY, Instant::now());
+            self.link(dir, child.file_name(), Some(ino));
             if kind == Kind::Dir {
                 self.import(ino, &child.path())?;
             }
@@ -406,11 +439,7 @@ impl Store {
             .inodes
             .iter()
             .map(|(ino, inode)| {
-                let entries = inode
-                    .names
-                    .keys()
-                    .filter_map(|n| inode.live(n).map(|t| (n.clone(), t)))
-                    .collect();
+                let entries = inode.names.clone();
                 let durable = DurableInode {
                     kind: inode.kind,
                     mode: inode.mode,
@@ -438,35 +467,8 @@ impl Store {
         }
     }
 
-    fn name_delay(&self, observer: NodeId, dir: Ino, name: &OsStr, generation: u64) -> Duration {
-        use std::os::unix::ffi::OsStrExt;
-        self.delay(
-            self.delays.name_delay_max,
-            &[1, observer as u64, dir, generation],
-            name.as_bytes(),
-        )
-    }
-
     fn data_lag(&self, observer: NodeId, ino: Ino) -> Duration {
         self.delay(self.delays.data_lag_max, &[2, observer as u64, ino], &[])
-    }
-
-    fn sees(&self, observer: NodeId, dir: Ino, name: &OsStr, v: &Version, now: Instant) -> bool {
-        v.by == observer
-            || v.flushed
-            || now.saturating_duration_since(v.at)
-                >= self.name_delay(observer, dir, name, v.generation)
-    }
-
-    /// The inode `observer` finds under `name`: the newest version it sees,
-    /// if that names an inode that still exists.
-    fn visible(&self, observer: NodeId, dir: Ino, name: &OsStr, now: Instant) -> Option<Ino> {
-        let history = self.inodes.get(&dir)?.names.get(name)?;
-        let v = history
-            .iter()
-            .rev()
-            .find(|v| self.sees(observer, dir, name, v, now))?;
-        v.target.filter(|t| self.inodes.contains_key(t))
     }
 
     /// How many bytes of a file `observer` sees.
@@ -487,54 +489,13 @@ impl Store {
         then.max(inode.flushed_len).min(len)
     }
 
-    fn push_version(
-        &mut self,
-        dir: Ino,
-        name: OsString,
-        target: Option<Ino>,
-        by: NodeId,
-        now: Instant,
-    ) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let flushed = by == NOBODY;
-        let version = Version {
-            target,
-            by,
-            at: now,
-            generation,
-            flushed,
+    /// Points `name` in `dir` at `target`, or removes it (`None`).
+    fn link(&mut self, dir: Ino, name: OsString, target: Option<Ino>) {
+        let names = &mut self.inodes.get_mut(&dir).expect("parent exists").names;
+        match target {
+            Some(ino) => names.insert(name, ino),
+            None => names.remove(&name),
         };
-        let history = self
-            .inodes
-            .get_mut(&dir)
-            .expect("parent exists")
-            .names
-            .entry(name.clone())
-            .or_default();
-        history.push(version);
-        self.prune_name(dir, &name, now);
-    }
-
-    /// Drops the versions no node can see any more: everything older than
-    /// the newest version every node sees.
-    fn prune_name(&mut self, dir: Ino, name: &OsStr, now: Instant) {
-        let Some(history) = self.inodes.get(&dir).and_then(|d| d.names.get(name)) else {
-            return;
-        };
-        let Some(seen_by_all) = history
-            .iter()
-            .rposition(|v| (0..self.nodes).all(|observer| self.sees(observer, dir, name, v, now)))
-        else {
-            return;
-        };
-        let dir_inode = self.inodes.get_mut(&dir).expect("parent exists");
-        let history = dir_inode.names.get_mut(name).expect("history exists");
-        history.drain(..seen_by_all);
-        // A removal everyone has seen leaves nothing to remember.
-        if history.len() == 1 && history[0].target.is_none() {
-            dir_inode.names.remove(name);
-        }
     }
 
     // ---- reads -------------------------------------------------------------
@@ -551,18 +512,12 @@ impl Store {
         Ok(inode)
     }
 
-    /// The inode `node` finds under `name` in `parent`.
-    pub(crate) fn lookup(&self, node: NodeId, parent: Ino, name: &OsStr, now: Instant) -> Res<Ino> {
-        self.dir(parent)?;
-        self.visible(node, parent, name, now).ok_or(libc::ENOENT)
-    }
-
-    /// Whether `name` exists on the server, whatever any node sees.
-    pub(crate) fn exists(&self, parent: Ino, name: &OsStr) -> bool {
-        self.inodes
-            .get(&parent)
-            .and_then(|d| d.live(name))
-            .is_some_and(|t| self.inodes.contains_key(&t))
+    /// The inode the server has under `name`, whatever any node caches.
+    fn server_lookup(&self, parent: Ino, name: &OsStr) -> Res<Ino> {
+        self.dir(parent)?
+            .live(name)
+            .filter(|t| self.inodes.contains_key(t))
+            .ok_or(libc::ENOENT)
     }
 
     /// A file's length on the server.
@@ -591,21 +546,13 @@ impl Store {
         })
     }
 
-    /// The names `node` sees in `dir`, sorted.
-    pub(crate) fn readdir(
-        &self,
-        node: NodeId,
-        dir: Ino,
-        now: Instant,
-    ) -> Res<Vec<(OsString, Ino, Kind)>> {
+    /// The names the server has in `dir`, sorted.
+    fn listing(&self, dir: Ino) -> Res<Vec<(OsString, Ino, Kind)>> {
         let inode = self.dir(dir)?;
         Ok(inode
             .names
-            .keys()
-            .filter_map(|name| {
-                let ino = self.visible(node, dir, name, now)?;
-                Some((name.clone(), ino, self.inodes[&ino].kind))
-            })
+            .iter()
+            .filter_map(|(name, ino)| Some((name.clone(), *ino, self.inodes.get(ino)?.kind)))
             .collect())
     }
 
@@ -626,6 +573,230 @@ impl Store {
         let start = offset.min(len) as usize;
         let end = offset.saturating_add(u64::from(size)).min(len) as usize;
         Ok(inode.data[start..end].to_vec())
+    }
+
+    // ---- each node's caches (nodes mode, rules 3 and 4) ---------------------
+
+    /// Gives `node` its own TTLs instead of the shared ones in [`Delays`].
+    pub(crate) fn set_ttls(
+        &mut self,
+        node: NodeId,
+        negative: Duration,
+        positive: Duration,
+        attr: Duration,
+    ) {
+        if let Some(view) = self.views.get_mut(node) {
+            view.ttls = Some(Ttls {
+                negative,
+                positive,
+                attr,
+            });
+        }
+    }
+
+    fn ttls(&self, node: NodeId) -> Ttls {
+        self.views[node].ttls.unwrap_or(Ttls {
+            negative: self.delays.negative_ttl,
+            positive: self.delays.positive_ttl,
+            attr: self.delays.attr_ttl,
+        })
+    }
+
+    pub(crate) fn stats(&self, node: NodeId) -> Stats {
+        self.views
+            .get(node)
+            .map_or_else(Stats::default, |v| v.stats)
+    }
+
+    /// Counts a read that returned less than the server holds.
+    pub(crate) fn count_short_view(&mut self, node: NodeId) {
+        self.views[node].stats.short_views += 1;
+    }
+
+    /// Forgets every node's cached entries, keeping their stats and TTLs
+    /// (after a crash: the old inodes are gone).
+    pub(crate) fn reset_views(&mut self) {
+        for view in &mut self.views {
+            *view = View {
+                stats: view.stats,
+                ttls: view.ttls,
+                ..View::default()
+            };
+        }
+    }
+
+    /// Takes over `old`'s per-node stats and TTLs (a reload), caches emptied.
+    pub(crate) fn adopt_views(&mut self, old: &mut Store) {
+        if old.views.len() == self.views.len() {
+            self.views = std::mem::take(&mut old.views);
+        }
+        self.reset_views();
+    }
+
+    /// What `node` answers for `name` in `parent`, through its caches as
+    /// `intent` allows (rules 3 and 4).
+    pub(crate) fn lookup(
+        &mut self,
+        node: NodeId,
+        parent: Ino,
+        name: &OsStr,
+        intent: Intent,
+        now: Instant,
+    ) -> Res<Attr> {
+        let key = (parent, name.to_owned());
+        if intent == Intent::Exclusive {
+            let view = &mut self.views[node];
+            view.negative.remove(&key);
+            view.positive.remove(&key);
+            return match self.server_lookup(parent, name) {
+                Ok(ino) => self.attr(node, ino, now),
+                Err(libc::ESTALE) => {
+                    self.forget(node, parent);
+                    Err(libc::ESTALE)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let view = &mut self.views[node];
+        match view.negative.get(&key) {
+            Some(until) if *until > now => {
+                view.stats.negative_hits += 1;
+                return Err(libc::ENOENT);
+            }
+            Some(_) => {
+                view.negative.remove(&key);
+            }
+            None => {}
+        }
+        match view.positive.get(&key).copied() {
+            Some((ino, until)) if intent == Intent::Stat && until > now => {
+                match self.cached_attr(node, ino, now) {
+                    Ok(attr) => {
+                        if self.server_lookup(parent, name) != Ok(ino) {
+                            self.views[node].stats.stale_names += 1;
+                        }
+                        return Ok(attr);
+                    }
+                    // The inode is gone and its attributes are not cached:
+                    // the entry is dropped (`cached_attr` forgot it) and the
+                    // name resolved again, as NFS does on ESTALE.
+                    Err(libc::ESTALE) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some((_, until)) if until <= now => {
+                view.positive.remove(&key);
+            }
+            _ => {}
+        }
+        let ttls = self.ttls(node);
+        match self.server_lookup(parent, name) {
+            Ok(ino) => {
+                let view = &mut self.views[node];
+                if ttls.positive.is_zero() {
+                    view.positive.remove(&key);
+                } else {
+                    view.positive.insert(key, (ino, now + ttls.positive));
+                }
+                self.cached_attr(node, ino, now)
+            }
+            Err(libc::ENOENT) => {
+                let view = &mut self.views[node];
+                view.positive.remove(&key);
+                if !ttls.negative.is_zero() {
+                    view.negative.insert(key, now + ttls.negative);
+                }
+                Err(libc::ENOENT)
+            }
+            Err(libc::ESTALE) => {
+                self.forget(node, parent);
+                Err(libc::ESTALE)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attributes through `node`'s cache: reused until they expire, even if
+    /// the file changed or went away meanwhile (a stale `stat`).
+    pub(crate) fn cached_attr(&mut self, node: NodeId, ino: Ino, now: Instant) -> Res<Attr> {
+        if let Some((attr, until)) = self.views[node].attrs.get(&ino)
+            && *until > now
+        {
+            let attr = attr.clone();
+            if self
+                .attr(node, ino, now)
+                .map_or(true, |fresh| fresh.size != attr.size)
+            {
+                self.views[node].stats.stale_attrs += 1;
+            }
+            return Ok(attr);
+        }
+        let attr = match self.attr(node, ino, now) {
+            Ok(attr) => attr,
+            Err(e) => {
+                if e == libc::ESTALE {
+                    self.forget(node, ino);
+                }
+                return Err(e);
+            }
+        };
+        if self.live_len(ino).is_some_and(|len| len > attr.size) {
+            self.views[node].stats.short_views += 1;
+        }
+        let ttl = self.ttls(node).attr;
+        if !ttl.is_zero() {
+            self.views[node]
+                .attrs
+                .insert(ino, (attr.clone(), now + ttl));
+        }
+        Ok(attr)
+    }
+
+    /// `node` learnt that `ino` is gone from the server (ESTALE): it drops
+    /// every name it resolved to it and its attributes, so the next look-up
+    /// asks the server (the kernel retries a path walk that met ESTALE once).
+    fn forget(&mut self, node: NodeId, ino: Ino) {
+        let view = &mut self.views[node];
+        view.attrs.remove(&ino);
+        view.positive.retain(|_, (target, _)| *target != ino);
+    }
+
+    /// A node's own change invalidates its own cached view of it (others'
+    /// caches stay stale: that is the point).
+    pub(crate) fn changed(&mut self, node: NodeId, ino: Ino, names: &[(Ino, &OsStr)]) {
+        let view = &mut self.views[node];
+        view.attrs.remove(&ino);
+        for (dir, name) in names {
+            let key = (*dir, name.to_os_string());
+            view.attrs.remove(dir);
+            view.negative.remove(&key);
+            view.positive.remove(&key);
+        }
+    }
+
+    /// Listing `dir` on `node`: the names the server has there (no delay
+    /// applies). Listing revalidates the directory for that node: its
+    /// negative entries there are dropped, and so are its positive entries
+    /// there that the listing contradicts.
+    pub(crate) fn readdir(&mut self, node: NodeId, dir: Ino) -> Res<Vec<(OsString, Ino, Kind)>> {
+        let listing = match self.listing(dir) {
+            Ok(listing) => listing,
+            Err(e) => {
+                if e == libc::ESTALE {
+                    self.forget(node, dir);
+                }
+                return Err(e);
+            }
+        };
+        let view = &mut self.views[node];
+        view.negative.retain(|(d, _), _| *d != dir);
+        view.positive.retain(|(d, name), (ino, _)| {
+            *d != dir
+                || listing
+                    .binary_search_by(|(n, _, _)| n.as_os_str().cmp(name))
+                    .is_ok_and(|i| listing[i].1 == *ino)
+        });
+        Ok(listing)
     }
 
     // ---- changes -----------------------------------------------------------
@@ -670,9 +841,24 @@ impl Store {
         }
     }
 
+    /// The directory a name operation by `node` works in, as the server has
+    /// it: ESTALE if it is gone (and `node` forgets it), ENOENT if it was
+    /// removed but the remover still holds it open (no names in a removed
+    /// directory).
+    fn parent_dir(&mut self, node: NodeId, parent: Ino) -> Res<&Inode> {
+        match self.dir(parent) {
+            Err(libc::ESTALE) => {
+                self.forget(node, parent);
+                Err(libc::ESTALE)
+            }
+            Err(e) => Err(e),
+            Ok(dir) if dir.nlink == 0 => Err(libc::ENOENT),
+            Ok(_) => Ok(&self.inodes[&parent]),
+        }
+    }
+
     /// Creates `name` in `parent`. An existing file is returned as is unless
     /// `exclusive` (O_EXCL): `(ino, created)`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         &mut self,
         node: NodeId,
@@ -681,9 +867,8 @@ impl Store {
         kind: Kind,
         mode: u32,
         exclusive: bool,
-        now: Instant,
     ) -> Res<(Ino, bool)> {
-        let dir = self.dir(parent)?;
+        let dir = self.parent_dir(node, parent)?;
         if let Some(existing) = dir.live(name) {
             if exclusive || kind == Kind::Dir {
                 return Err(libc::EEXIST);
@@ -694,7 +879,7 @@ impl Store {
             return Ok((existing, false));
         }
         let ino = self.alloc(kind, mode);
-        self.push_version(parent, name.to_owned(), Some(ino), node, now);
+        self.link(parent, name.to_owned(), Some(ino));
         self.touch_dir(parent);
         self.record(EntryOp::Link {
             dir: parent,
@@ -707,15 +892,11 @@ impl Store {
     }
 
     /// unlink (`dir` false) or rmdir (`dir` true).
-    pub(crate) fn remove(
-        &mut self,
-        node: NodeId,
-        parent: Ino,
-        name: &OsStr,
-        dir: bool,
-        now: Instant,
-    ) -> Res<()> {
-        let target = self.dir(parent)?.live(name).ok_or(libc::ENOENT)?;
+    pub(crate) fn remove(&mut self, node: NodeId, parent: Ino, name: &OsStr, dir: bool) -> Res<()> {
+        let target = self
+            .parent_dir(node, parent)?
+            .live(name)
+            .ok_or(libc::ENOENT)?;
         let inode = self.inode(target)?;
         match (dir, inode.kind) {
             (true, Kind::File) => return Err(libc::ENOTDIR),
@@ -723,7 +904,7 @@ impl Store {
             (true, Kind::Dir) if !inode.is_empty_dir() => return Err(libc::ENOTEMPTY),
             _ => {}
         }
-        self.push_version(parent, name.to_owned(), None, node, now);
+        self.link(parent, name.to_owned(), None);
         self.touch_dir(parent);
         self.record(EntryOp::Unlink {
             dir: parent,
@@ -734,7 +915,6 @@ impl Store {
     }
 
     /// rename(2), with `noreplace` for RENAME_NOREPLACE.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn rename(
         &mut self,
         node: NodeId,
@@ -743,10 +923,12 @@ impl Store {
         to: Ino,
         to_name: &OsStr,
         noreplace: bool,
-        now: Instant,
     ) -> Res<()> {
-        let source = self.dir(from)?.live(from_name).ok_or(libc::ENOENT)?;
-        let replaced = self.dir(to)?.live(to_name);
+        let source = self
+            .parent_dir(node, from)?
+            .live(from_name)
+            .ok_or(libc::ENOENT)?;
+        let replaced = self.parent_dir(node, to)?.live(to_name);
         if from == to && from_name == to_name {
             return Ok(());
         }
@@ -767,8 +949,8 @@ impl Store {
             }
         }
         let mode = self.inodes[&source].mode;
-        self.push_version(from, from_name.to_owned(), None, node, now);
-        self.push_version(to, to_name.to_owned(), Some(source), node, now);
+        self.link(from, from_name.to_owned(), None);
+        self.link(to, to_name.to_owned(), Some(source));
         self.touch_dir(from);
         self.touch_dir(to);
         self.record(EntryOp::Rename {
@@ -868,12 +1050,21 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn open(&mut self, node: NodeId, ino: Ino) -> Res<Kind> {
-        let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
-        if inode.nlink == 0 && inode.opens[node] == 0 {
+    /// Opens `ino` on `node`, revalidating its attributes (close-to-open):
+    /// they are fetched afresh and cached.
+    pub(crate) fn open(&mut self, node: NodeId, ino: Ino, now: Instant) -> Res<Kind> {
+        self.views[node].attrs.remove(&ino);
+        let reachable = self
+            .inodes
+            .get(&ino)
             // Only the node that removed it may still reach an orphan.
+            .is_some_and(|inode| inode.nlink > 0 || inode.opens[node] > 0);
+        if !reachable {
+            self.forget(node, ino);
             return Err(libc::ESTALE);
         }
+        self.cached_attr(node, ino, now)?;
+        let inode = self.inodes.get_mut(&ino).expect("reachable");
         inode.opens[node] += 1;
         Ok(inode.kind)
     }
@@ -906,23 +1097,14 @@ impl Store {
                 }
             }
             Kind::Dir => {
-                // Nodes: this node's changes to the names in it reach every node.
-                for history in inode.names.values_mut() {
-                    for v in history.iter_mut().filter(|v| v.by == node) {
-                        v.flushed = true;
-                    }
-                }
+                // Nodes: nothing changes for the other nodes (rule 1); the
+                // names were on the server already.
                 let (mode, mtime) = (inode.mode, inode.mtime);
                 if let Some(durable) = &mut self.durable {
                     durable.sync_dir(ino);
                     let d = durable.ensure(ino, Kind::Dir, mode);
                     d.mode = mode;
                     d.mtime = mtime;
-                }
-                let names: Vec<OsString> = self.inodes[&ino].names.keys().cloned().collect();
-                let now = Instant::now();
-                for name in names {
-                    self.prune_name(ino, &name, now);
                 }
             }
         }
@@ -1005,7 +1187,6 @@ impl Store {
             }
         }
         self.inodes.clear();
-        let now = Instant::now();
         for (ino, d) in &durable.inodes {
             let mut inode = Inode::new(d.kind, d.mode, self.nodes, d.mtime);
             inode.data.clone_from(&d.data);
@@ -1017,22 +1198,7 @@ impl Store {
             self.inodes.insert(*ino, inode);
         }
         for (ino, d) in &durable.inodes {
-            for (name, child) in &d.entries {
-                let generation = self.next_generation;
-                self.next_generation += 1;
-                let version = Version {
-                    target: Some(*child),
-                    by: NOBODY,
-                    at: now,
-                    generation,
-                    flushed: true,
-                };
-                self.inodes
-                    .get_mut(ino)
-                    .expect("durable dir")
-                    .names
-                    .insert(name.clone(), vec![version]);
-            }
+            self.inodes.get_mut(ino).expect("durable dir").names = d.entries.clone();
         }
         self.durable = Some(durable);
         Ok(())
@@ -1135,14 +1301,14 @@ mod tests {
     }
 
     fn mkdir(s: &mut Store, parent: Ino, n: &str) -> Ino {
-        s.create(A, parent, name(n), Kind::Dir, 0o755, true, Instant::now())
+        s.create(A, parent, name(n), Kind::Dir, 0o755, true)
             .unwrap()
             .0
     }
 
     fn mkfile(s: &mut Store, parent: Ino, n: &str, data: &[u8]) -> Ino {
         let (ino, _) = s
-            .create(A, parent, name(n), Kind::File, 0o644, true, Instant::now())
+            .create(A, parent, name(n), Kind::File, 0o644, true)
             .unwrap();
         s.write(A, ino, 0, data, Instant::now()).unwrap();
         ino
@@ -1150,7 +1316,7 @@ mod tests {
 
     fn tree(s: &Store) -> Vec<(String, usize)> {
         fn walk(s: &Store, dir: Ino, prefix: &str, out: &mut Vec<(String, usize)>) {
-            for (n, ino, kind) in s.readdir(A, dir, Instant::now()).unwrap() {
+            for (n, ino, kind) in s.listing(dir).unwrap() {
                 let path = format!("{prefix}{}", n.to_string_lossy());
                 match kind {
                     Kind::File => out.push((path, s.inodes[&ino].data.len())),
@@ -1232,16 +1398,8 @@ mod tests {
             let f = mkfile(&mut s, v, "f", b"payload");
             s.fsync(A, f).unwrap();
             s.fsync(A, v).unwrap();
-            s.rename(
-                A,
-                staging,
-                name("v.tmp"),
-                ROOT,
-                name("step_1"),
-                true,
-                Instant::now(),
-            )
-            .unwrap();
+            s.rename(A, staging, name("v.tmp"), ROOT, name("step_1"), true)
+                .unwrap();
             s.fsync(A, if sync_target { ROOT } else { staging })
                 .unwrap();
             s.crash().unwrap();
@@ -1260,16 +1418,8 @@ mod tests {
         let f = mkfile(&mut s, ROOT, "tmp", b"m");
         s.fsync(A, f).unwrap();
         s.fsync(A, ROOT).unwrap();
-        s.rename(
-            A,
-            ROOT,
-            name("tmp"),
-            ROOT,
-            name("final"),
-            false,
-            Instant::now(),
-        )
-        .unwrap();
+        s.rename(A, ROOT, name("tmp"), ROOT, name("final"), false)
+            .unwrap();
         s.crash().unwrap();
         assert_eq!(tree(&s), entries(&[("tmp", 1)]));
     }
@@ -1294,12 +1444,10 @@ mod tests {
         let f = mkfile(&mut s, ROOT, "STABLE", b"");
         s.fsync(A, f).unwrap();
         s.fsync(A, ROOT).unwrap();
-        s.remove(A, ROOT, name("STABLE"), false, Instant::now())
-            .unwrap();
+        s.remove(A, ROOT, name("STABLE"), false).unwrap();
         s.crash().unwrap();
         assert_eq!(tree(&s), entries(&[("STABLE", 0)]));
-        s.remove(A, ROOT, name("STABLE"), false, Instant::now())
-            .unwrap();
+        s.remove(A, ROOT, name("STABLE"), false).unwrap();
         s.fsync(A, ROOT).unwrap();
         s.crash().unwrap();
         assert_eq!(tree(&s), entries(&[]));
@@ -1341,47 +1489,46 @@ mod tests {
     }
 
     #[test]
-    fn other_nodes_see_new_names_late_unless_flushed() {
+    fn a_new_name_shows_on_a_fresh_look_up_and_a_directory_fsync_pushes_nothing() {
         let mut s = Store::new(2, false);
-        s.seed = 3;
-        s.delays.name_delay_max = Duration::from_secs(10);
+        s.delays.negative_ttl = Duration::from_secs(30);
         let t0 = Instant::now();
+        let look = |s: &mut Store, n, intent| s.lookup(B, ROOT, name(n), intent, t0).map(|a| a.ino);
+        assert_eq!(look(&mut s, "g", Intent::Stat), Err(libc::ENOENT));
         let (f, _) = s
-            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true)
             .unwrap();
-        assert_eq!(s.lookup(A, ROOT, name("f"), t0), Ok(f));
-        let delay = s.name_delay(B, ROOT, name("f"), 1);
-        if delay > Duration::ZERO {
-            assert_eq!(s.lookup(B, ROOT, name("f"), t0), Err(libc::ENOENT));
-        }
-        assert_eq!(s.lookup(B, ROOT, name("f"), t0 + delay), Ok(f));
-        // A directory fsync by the author publishes at once.
         let (g, _) = s
-            .create(A, ROOT, name("g"), Kind::File, 0o644, true, t0)
+            .create(A, ROOT, name("g"), Kind::File, 0o644, true)
             .unwrap();
+        // Never looked up on B: it shows at once, stat and open alike.
+        assert_eq!(look(&mut s, "f", Intent::Stat), Ok(f));
+        // Looked up before: absent, and the author's directory fsync, which
+        // makes the names durable, changes nothing for B.
         s.fsync(A, ROOT).unwrap();
-        assert_eq!(s.lookup(B, ROOT, name("g"), t0), Ok(g));
+        assert_eq!(look(&mut s, "g", Intent::Stat), Err(libc::ENOENT));
+        assert_eq!(look(&mut s, "g", Intent::Open), Err(libc::ENOENT));
+        // The server has it: B's exclusive create fails.
+        assert_eq!(
+            s.create(B, ROOT, name("g"), Kind::File, 0o644, true),
+            Err(libc::EEXIST)
+        );
+        assert_eq!(look(&mut s, "g", Intent::Exclusive), Ok(g));
     }
 
     #[test]
-    fn out_of_order_names_sentinel_before_data() {
-        // Some seed shows B the sentinel while the data file is still hidden.
-        let found = (0..200).any(|seed| {
-            let mut s = Store::new(2, false);
-            s.seed = seed;
-            s.delays.name_delay_max = Duration::from_millis(100);
-            let t0 = Instant::now();
-            s.create(A, ROOT, name("model"), Kind::File, 0o644, true, t0)
-                .unwrap();
-            s.create(A, ROOT, name("STABLE"), Kind::File, 0o644, true, t0)
-                .unwrap();
-            (0..100).any(|ms| {
-                let t = t0 + Duration::from_millis(ms);
-                s.lookup(B, ROOT, name("STABLE"), t).is_ok()
-                    && s.lookup(B, ROOT, name("model"), t).is_err()
-            })
-        });
-        assert!(found);
+    fn negative_entries_show_names_out_of_order() {
+        // B looked for the data file before it existed, never for STABLE:
+        // it sees STABLE and not the data file.
+        let mut s = Store::new(2, false);
+        s.delays.negative_ttl = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let look = |s: &mut Store, n| s.lookup(B, ROOT, name(n), Intent::Stat, t0).map(|a| a.ino);
+        assert_eq!(look(&mut s, "model"), Err(libc::ENOENT));
+        mkfile(&mut s, ROOT, "model", b"weights");
+        let stable = mkfile(&mut s, ROOT, "STABLE", b"");
+        assert_eq!(look(&mut s, "STABLE"), Ok(stable));
+        assert_eq!(look(&mut s, "model"), Err(libc::ENOENT));
     }
 
     #[test]
@@ -1391,7 +1538,7 @@ mod tests {
         s.delays.data_lag_max = Duration::from_secs(10);
         let t0 = Instant::now();
         let (f, _) = s
-            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true)
             .unwrap();
         s.write(A, f, 0, b"0123456789", t0).unwrap();
         let lag = s.data_lag(B, f);
@@ -1411,49 +1558,268 @@ mod tests {
         let mut s = Store::new(2, false);
         let t0 = Instant::now();
         let (f, _) = s
-            .create(A, ROOT, name("f"), Kind::File, 0o644, true, t0)
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true)
             .unwrap();
         s.fsync(A, ROOT).unwrap();
-        s.open(B, f).unwrap();
-        s.remove(A, ROOT, name("f"), false, t0).unwrap();
+        s.open(B, f, Instant::now()).unwrap();
+        s.remove(A, ROOT, name("f"), false).unwrap();
         assert_eq!(s.read(B, f, 0, 10, t0), Err(libc::ESTALE));
         // But the remover's own open handle keeps it (POSIX; NFS silly rename).
         let (g, _) = s
-            .create(A, ROOT, name("g"), Kind::File, 0o644, true, t0)
+            .create(A, ROOT, name("g"), Kind::File, 0o644, true)
             .unwrap();
         s.write(A, g, 0, b"x", t0).unwrap();
-        s.open(A, g).unwrap();
-        s.remove(A, ROOT, name("g"), false, t0).unwrap();
+        s.open(A, g, Instant::now()).unwrap();
+        s.remove(A, ROOT, name("g"), false).unwrap();
         assert_eq!(s.read(A, g, 0, 10, t0).unwrap(), b"x");
         s.release(A, g);
         assert_eq!(s.read(A, g, 0, 10, t0), Err(libc::ESTALE));
     }
 
+    fn ttl(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    /// A store with node caches and no delays: every node sees the server
+    /// at once unless its caches say otherwise.
+    fn cached_nodes(negative: u64, positive: u64, attr: u64) -> Store {
+        let mut s = Store::new(2, false);
+        s.delays.negative_ttl = ttl(negative);
+        s.delays.positive_ttl = ttl(positive);
+        s.delays.attr_ttl = ttl(attr);
+        s
+    }
+
+    fn ino(r: Res<Attr>) -> Res<Ino> {
+        r.map(|a| a.ino)
+    }
+
+    #[test]
+    fn a_negative_entry_holds_for_stat_and_open_until_it_expires() {
+        let mut s = cached_nodes(1000, 0, 0);
+        let t0 = Instant::now();
+        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
+        assert_eq!(look(&mut s, Intent::Stat, t0), Err(libc::ENOENT));
+        let (f, _) = s
+            .create(A, ROOT, name("f"), Kind::File, 0o644, true)
+            .unwrap();
+        s.fsync(A, f).unwrap();
+        s.fsync(A, ROOT).unwrap();
+        // Whatever A synced, B answers from its negative entry.
+        let t1 = t0 + ttl(500);
+        assert_eq!(look(&mut s, Intent::Stat, t1), Err(libc::ENOENT));
+        assert_eq!(look(&mut s, Intent::Open, t1), Err(libc::ENOENT));
+        assert_eq!(s.stats(B).negative_hits, 2);
+        // An exclusive create asks the server.
+        assert_eq!(look(&mut s, Intent::Exclusive, t1), Ok(f));
+        // Expired: the name shows.
+        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(1000)), Ok(f));
+    }
+
+    #[test]
+    fn listing_a_directory_drops_its_negative_entries() {
+        let mut s = cached_nodes(1000, 0, 0);
+        let t0 = Instant::now();
+        let d = mkdir(&mut s, ROOT, "d");
+        for (dir, n) in [(ROOT, "f"), (d, "g")] {
+            assert_eq!(
+                ino(s.lookup(B, dir, name(n), Intent::Stat, t0)),
+                Err(libc::ENOENT)
+            );
+        }
+        let f = mkfile(&mut s, ROOT, "f", b"x");
+        let g = mkfile(&mut s, d, "g", b"x");
+        let listing = s.readdir(B, ROOT).unwrap();
+        assert!(listing.iter().any(|(n, i, _)| n == "f" && *i == f));
+        assert_eq!(ino(s.lookup(B, ROOT, name("f"), Intent::Open, t0)), Ok(f));
+        // Only the listed directory is revalidated.
+        assert_eq!(
+            ino(s.lookup(B, d, name("g"), Intent::Open, t0)),
+            Err(libc::ENOENT)
+        );
+        s.readdir(B, d).unwrap();
+        assert_eq!(ino(s.lookup(B, d, name("g"), Intent::Open, t0)), Ok(g));
+    }
+
+    #[test]
+    fn a_positive_entry_answers_stat_not_open() {
+        let mut s = cached_nodes(0, 1000, 300);
+        let t0 = Instant::now();
+        let f = mkfile(&mut s, ROOT, "f", b"x");
+        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
+        assert_eq!(look(&mut s, Intent::Stat, t0), Ok(f));
+        s.remove(A, ROOT, name("f"), false).unwrap();
+        // stat: B still has the name and its attributes.
+        let t1 = t0 + ttl(100);
+        assert_eq!(look(&mut s, Intent::Stat, t1), Ok(f));
+        assert_eq!(s.stats(B).stale_names, 1);
+        // open resolves the name again: gone.
+        assert_eq!(look(&mut s, Intent::Open, t1), Err(libc::ENOENT));
+        // (and an open of the inode the kernel already holds fails too)
+        assert_eq!(s.open(B, f, Instant::now()), Err(libc::ESTALE));
+        // Once the attributes expire, the freed inode is noticed (ESTALE
+        // from the server) and the name resolved again, within the TTL.
+        let mut s = cached_nodes(0, 1000, 300);
+        let f = mkfile(&mut s, ROOT, "f", b"x");
+        assert_eq!(look(&mut s, Intent::Stat, t0), Ok(f));
+        s.remove(A, ROOT, name("f"), false).unwrap();
+        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(400)), Err(libc::ENOENT));
+    }
+
+    #[test]
+    fn an_open_refreshes_the_attributes_a_later_stat_reuses() {
+        let mut s = cached_nodes(0, 1000, 300);
+        let t0 = Instant::now();
+        let f = mkfile(&mut s, ROOT, "f", b"x");
+        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
+        assert_eq!(look(&mut s, Intent::Open, t0), Ok(f));
+        s.open(B, f, t0 + ttl(200)).unwrap();
+        s.release(B, f);
+        s.remove(A, ROOT, name("f"), false).unwrap();
+        // Cached at the open, 200 ms after the look-up: still valid at 400.
+        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(400)), Ok(f));
+        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(600)), Err(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_positive_entry_outlives_a_replacement_until_open_or_listing() {
+        let mut s = cached_nodes(0, 1000, 0);
+        let t0 = Instant::now();
+        let old = mkfile(&mut s, ROOT, "f", b"old");
+        let look = |s: &mut Store, intent| ino(s.lookup(B, ROOT, name("f"), intent, t0));
+        assert_eq!(look(&mut s, Intent::Stat), Ok(old));
+        // A moves the old file aside (it stays alive) and puts a new one there.
+        s.rename(A, ROOT, name("f"), ROOT, name("aside"), false)
+            .unwrap();
+        let new = mkfile(&mut s, ROOT, "f", b"new");
+        assert_eq!(look(&mut s, Intent::Stat), Ok(old));
+        assert_eq!(look(&mut s, Intent::Open), Ok(new));
+        // The open refreshed B's entry.
+        assert_eq!(look(&mut s, Intent::Stat), Ok(new));
+        // Again, revalidated by a listing this time.
+        s.rename(A, ROOT, name("f"), ROOT, name("aside2"), false)
+            .unwrap();
+        let newer = mkfile(&mut s, ROOT, "f", b"newer");
+        assert_eq!(look(&mut s, Intent::Stat), Ok(new));
+        s.readdir(B, ROOT).unwrap();
+        assert_eq!(look(&mut s, Intent::Stat), Ok(newer));
+        // And by expiry.
+        s.rename(A, ROOT, name("f"), ROOT, name("aside3"), false)
+            .unwrap();
+        assert_eq!(look(&mut s, Intent::Stat), Ok(newer));
+        assert_eq!(
+            ino(s.lookup(B, ROOT, name("f"), Intent::Stat, t0 + ttl(1000))),
+            Err(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn the_server_decides_exclusive_create_unlink_rmdir_and_rename() {
+        let mut s = cached_nodes(1000, 1000, 1000);
+        let step = mkdir(&mut s, ROOT, "step_1");
+        let pins = mkdir(&mut s, step, "pins");
+        let t1 = Instant::now();
+        assert_eq!(
+            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
+            Ok(pins)
+        );
+        assert_eq!(
+            ino(s.lookup(B, pins, name("p1"), Intent::Stat, t1)),
+            Err(libc::ENOENT)
+        );
+        // A pins: B does not see it (negative entry) and yet may neither
+        // remove the directory nor create the same name.
+        let (p1, _) = s
+            .create(A, pins, name("p1"), Kind::File, 0o644, true)
+            .unwrap();
+        assert_eq!(
+            ino(s.lookup(B, pins, name("p1"), Intent::Open, t1)),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(s.remove(B, step, name("pins"), true), Err(libc::ENOTEMPTY));
+        assert_eq!(
+            ino(s.lookup(B, pins, name("p1"), Intent::Exclusive, t1)),
+            Ok(p1)
+        );
+        assert_eq!(
+            s.create(B, pins, name("p1"), Kind::File, 0o644, true),
+            Err(libc::EEXIST)
+        );
+        // A unpins and removes the directory; B still caches it for stat.
+        s.remove(A, pins, name("p1"), false).unwrap();
+        s.remove(A, step, name("pins"), true).unwrap();
+        assert_eq!(
+            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
+            Ok(pins)
+        );
+        // Creating in it fails: the exclusive create's look-up asks the
+        // server (ENOENT); a create on the stale inode gets ESTALE, after
+        // which B resolves the name again (the kernel's one retry): ENOENT.
+        assert_eq!(
+            ino(s.lookup(B, step, name("pins"), Intent::Exclusive, t1)),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(
+            s.create(B, pins, name("p2"), Kind::File, 0o644, true),
+            Err(libc::ESTALE)
+        );
+        assert_eq!(
+            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
+            Err(libc::ENOENT)
+        );
+        // Unlink, rmdir and rename of names B still sees are refused.
+        assert_eq!(s.remove(B, step, name("pins"), true), Err(libc::ENOENT));
+        assert_eq!(
+            s.rename(B, step, name("pins"), ROOT, name("x"), false),
+            Err(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn a_removed_directory_held_open_by_its_remover_takes_no_names() {
+        let mut s = Store::new(2, false);
+        let d = mkdir(&mut s, ROOT, "d");
+        s.open(A, d, Instant::now()).unwrap();
+        s.remove(A, ROOT, name("d"), true).unwrap();
+        assert_eq!(
+            s.create(A, d, name("f"), Kind::File, 0o644, true),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(
+            s.create(B, d, name("f"), Kind::File, 0o644, true),
+            Err(libc::ENOENT)
+        );
+        s.release(A, d);
+        assert_eq!(
+            s.create(A, d, name("f"), Kind::File, 0o644, true),
+            Err(libc::ESTALE)
+        );
+    }
+
     #[test]
     fn rename_rules() {
         let mut s = Store::new(1, false);
-        let t = Instant::now();
         let d = mkdir(&mut s, ROOT, "d");
         mkfile(&mut s, d, "f", b"x");
         mkdir(&mut s, ROOT, "e");
         mkfile(&mut s, ROOT, "g", b"");
         assert_eq!(
-            s.rename(A, ROOT, name("e"), ROOT, name("d"), false, t),
+            s.rename(A, ROOT, name("e"), ROOT, name("d"), false),
             Err(libc::ENOTEMPTY)
         );
         assert_eq!(
-            s.rename(A, ROOT, name("g"), ROOT, name("e"), false, t),
+            s.rename(A, ROOT, name("g"), ROOT, name("e"), false),
             Err(libc::EISDIR)
         );
         assert_eq!(
-            s.rename(A, ROOT, name("e"), ROOT, name("g"), false, t),
+            s.rename(A, ROOT, name("e"), ROOT, name("g"), false),
             Err(libc::ENOTDIR)
         );
         assert_eq!(
-            s.rename(A, ROOT, name("g"), ROOT, name("d"), true, t),
+            s.rename(A, ROOT, name("g"), ROOT, name("d"), true),
             Err(libc::EEXIST)
         );
-        s.rename(A, ROOT, name("d"), ROOT, name("e"), false, t)
+        s.rename(A, ROOT, name("d"), ROOT, name("e"), false)
             .unwrap();
         assert_eq!(tree(&s), entries(&[("e/", 0), ("e/f", 1), ("g", 0)]));
     }

@@ -1,6 +1,6 @@
 //! Two nodes over one store: the writer on node A, the reader on node B,
-//! which sees A's new names and data late and out of order (seeded), and
-//! caches negative look-ups and attributes.
+//! which sees A's data late (seeded) and A's names through its caches:
+//! negative and positive look-ups and attributes.
 //!
 //! - handoff: `handoff publish` (or the trainer's in-place writes, then
 //!   `handoff seal`) on A, while `handoff wait` polls on B from before the
@@ -9,6 +9,9 @@
 //! - naive: write the files, touch STABLE (no fsync) on A; on B, poll
 //!   `test -f STABLE`, then read at once. Broken: a file missing, short or
 //!   different.
+//!
+//! `node_caches_through_the_kernel` checks, without handoff, that the
+//! caches behave through a real mount as the crate's rules state.
 
 use std::fs;
 use std::path::Path;
@@ -23,9 +26,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Hostile but bounded: every lag is far below the reader's settle time.
 pub const DELAYS: Delays = Delays {
-    name_delay_max: Duration::from_millis(120),
     data_lag_max: Duration::from_millis(120),
     negative_ttl: Duration::from_millis(60),
+    positive_ttl: Duration::from_millis(60),
     attr_ttl: Duration::from_millis(60),
 };
 
@@ -240,4 +243,127 @@ fn nodes_naive_publish_reader_is_caught() {
 #[test]
 fn nodes_naive_seal_reader_is_caught() {
     run_naive(Op::Seal);
+}
+
+fn kind<T>(r: std::io::Result<T>) -> Result<(), std::io::ErrorKind> {
+    r.map(|_| ()).map_err(|e| e.kind())
+}
+
+/// `O_CREAT|O_EXCL` through the openat2 system call.
+fn create_new_openat2(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    let how: [u64; 3] = [
+        (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64,
+        0o644,
+        0,
+    ];
+    // SAFETY: `path` and `how` outlive the call; the size is `how`'s.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            how.as_ptr(),
+            size_of_val(&how),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor this function owns.
+    Ok(unsafe { fs::File::from_raw_fd(fd as i32) })
+}
+
+/// The cache rules through the kernel: `stat`, `open`, exclusive creates,
+/// listings and rmdir as a process on node B sees them.
+#[test]
+fn node_caches_through_the_kernel() {
+    use std::io::ErrorKind;
+    if setup().is_none() {
+        return;
+    }
+    let _serial = serial();
+    let rig = two_nodes("caches", &["root".to_owned()]);
+    let ttl = Duration::from_secs(5);
+    rig.fs.set_delays(Delays {
+        negative_ttl: ttl,
+        positive_ttl: ttl,
+        attr_ttl: ttl,
+        ..Delays::default()
+    });
+    let (a, b) = (rig.at(0).join("root"), rig.at(1).join("root"));
+
+    // Negative entry: neither stat nor open sees A's synced file, until B
+    // lists the directory.
+    assert_eq!(kind(fs::metadata(b.join("f"))), Err(ErrorKind::NotFound));
+    let f = fs::File::create(a.join("f")).unwrap();
+    f.sync_all().unwrap();
+    fs::File::open(&a).unwrap().sync_all().unwrap();
+    assert_eq!(kind(fs::metadata(b.join("f"))), Err(ErrorKind::NotFound));
+    assert_eq!(kind(fs::File::open(b.join("f"))), Err(ErrorKind::NotFound));
+    // ... but an exclusive create asks the server.
+    assert_eq!(
+        kind(fs::File::create_new(b.join("f"))),
+        Err(ErrorKind::AlreadyExists)
+    );
+    let listed: Vec<_> = fs::read_dir(&b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, ["f"]);
+    assert_eq!(kind(fs::metadata(b.join("f"))), Ok(()));
+    assert_eq!(kind(fs::File::open(b.join("f"))), Ok(()));
+
+    // Positive entry: B still stats a file A removed; opening it fails.
+    fs::remove_file(a.join("f")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("f"))), Ok(()));
+    assert_eq!(kind(fs::File::open(b.join("f"))), Err(ErrorKind::NotFound));
+    // ... and creating it exclusively is the server's to decide.
+    fs::write(a.join("h"), b"").unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h"))), Ok(()));
+    fs::remove_file(a.join("h")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h"))), Ok(()));
+    assert_eq!(kind(fs::File::create_new(b.join("h"))), Ok(()));
+    // The same through openat2 (how handoff creates a pin).
+    fs::write(a.join("h2"), b"").unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h2"))), Ok(()));
+    fs::remove_file(a.join("h2")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("h2"))), Ok(()));
+    assert_eq!(kind(create_new_openat2(&b.join("h2"))), Ok(()));
+    // A name A replaced while its old file lives on elsewhere: stat shows
+    // the old file, open the new one.
+    fs::write(a.join("g"), b"old").unwrap();
+    assert_eq!(fs::metadata(b.join("g")).unwrap().len(), 3);
+    fs::rename(a.join("g"), a.join("g.aside")).unwrap();
+    fs::write(a.join("g"), b"newer").unwrap();
+    assert_eq!(fs::metadata(b.join("g")).unwrap().len(), 3);
+    assert_eq!(fs::read(b.join("g")).unwrap(), b"newer");
+
+    // A directory A removed while B caches it takes no names from B, and
+    // B's mkdir of it is the server's to decide.
+    fs::create_dir_all(a.join("step/pins")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("step/pins"))), Ok(()));
+    fs::remove_dir(a.join("step/pins")).unwrap();
+    assert_eq!(kind(fs::metadata(b.join("step/pins"))), Ok(()));
+    assert_eq!(
+        kind(fs::File::create_new(b.join("step/pins/p"))),
+        Err(ErrorKind::NotFound)
+    );
+    assert_eq!(kind(fs::create_dir(b.join("step/pins"))), Ok(()));
+    // rmdir of a directory with a name B does not know of: ENOTEMPTY.
+    assert_eq!(
+        kind(fs::metadata(b.join("step/pins/p1"))),
+        Err(ErrorKind::NotFound)
+    );
+    fs::write(a.join("step/pins/p1"), b"").unwrap();
+    assert_eq!(
+        kind(fs::remove_dir(b.join("step/pins"))),
+        Err(ErrorKind::DirectoryNotEmpty)
+    );
+    let stats = rig.fs.stats(1);
+    assert!(stats.negative_hits >= 3, "{stats:?}");
+    assert!(stats.stale_names >= 2, "{stats:?}");
 }

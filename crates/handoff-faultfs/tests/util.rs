@@ -185,13 +185,13 @@ impl Tally {
     pub fn add_stats(&mut self, node: &str, stats: Stats) {
         let Stats {
             negative_hits,
-            hidden_names,
+            stale_names,
             stale_attrs,
             short_views,
         } = stats;
         for (what, n) in [
             ("negative_hits", negative_hits),
-            ("hidden_names", hidden_names),
+            ("stale_names", stale_names),
             ("stale_attrs", stale_attrs),
             ("short_views", short_views),
         ] {

@@ -8,8 +8,8 @@
 //!
 //! While mounted it reads control commands, one per line, on standard input:
 //! `crash`, `writeback SEED`, `seed N`,
-//! `delays NAME_MS DATA_MS NEGATIVE_MS ATTR_MS`, `persist`, `quit`. End of
-//! input unmounts too. If the process is killed instead, run `sweep` (or
+//! `delays DATA_MS NEGATIVE_MS POSITIVE_MS ATTR_MS`, `persist`, `quit`. End
+//! of input unmounts too. If the process is killed instead, run `sweep` (or
 //! `umount -l`) on the mount point's parent.
 
 use std::io::{self, BufRead};
@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   handoff-faultfs mount --backing DIR --nodes MOUNTPOINT MOUNTPOINT...
   handoff-faultfs sweep BASE
 commands on stdin while mounted:
-  crash | writeback SEED | seed N | delays NAME_MS DATA_MS NEGATIVE_MS ATTR_MS | persist | quit";
+  crash | writeback SEED | seed N | delays DATA_MS NEGATIVE_MS POSITIVE_MS ATTR_MS | persist | quit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -108,10 +108,10 @@ fn control(fs: &FaultFs, words: &[&str]) -> Result<bool, String> {
         ["crash"] => fs.crash().map_err(|e| e.to_string())?,
         ["writeback", seed] => println!("{:?}", fs.writeback(num(seed)?)),
         ["seed", seed] => fs.set_seed(num(seed)?),
-        ["delays", name, data, negative, attr] => fs.set_delays(Delays {
-            name_delay_max: ms(name)?,
+        ["delays", data, negative, positive, attr] => fs.set_delays(Delays {
             data_lag_max: ms(data)?,
             negative_ttl: ms(negative)?,
+            positive_ttl: ms(positive)?,
             attr_ttl: ms(attr)?,
         }),
         ["persist"] => fs.persist().map_err(|e| e.to_string())?,
