@@ -13,8 +13,8 @@
 #   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #   LANE_CRASH    1: after the scenarios, run writers on node a and crash the
-#                 VM in the middle of them (sysrq b) instead of powering off
-#   LANE_PHASE    verify: the boot after that crash; check the export's disk
+#                 VM in the middle of them (sysrq b) instead of powering off;
+#                 scripts/test-nfs then checks the export's disk image
 #
 # Topology: knfsd in the root network namespace exports an ext4 file system on
 # the virtio disk; node a (writer) and node b (reader) are network namespaces
@@ -59,50 +59,10 @@ hostname nfs-lane
 HB=$HANDOFF_BIN
 VERS=${LANE_VERS:-4.2}
 R=$LANE_OUT/results.txt
-[ "${LANE_PHASE:-}" = verify ] && R=$LANE_OUT/verify.txt
 : >"$R"
 ms_since() { echo $(( (${EPOCHREALTIME/./} - $1) / 1000 )); }
 
 fail_setup() { echo "nfs-guest: setup failed: $*"; off 1; }
-
-# ---- after a crash ------------------------------------------------------------
-# Every step the crashed writers left committed (STABLE present) must verify
-# by hash, and every step whose publish or seal had returned must be
-# committed. Read on the server's own disk, no NFS cache in between.
-verify_crash() {
-    local c=/mnt/export/crash d=/run/lane/verify runs=0 fails=0 root dir k what n
-    mkdir -p "$d"
-    for root in pub seal; do
-        for dir in "$c/$root"/step_*; do
-            [ -e "$dir/STABLE" ] || continue
-            k=${dir##*step_}
-            runs=$((runs + 1))
-            if ! "$HB" wait --root "$c/$root" --step "$k" --verify hash --timeout 5s >/dev/null 2>"$d/err"; then
-                fails=$((fails + 1))
-                echo "nfs-guest: crash: $root/step_$k is committed but does not verify: $(head -c 300 "$d/err")"
-            fi
-        done
-        n=$(ls -d "$c/$root"/step_* 2>/dev/null | wc -l)
-        echo "nfs-guest: crash: $root: $n step directories, fsck: $("$HB" fsck --root "$c/$root" 2>&1 | tr '\n' ';' | head -c 600)"
-        "$HB" fsck --root "$c/$root" --repair >/dev/null 2>&1 \
-            || { fails=$((fails + 1)); echo "nfs-guest: crash: fsck --repair of $root failed"; }
-    done
-    n=0
-    while read -r what k; do
-        n=$((n + 1))
-        root=pub; [ "$what" = seal ] && root=seal
-        if [ ! -e "$c/$root/step_$k/STABLE" ]; then
-            fails=$((fails + 1))
-            echo "nfs-guest: crash: $what of step $k returned before the crash, but $root/step_$k is not committed"
-        fi
-    done <"$LANE_OUT/crash.returned"
-    echo "nfs-guest: crash: $n publishes and seals had returned before the crash; $runs committed steps checked"
-    if [ "$n" = 0 ]; then
-        fails=$((fails + 1))
-        echo "nfs-guest: crash: no publish or seal returned before the crash: nothing was tested"
-    fi
-    echo "nfs: scenario=crash tool=handoff runs=$runs failures=$fails" | tee -a "$R"
-}
 
 # ---- server -----------------------------------------------------------------
 for m in virtio_blk ext4 nfsd nfsv4 nfsv3 veth; do
@@ -110,12 +70,6 @@ for m in virtio_blk ext4 nfsd nfsv4 nfsv3 veth; do
 done
 for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mount -t ext4 /dev/vda /mnt/export || fail_setup "mount /dev/vda"
-if [ "${LANE_PHASE:-}" = verify ]; then
-    # The disk the crashed server left, its journal replayed by this mount.
-    export HANDOFF_CACHE_DIR=/run/lane/cache
-    verify_crash
-    off 0
-fi
 mount -t nfsd nfsd /proc/fs/nfsd || fail_setup "mount nfsd"
 # The shortest grace and lease the server accepts, so opens work sooner.
 echo 10 >/proc/fs/nfsd/nfsv4gracetime
@@ -224,6 +178,7 @@ run_pair() {
     ) &
     local bpid=$!
     sleep "$head"
+    local ta0=${EPOCHREALTIME/./}
     "$@" >"$d/a.json" 2>"$d/a.err"
     local arc=$? ta=${EPOCHREALTIME/./}
     wait $bpid
@@ -240,7 +195,8 @@ run_pair() {
     if [ $RUN_OK = 1 ] && ! grep -q "^{\"step\":$k," "$d/b.json"; then
         RUN_OK=0; why="the reader returned $(head -c 60 "$d/b.json"), not step $k"
     fi
-    echo "nfs-guest: $name step=$k target=$target ok=$RUN_OK visible_after_ms=$RUN_VIS_MS $why"
+    echo "nfs-guest: $name step=$k target=$target ok=$RUN_OK visible_after_ms=$RUN_VIS_MS" \
+        "writer_ms=$(( (ta - ta0) / 1000 )) $why"
     echo "$RUN_VIS_MS $target" >>"$VIS"
 }
 
@@ -299,7 +255,7 @@ scenario_looked() {
         run_pair looked-before "$r" "$k" 1 "$t" \
             bash -c 'make_payload "$1/step_$2" "$2" && exec "$3" seal --root "$1" --step "$2" --json' \
             _ "/mnt/a/$r" "$k" "$HB"
-        if [ $RUN_OK != 1 ] || [ "$RUN_VIS_MS" -gt 2000 ]; then fails=$((fails + 1)); fi
+        [ $RUN_OK = 1 ] || fails=$((fails + 1))
     done
     report looked-before handoff "$runs" "$fails"
 }
@@ -531,7 +487,7 @@ scenario_watch_pin_gc() {
 # tests/nfs/naive.py writes with plain writes and no fsync on node a and
 # polls for STABLE on node b; its docstring says exactly what each side does.
 scenario_naive() {
-    local runs=${LANE_RUNS_NAIVE:-5} line
+    local runs=${LANE_RUNS_NAIVE:-3} line
     python3 "$(dirname "$LANE_INIT")/naive.py" /mnt/a/naive /mnt/b/naive "$runs" "${LANE_NAIVE_PAUSE:-50}" \
         >/run/lane/naive.out 2>&1
     sed 's/^/nfs-guest: /' /run/lane/naive.out
@@ -544,24 +500,35 @@ scenario_naive() {
 T_RUN=${EPOCHREALTIME/./}
 # The scenarios run at the same time, each in its own directory of the export
 # (so each has its own directory caches on node b): most of their time is
-# spent waiting for caches to expire, and one after another would take about
-# 9 minutes. Each one's runs are sequential.
+# spent waiting for caches to expire. Each one's runs are sequential. The
+# pin scenarios start once the timed readers are done: they keep the VM's
+# two CPUs busy, and a reader's time to notice a step would then measure
+# the emulated CPU rather than the NFS client.
 mkdir -p /run/lane/report
 pids=()
-for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-vs-gc; do
-    want $s || continue
-    case $s in
-        publish-seen) scenario_publish ;;
-        seal-seen) scenario_seal ;;
-        looked-before) scenario_looked ;;
-        naive-reader) scenario_naive ;;
-        pin-vs-gc) scenario_pin_gc ;;
-        watch-pin-vs-gc) scenario_watch_pin_gc ;;
-    esac >/run/lane/report/$s 2>&1 &
-    pids+=($!)
-done
+launch() {
+    local s
+    for s in "$@"; do
+        want "$s" || continue
+        case $s in
+            publish-seen) scenario_publish ;;
+            seal-seen) scenario_seal ;;
+            looked-before) scenario_looked ;;
+            naive-reader) scenario_naive ;;
+            pin-vs-gc) scenario_pin_gc ;;
+            watch-pin-vs-gc) scenario_watch_pin_gc ;;
+        esac >/run/lane/report/$s 2>&1 &
+        pids+=($!)
+    done
+}
+launch publish-seen seal-seen looked-before
+timed=("${pids[@]}")
+launch naive-reader
 # Wait for these by id: a bare `wait` would also wait for the tee above.
-wait "${pids[@]}"
+[ ${#timed[@]} = 0 ] || wait "${timed[@]}"
+echo "nfs-guest: timed readers done after $(ms_since $T_RUN) ms"
+launch pin-vs-gc watch-pin-vs-gc
+[ ${#pids[@]} = 0 ] || wait "${pids[@]}"
 for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-vs-gc; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
@@ -573,7 +540,9 @@ if [ -s "$VIS" ]; then
         awk -v t=$t '$2 == t {print $1}' "$VIS" | sort -n \
             | awk -v t=$t '{v[NR]=$1} END {if (NR) printf "nfs-guest: visible_after_ms target=%s p50=%d max=%d runs=%d\n", t, v[int((NR+1)/2)], v[NR], NR}'
     done
-    sort -n "$VIS" | awk '{v[NR]=$1} END {p=v[int((NR+1)/2)]; printf "nfs: visible_after_ms p50=%d max=%d runs=%d\n", p, v[NR], NR}' | tee -a "$R"
+    sort -n "$VIS" | awk '{v[NR]=$1} END {p=v[int((NR+1)/2)]; printf "nfs: visible_after_ms p50=%d max=%d runs=%d\n", p, v[NR], NR;
+        # The target: p50 within the poll interval (100 ms) + 1 s, max 2 s.
+        printf "nfs: visible_after target p50<=1100 max<=2000: %s\n", (p <= 1100 && v[NR] <= 2000) ? "met" : "missed"}' | tee -a "$R"
 fi
 echo "run_ms=$(ms_since $T_RUN)" >>"$R"
 
@@ -609,6 +578,7 @@ if [ "${LANE_CRASH:-0}" = 1 ]; then
     sleep "$(( crash_ms / 1000 )).$(printf %03d $(( crash_ms % 1000 )))"
     echo "crash_after_ms=$crash_ms" >>"$R"
     echo "nfs-guest: crash: after $crash_ms ms, $(wc -l <"$cl") publishes and seals had returned; sysrq b"
+    sleep 0.5 # the console's tee
     echo 1 >/proc/sys/kernel/sysrq
     echo b >/proc/sysrq-trigger
     sleep 10

@@ -172,8 +172,10 @@ export function ls(root, { prefix = DEFAULT_PREFIX } = {}) {
   }));
 }
 
-/** Pin a committed step for `holder` for `ttlMs`; pinning again refreshes.
- * A step that is not committed throws NotFoundError. */
+/** Pin a committed step for `holder` for `ttlMs` (by the file server's
+ * clock); pinning again renews the pin, so a reader that loads for longer
+ * than `ttlMs` pins again before it runs out. A step that is not committed,
+ * or that gc has claimed for removal, throws NotFoundError. */
 export function pin(root, step, holder, { ttlMs = 600_000, prefix = DEFAULT_PREFIX } = {}) {
   const rootPath = dir(root, 'root');
   const info = call('pin', [rootPath], [rootPath, prefix, u64(step, 'step'), holder, ms(ttlMs, 'ttlMs')]);

@@ -393,6 +393,7 @@ pub fn wait<S: Storage, C: Clock>(
     let deadline = options.timeout_ms.map(|t| start.saturating_add(t));
     let mut first_mismatch: Option<u64> = None;
     let mut listed_at: Option<u64> = None;
+    let mut listed: Vec<u64> = Vec::new();
     let mut pause = 2u64.min(options.poll_ms.max(1));
     loop {
         let found = |v: Option<Version>, what: String| {
@@ -429,16 +430,19 @@ pub fn wait<S: Storage, C: Clock>(
                 other => other,
             },
             Target::Latest => {
-                // The root is listed on every attempt; steps in it that are
-                // not committed yet are listed at most once per LIST_EVERY_MS.
+                // The root and the steps in it not committed yet are listed
+                // at most once per LIST_EVERY_MS; in between, the steps of
+                // the last listing are looked up again. (A reader listing a
+                // directory many times a second was seen to hold up the
+                // writer's own open of it, on the Linux NFS client.)
                 let now = clock.now_ms();
                 let relist = listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS);
                 if relist {
                     listed_at = Some(now);
+                    listed = steps_desc(fs, &options.prefix)?;
                 }
-                let steps = steps_desc(fs, &options.prefix)?;
                 found(
-                    first_valid(fs, &options.prefix, options.verify, steps, relist)?,
+                    first_valid(fs, &options.prefix, options.verify, listed.clone(), relist)?,
                     "no step".into(),
                 )
             }

@@ -380,7 +380,8 @@ impl Runtime {
         Ok(steps.into_iter().map(StepInfo::from).collect())
     }
 
-    /// Pin a committed step for `holder` for `ttl`; pinning again refreshes.
+    /// Pin a committed step for `holder` for `ttl`; pinning again renews the
+    /// pin (a reader loading for longer than `ttl` pins again in time).
     pub fn pin(
         &self,
         root: &Path,

@@ -223,8 +223,10 @@ def pin(
     prefix: str = DEFAULT_PREFIX,
 ) -> PinInfo:
     """Pin a committed step for ``holder`` for ``ttl``: gc keeps it until the
-    pin expires. Pinning again refreshes the expiry. A step that is not
-    committed raises :class:`NotFoundError`."""
+    pin expires (by the file server's clock). Pinning again renews the pin:
+    a reader that loads for longer than ``ttl`` pins again before it runs
+    out. A step that is not committed, or that gc has claimed for removal,
+    raises :class:`NotFoundError`."""
     root_path = _dir(root, "root")
     info = _runtime.call(
         "pin",
