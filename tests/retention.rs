@@ -254,6 +254,34 @@ fn watch_with_pin_hands_over_when_asked_for_the_next_step() {
 }
 
 #[test]
+fn watch_with_pin_renews_the_pin_while_the_consumer_uses_the_step() {
+    let env = Env::new();
+    env.publish(1);
+    let mut child = env
+        .cmd(
+            "watch",
+            &["--from", "1", "--pin", "srv", "--ttl", "2s", "--json"],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ask = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["step"], 1);
+    env.publish(2);
+    // Served for more than twice the ttl: without renewal the pin would
+    // have expired (gc allows no skew here) and step 1 would go.
+    std::thread::sleep(Duration::from_millis(4500));
+    let g = json(&env.run("gc", &["--keep", "1", "--skew", "0s", "--json"]));
+    assert_eq!(steps(&g, "pinned"), [1], "{g}");
+    assert_eq!(env.pin_holders(1), ["srv"], "one pin, renewed in place");
+    drop(ask);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn watch_prints_each_new_step_in_order() {
     let env = Env::new();
     env.publish(1);

@@ -58,6 +58,8 @@ export interface StepInfo {
 export interface PinInfo {
   step: number;
   holder: string;
+  /** Milliseconds since the Unix epoch, by the file server's clock (by this
+   * machine's on a step written by protocol version 1). */
   expiresMs: number;
 }
 

@@ -107,10 +107,10 @@ pub enum Command {
     /// With --pin, a step stays pinned until a line on stdin asks for the next
     #[command(
         after_help = "With --pin, watch hands over pins: each step it prints stays pinned \
-                      while you use it. Write a line to its stdin to ask for the next step; \
-                      the one before is released once the next one is pinned. At end of \
-                      input watch exits and leaves the last pin to expire (--ttl) or to \
-                      `handoff unpin`."
+                      while you use it, renewed every half --ttl. Write a line to its stdin \
+                      to ask for the next step; the one before is released once the next \
+                      one is pinned. At end of input watch exits and leaves the last pin to \
+                      expire (--ttl) or to `handoff unpin`."
     )]
     Watch(WatchArgs),
     /// List the step directories under ROOT with their state
@@ -753,8 +753,25 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
     let holder = args.read.pin.as_deref();
     // With --pin, the step printed last stays pinned until the consumer asks
     // for the next one, and is released only once that one is pinned: the
-    // consumer is never left holding nothing.
+    // consumer is never left holding nothing. While the consumer uses it, the
+    // pin is renewed every half ttl, so serving one step for longer than the
+    // ttl does not let gc take it.
     let mut held: Option<u64> = None;
+    let ttl_ms = millis(args.read.ttl);
+    let next_requested = |step: u64| -> anyhow::Result<bool> {
+        let renew = || {
+            let holder = holder.expect("a held step has a holder");
+            backend
+                .pin(root, &global.prefix, step, holder, ttl_ms)
+                .map(drop)
+                .with_context(|| {
+                    format!(
+                        "failed to renew the pin on step {step}: it is no longer protected from gc"
+                    )
+                })
+        };
+        next_line(renew, Duration::from_millis((ttl_ms / 2).max(100)))
+    };
     let mut target = match args.from {
         None => Target::Latest,
         Some(0) => {
@@ -769,7 +786,7 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
                     print_watched(&version, Duration::ZERO, args.json)?;
                     if holder.is_some() {
                         held = Some(0);
-                        if !next_requested()? {
+                        if !next_requested(0)? {
                             return Ok(());
                         }
                     }
@@ -793,7 +810,7 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
         target = Target::After(version.step);
         if holder.is_some() {
             held = Some(version.step);
-            if !next_requested()? {
+            if !next_requested(version.step)? {
                 // stdin closed: no more asks. The pin stays until it
                 // expires or is unpinned; the consumer may still read it.
                 return Ok(());
@@ -803,13 +820,56 @@ fn watch<B: Backend>(backend: &B, global: &Global, args: WatchArgs) -> anyhow::R
 }
 
 /// Waits for the consumer of `watch --pin` to ask for the next version: a
-/// line on stdin. False at end of input.
-fn next_requested() -> anyhow::Result<bool> {
-    let mut line = String::new();
-    let read = std::io::stdin()
-        .read_line(&mut line)
-        .context("failed to read the request for the next step from stdin")?;
-    Ok(read > 0)
+/// line on stdin. False at end of input. Calls `renew` every `every` while
+/// it waits; where threads are not available (a WASI command), it only
+/// waits.
+fn next_line(
+    mut renew: impl FnMut() -> anyhow::Result<()>,
+    every: Duration,
+) -> anyhow::Result<bool> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let context = "failed to read the request for the next step from stdin";
+    let Some(lines) = stdin_lines() else {
+        let mut line = String::new();
+        return Ok(std::io::stdin().read_line(&mut line).context(context)? > 0);
+    };
+    let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        match lines.recv_timeout(every) {
+            Ok(read) => return Ok(read.context(context)? > 0),
+            Err(RecvTimeoutError::Timeout) => renew()?,
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+    }
+}
+
+/// Lines of stdin read by a thread of their own (their lengths; 0 at end of
+/// input), so a wait for one can time out. `None` where no thread can be
+/// started.
+fn stdin_lines()
+-> Option<&'static std::sync::Mutex<std::sync::mpsc::Receiver<std::io::Result<usize>>>> {
+    use std::sync::{Mutex, OnceLock, mpsc};
+    static LINES: OnceLock<Option<Mutex<mpsc::Receiver<std::io::Result<usize>>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let (send, receive) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        let read = std::io::stdin().read_line(&mut line);
+                        let done = !matches!(read, Ok(n) if n > 0);
+                        if send.send(read).is_err() || done {
+                            return;
+                        }
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(receive))
+        })
+        .as_ref()
 }
 
 /// Releases `holder`'s pin on `step`; already gone (expired and collected,

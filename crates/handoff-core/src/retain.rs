@@ -42,7 +42,9 @@ pub struct PinInfo {
     pub step: u64,
     /// Who holds it.
     pub holder: String,
-    /// Expiry, milliseconds since the Unix epoch, by the pinner's clock.
+    /// Expiry, milliseconds since the Unix epoch: by the file server's clock
+    /// (the time it stamped on the pin) on a version 2 step, by the
+    /// pinner's on a version 1 step.
     pub expires_ms: u64,
 }
 

@@ -217,7 +217,9 @@ pub struct PinInfo {
     pub step: u64,
     /// Who holds the pin.
     pub holder: String,
-    /// Expiry, milliseconds since the Unix epoch by this machine's clock.
+    /// Expiry, milliseconds since the Unix epoch: by the file server's clock
+    /// (the time it stamped on the pin) on a version 2 step, by this
+    /// machine's on a version 1 step.
     pub expires_ms: u64,
 }
 

@@ -87,7 +87,8 @@ class PinInfo:
     step: int
     holder: str
     expires_ms: int
-    """Milliseconds since the Unix epoch, by this machine's clock."""
+    """Milliseconds since the Unix epoch, by the file server's clock (by this
+    machine's on a step written by protocol version 1)."""
 
 
 @dataclass(frozen=True)
