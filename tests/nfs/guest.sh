@@ -488,7 +488,7 @@ scenario_watch_pin_gc() {
 # polls for STABLE on node b; its docstring says exactly what each side does.
 scenario_naive() {
     local runs=${LANE_RUNS_NAIVE:-3} line
-    python3 "$(dirname "$LANE_INIT")/naive.py" /mnt/a/naive /mnt/b/naive "$runs" "${LANE_NAIVE_PAUSE:-50}" \
+    python3 "$(dirname "$LANE_INIT")/naive.py" /mnt/a/naive /mnt/b/naive "$runs" "${LANE_NAIVE_PAUSE:-20}" "${LANE_NAIVE_HOLD:-40}" \
         >/run/lane/naive.out 2>&1
     sed 's/^/nfs-guest: /' /run/lane/naive.out
     line=$(grep '^naive: runs=' /run/lane/naive.out)

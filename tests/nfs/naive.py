@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The naive STABLE-only recipe between two NFS clients (NFS lane, in the VM).
 
-Usage: naive.py WRITER_ROOT READER_ROOT RUNS PAUSE_S
+Usage: naive.py WRITER_ROOT READER_ROOT RUNS PAUSE_S [HOLD_S]
 
 WRITER_ROOT and READER_ROOT are the same export directory seen through node
 a's and node b's mounts. Each run k (all runs at once, one thread pair each):
@@ -11,8 +11,13 @@ writer (node a), plain writes, no fsync:
   ... PAUSE_S seconds in which it writes other state files into step_k/
       (optimizer-<i>.bin, one every 4 s), as a trainer that serializes a
       checkpoint piece by piece does ...
-  step_k/weights/model.bin  the remaining 1 MiB appended, closed
+  step_k/weights/model.bin  the remaining 1 MiB appended and flushed to the
+      kernel, but the file left open (a checkpoint writer that closes its
+      files later, or on another thread)
   step_k/config.json, then STABLE (touched)
+  ... HOLD_S seconds (default 40), then model.bin is closed. Until then its
+      second half sits in node a's page cache: an NFS client writes data
+      back on close or fsync, or once it has been dirty for 30 s.
 
 reader (node b), started once model.bin's first part is on the server:
   polls every 0.2 s: does step_k/STABLE exist (stat)? If not, stat
@@ -33,7 +38,7 @@ import time
 HALF = 1 << 20
 
 
-def writer(root, k, data, cfg, pause, first_done, out):
+def writer(root, k, data, cfg, pause, hold, first_done, out):
     d = f"{root}/step_{k}"
     os.makedirs(f"{d}/weights")
     with open(f"{d}/weights/model.bin", "wb") as f:
@@ -46,12 +51,15 @@ def writer(root, k, data, cfg, pause, first_done, out):
             f.write(os.urandom(4096))
         i += 1
         time.sleep(min(4.0, max(0.0, end - time.monotonic())))
-    with open(f"{d}/weights/model.bin", "ab") as f:
-        f.write(data[HALF:])
+    model = open(f"{d}/weights/model.bin", "ab")
+    model.write(data[HALF:])
+    model.flush()
     with open(f"{d}/config.json", "w") as f:
         f.write(cfg)
     open(f"{d}/STABLE", "w").close()
     out["stable_at"] = time.monotonic()
+    time.sleep(hold)
+    model.close()
 
 
 def reader(root, k, data, cfg, first_done, out, limit):
@@ -95,6 +103,7 @@ def reader(root, k, data, cfg, first_done, out, limit):
 
 def main():
     wroot, rroot, runs, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    hold = float(sys.argv[5]) if len(sys.argv) > 5 else 40.0
     os.makedirs(wroot, exist_ok=True)
     os.listdir(rroot)
     data = os.urandom(2 * HALF)
@@ -105,7 +114,7 @@ def main():
         ev = threading.Event()
         out = {"k": k}
         results.append(out)
-        for fn, args in ((writer, (wroot, k, data, cfg, pause, ev, out)),
+        for fn, args in ((writer, (wroot, k, data, cfg, pause, hold, ev, out)),
                          (reader, (rroot, k, data, cfg, ev, out, pause + 120))):
             t = threading.Thread(target=fn, args=args)
             t.start()
