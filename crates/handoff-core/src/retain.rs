@@ -512,6 +512,11 @@ fn server_now<S: Storage, C: Clock>(flush: &mut Flusher<'_, S>, clock: &C) -> Re
 /// its pin directory, which the server refuses while a pin is in it.
 fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64) -> Result<Claim> {
     let dir = step_pins_dir(prefix, step);
+    let stable = join(&step_name(prefix, step), STABLE_NAME);
+    let floor = match fs.stat(&stable) {
+        Ok(meta) => meta.map_or(0, |m| m.modified_ms.saturating_sub(skew_ms)),
+        Err(e) => return Err(Error::io("inspect", &fs.display(&stable), &e)),
+    };
     for entry in list_or_empty(fs, &dir)? {
         let path = join(&dir, &entry.name);
         let Some((_, ttl)) = parse_pin_file_name(&entry.name).filter(|_| entry.kind == Kind::File)
@@ -523,7 +528,12 @@ fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64)
             Ok(None) => continue, // released while we listed
             Err(e) => return Err(Error::io("inspect", &fs.display(&path), &e)),
         };
-        if now_ms < stamped.saturating_add(ttl).saturating_add(skew_ms) {
+        // A pin is made after its step was committed, so a time before
+        // that (less the skew allowance) is not the pin's: an NFSv4
+        // exclusive create keeps its verifier in the file's times until the
+        // client replaces them with the server's, one round trip later, and
+        // this node may have read and cached them in between. Held.
+        if stamped < floor || now_ms < stamped.saturating_add(ttl).saturating_add(skew_ms) {
             return Ok(Claim::Pinned);
         }
         match fs.remove_file(&path) {

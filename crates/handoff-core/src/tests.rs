@@ -580,14 +580,38 @@ fn pinning_again_renews_and_expiry_follows_the_server_stamp() {
     // The pin's age is the server's stamp on its file, not anything the
     // pinner wrote: stamped two minutes ago, a one-minute pin has expired.
     let pin_file = f.path(&format!("step_1/.handoff.pins/{}", f.pins(1)[0]));
-    let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    let ago = |secs| std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    let stamp = |path: std::path::PathBuf, when| {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap()
+    };
+    stamp(f.path("step_1/STABLE"), ago(600)); // committed ten minutes ago
+    stamp(pin_file, ago(120));
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+}
+
+#[test]
+fn a_pin_stamped_before_its_step_was_committed_holds() {
+    // What an NFSv4 exclusive create shows for a moment: the create's
+    // verifier in the file's times, here a time long before the step.
+    let f = fixture();
+    f.publish(1).unwrap();
+    f.publish(2).unwrap();
+    pin(&f.root, &RealClock, "step_", 1, "srv", 1000).unwrap();
+    let pin_file = f.path(&format!("step_1/.handoff.pins/{}", f.pins(1)[0]));
+    let verifier_like = std::time::UNIX_EPOCH + std::time::Duration::from_secs(700_000_000);
     fs::File::options()
         .write(true)
         .open(&pin_file)
         .unwrap()
-        .set_modified(two_minutes_ago)
+        .set_modified(verifier_like)
         .unwrap();
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().pinned, [1]);
+    assert!(pin_file.exists());
 }
 
 #[test]
