@@ -108,7 +108,13 @@ for node in a b; do
     else
         opts=(10.0.$n.1:/)
     fi
-    nsenter --net=/run/netns/$node mount -t nfs "${opts[@]}" /mnt/$node || fail_setup "mount on node $node"
+    # Each node mounts from a UTS namespace of its own with its own host
+    # name: an NFSv4 client names itself to the server by host name, and two
+    # clients with one name take each other's state over and over (the
+    # server then recovers one client's state on every switch).
+    nsenter --net=/run/netns/$node unshare --uts sh -c \
+        'hostname "nfs-lane-$1" && shift && exec mount -t nfs "$@"' _ "$node" "${opts[@]}" /mnt/$node \
+        || fail_setup "mount on node $node"
     n=$((n + 1))
 done
 grep ' /mnt/[ab] ' /proc/mounts | sed 's/^/nfs-guest: mount: /'
