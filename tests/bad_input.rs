@@ -63,11 +63,21 @@ fn a_truncated_payload_exits_4_naming_the_file() {
         .open(env.root().join("step_1/adapter_model.safetensors"))
         .unwrap();
     file.set_len(100).unwrap();
-    let out = env.run(
-        "wait",
-        &["--step", "1", "--timeout", "1s", "--settle", "200ms"],
-    );
+    let wait: Vec<&str> = "--step 1 --timeout 1s --settle 200ms".split(' ').collect();
+    let out = env.run("wait", &wait);
     assert_exit(&out, 4, "adapter_model.safetensors is short: 100 bytes");
+    // A script branches on the JSON: which file, and whether waiting longer
+    // may help (a lagging cache can show a file short).
+    let out = env.run("wait", &[&wait[..], &["--json"]].concat());
+    let error = json_failure(&out, 4);
+    assert_eq!(error["class"], "integrity");
+    let file = env
+        .root()
+        .canonicalize()
+        .unwrap()
+        .join("step_1/adapter_model.safetensors");
+    assert_eq!(error["path"], file.display().to_string());
+    assert_eq!(error["retryable"], true);
 }
 
 #[test]
@@ -108,6 +118,14 @@ fn a_second_publish_exits_5_and_the_first_stays_intact() {
     assert_exit(&out, 5, "already published");
     let out = env.run("seal", &["--step", "3"]);
     assert_exit(&out, 5, "already sealed");
+    let out = env.run(
+        "publish",
+        &["--json", "--step", "3", env.src().to_str().unwrap()],
+    );
+    let error = json_failure(&out, 5);
+    let step = env.root().canonicalize().unwrap().join("step_3");
+    assert_eq!(error["path"], step.display().to_string());
+    assert_eq!(error["retryable"], false);
     assert_eq!(
         fs::read(env.root().join("step_3").join(MANIFEST)).unwrap(),
         manifest

@@ -64,17 +64,7 @@ fn readers_never_lose_a_pinned_step_to_gc() {
             let mut step = 1;
             while Instant::now() < deadline {
                 payload(&env.src(), &format!("v{step}"), 2 << 20);
-                let out = env.run(
-                    "publish",
-                    &[
-                        "--step",
-                        &step.to_string(),
-                        "--keep",
-                        "2",
-                        env.src().to_str().unwrap(),
-                    ],
-                );
-                assert_ok(&out);
+                env.publish_with(step, &["--keep", "2"]);
                 published.fetch_add(1, Ordering::Relaxed);
                 step += 1;
             }

@@ -1,5 +1,6 @@
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -42,26 +43,16 @@ fn pin_and_unpin_bad_input() {
     let env = Env::new();
     env.publish(1);
     payload(&env.root().join("step_2"), "x", 10); // not committed
-    assert_exit(
-        &env.run("pin", &["--step", "2", "--holder", "a"]),
-        1,
-        "step_2",
-    );
-    assert_exit(
-        &env.run("pin", &["--step", "9", "--holder", "a"]),
-        1,
-        "step_9",
-    );
-    assert_exit(
-        &env.run("pin", &["--step", "1", "--holder", "../escape"]),
-        2,
-        "holder",
-    );
-    assert_exit(
-        &env.run("unpin", &["--step", "1", "--holder", "nobody"]),
-        1,
-        "nobody",
-    );
+    // (command, step, holder, exit code, what stderr names)
+    for (sub, step, holder, exit, named) in [
+        ("pin", "2", "a", 1, "step_2"),
+        ("pin", "9", "a", 1, "step_9"),
+        ("pin", "1", "../escape", 2, "holder"),
+        ("unpin", "1", "nobody", 1, "nobody"),
+    ] {
+        let out = env.run(sub, &["--step", step, "--holder", holder]);
+        assert_exit(&out, exit, named);
+    }
     assert_eq!(code(&env.run("pin", &["--step", "1"])), 2);
 }
 
@@ -163,17 +154,7 @@ fn fsck_classifies_and_repair_is_idempotent() {
 fn publish_with_keep_collects_old_steps() {
     let env = Env::new();
     for step in 1..=4 {
-        let out = env.run(
-            "publish",
-            &[
-                "--step",
-                &step.to_string(),
-                "--keep",
-                "2",
-                env.src().to_str().unwrap(),
-            ],
-        );
-        assert_ok(&out);
+        env.publish_with(step, &["--keep", "2"]);
     }
     let mut left: Vec<_> = fs::read_dir(env.root())
         .unwrap()
@@ -215,21 +196,7 @@ fn wait_with_pin_holds_the_step() {
 
 #[test]
 fn watch_with_pin_hands_over_when_asked_for_the_next_step() {
-    let env = Env::new();
-    env.publish(1);
-    let mut child = env
-        .cmd(
-            "watch",
-            &["--from", "1", "--pin", "srv", "--json", "--poll", "20ms"],
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ask = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    assert_eq!(next()["step"], 1);
+    let (env, mut watch) = watching_step_1(&["--pin", "srv", "--poll", "20ms"]);
 
     // The consumer has not asked for more: step 1 stays pinned however many
     // steps arrive.
@@ -241,35 +208,20 @@ fn watch_with_pin_hands_over_when_asked_for_the_next_step() {
     assert_eq!(steps(&g, "removed"), [2]);
 
     // Asked: the next step is pinned, then step 1 released.
-    std::io::Write::write_all(&mut ask, b"next\n").unwrap();
-    assert_eq!(next()["step"], 3);
+    watch.ask.write_all(b"next\n").unwrap();
+    assert_eq!(watch.next()["step"], 3);
     let g = json(&env.run("gc", &["--keep", "1", "--json"]));
     assert_eq!(steps(&g, "removed"), [1]);
     assert_eq!(env.pin_holders(3), ["srv"]);
 
     // End of input: watch ends, its last pin left for the consumer.
-    drop(ask);
-    assert!(child.wait().unwrap().success());
+    watch.end_input();
     assert_eq!(env.pin_holders(3), ["srv"]);
 }
 
 #[test]
 fn watch_with_pin_renews_the_pin_while_the_consumer_uses_the_step() {
-    let env = Env::new();
-    env.publish(1);
-    let mut child = env
-        .cmd(
-            "watch",
-            &["--from", "1", "--pin", "srv", "--ttl", "2s", "--json"],
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ask = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["step"], 1);
+    let (env, watch) = watching_step_1(&["--pin", "srv", "--ttl", "2s"]);
     env.publish(2);
     // Served for more than twice the ttl: without renewal the pin would
     // have expired (gc allows no skew here) and step 1 would go.
@@ -277,25 +229,65 @@ fn watch_with_pin_renews_the_pin_while_the_consumer_uses_the_step() {
     let g = json(&env.run("gc", &["--keep", "1", "--skew", "0s", "--json"]));
     assert_eq!(steps(&g, "pinned"), [1], "{g}");
     assert_eq!(env.pin_holders(1), ["srv"], "one pin, renewed in place");
-    drop(ask);
-    assert!(child.wait().unwrap().success());
+    watch.end_input();
 }
 
 #[test]
 fn watch_prints_each_new_step_in_order() {
-    let env = Env::new();
-    env.publish(1);
-    let mut child = env.spawn("watch", &["--from", "1", "--json"]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    assert_eq!(next()["step"], 1);
+    let (env, mut watch) = watching_step_1(&[]);
     env.publish(2);
     env.publish(3);
-    assert_eq!(next()["step"], 2);
-    let third = next();
+    assert_eq!(watch.next()["step"], 2);
+    let third = watch.next();
     assert_eq!(third["step"], 3);
     assert!(third["path"].as_str().unwrap().ends_with("step_3"));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    watch.child.kill().unwrap();
+    watch.child.wait().unwrap();
     let _ = Duration::ZERO;
+}
+
+/// A running `handoff watch`: its input, where the consumer asks for the
+/// next step, and its output, one JSON line per step.
+struct Watch {
+    child: Child,
+    ask: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+/// A root with step 1, and a `handoff watch --from 1 --json <args>` that
+/// has printed it.
+fn watching_step_1(args: &[&str]) -> (Env, Watch) {
+    let env = Env::new();
+    env.publish(1);
+    let mut watch = Watch::start(&env, &[&["--from", "1", "--json"], args].concat());
+    assert_eq!(watch.next()["step"], 1);
+    (env, watch)
+}
+
+impl Watch {
+    fn start(env: &Env, args: &[&str]) -> Watch {
+        let mut child = env
+            .cmd("watch", args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Watch {
+            ask: child.stdin.take().unwrap(),
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        }
+    }
+
+    /// The next step it prints.
+    fn next(&mut self) -> Value {
+        serde_json::from_str(&self.lines.next().unwrap().unwrap()).unwrap()
+    }
+
+    /// Closes its input, which must end it successfully.
+    fn end_input(self) {
+        let Watch { mut child, ask, .. } = self;
+        drop(ask);
+        assert!(child.wait().unwrap().success());
+    }
 }

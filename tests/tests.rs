@@ -23,3 +23,6 @@ mod concurrency;
 /// The WASI command (crates/handoff-command) under wasmtime and jco, against
 /// the native binary; run for real by crates/handoff-command/test.sh.
 mod wasi_command;
+
+/// The Python and Node packages' restated defaults against the core's.
+mod defaults;

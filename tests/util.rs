@@ -2,6 +2,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub use handoff_testkit::proc::{assert_within, code, stderr};
+use handoff_testkit::{Payload, Rng};
 use serde_json::Value;
 
 /// A temporary directory with a root and a source payload in it.
@@ -43,10 +45,15 @@ impl Env {
     }
 
     pub fn publish(&self, step: u64) -> Output {
-        let out = self.run(
-            "publish",
-            &["--step", &step.to_string(), self.src().to_str().unwrap()],
-        );
+        self.publish_with(step, &[])
+    }
+
+    /// `handoff publish --step <step> <args> <src>`, which must succeed.
+    pub fn publish_with(&self, step: u64, args: &[&str]) -> Output {
+        let step = step.to_string();
+        let src = self.src();
+        let all = [&["--step", step.as_str()], args, &[src.to_str().unwrap()]].concat();
+        let out = self.run("publish", &all);
         assert_ok(&out);
         out
     }
@@ -87,32 +94,11 @@ pub fn handoff() -> Command {
 
 /// Two files, one in a subdirectory, `size` bytes of content derived from `tag`.
 pub fn payload(dir: &Path, tag: &str, size: usize) {
-    fs::create_dir_all(dir.join("sub")).unwrap();
-    let mut data = Vec::with_capacity(size);
-    let mut x: u64 = tag
-        .bytes()
-        .fold(0x9e3779b97f4a7c15, |h, b| h.rotate_left(5) ^ u64::from(b));
-    while data.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(size);
-    fs::write(dir.join("adapter_model.safetensors"), data).unwrap();
-    fs::write(
-        dir.join("sub/adapter_config.json"),
-        format!("{{\"tag\":\"{tag}\"}}"),
-    )
-    .unwrap();
-}
-
-pub fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    Payload::new()
+        .with("adapter_model.safetensors", Rng::from_tag(tag).bytes(size))
+        .with("sub/adapter_config.json", format!("{{\"tag\":\"{tag}\"}}"))
+        .write_to(dir)
+        .unwrap();
 }
 
 #[track_caller]
@@ -136,4 +122,14 @@ pub fn json(out: &Output) -> Value {
     assert_ok(out);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `{"error":{..}}` object a failed `--json` run prints, after checking
+/// its exit code.
+#[track_caller]
+pub fn json_failure(out: &Output, expected: i32) -> Value {
+    assert_eq!(code(out), expected, "stderr: {}", stderr(out));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    v["error"].clone()
 }

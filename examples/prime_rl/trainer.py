@@ -41,7 +41,7 @@ def main() -> None:
         report = handoff.seal(args.root, step, writer=f"trainer:{os.getpid()}", keep=args.keep)
         gc = report.gc
         print(
-            f"trainer: sealed step {step} ({report.version.bytes} bytes, {report.syncs} syncs); "
+            f"trainer: sealed step {step} ({report.version.bytes} bytes, {report.fsyncs} fsyncs); "
             f"gc removed {list(gc.removed)}, kept pinned {list(gc.pinned)}",
             flush=True,
         )

@@ -3,7 +3,6 @@
 //! another process (this binary, `wait --verify hash`) is already waiting.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use handoff_cli::{Global, out};
-use handoff_runtime::{Runtime, WriteOptions};
+use handoff_runtime::{Backend as _, FileEntry, Runtime, WriteOptions, default_writer_id};
+use handoff_testkit::proc::succeeded;
+use handoff_testkit::{Rng, write_random};
 use serde::Deserialize;
 
 use crate::HostOptions;
@@ -34,14 +35,7 @@ pub struct DemoArgs {
 #[derive(Debug, Deserialize)]
 struct ReaderOutput {
     step: u64,
-    files: Vec<ReaderFile>,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-struct ReaderFile {
-    path: String,
-    size: u64,
-    blake3: String,
+    files: Vec<FileEntry>,
 }
 
 /// A reader gets this long to see a step, far more than it needs.
@@ -90,7 +84,7 @@ pub fn run(
 
     let options = WriteOptions {
         prefix: global.prefix.clone(),
-        ..WriteOptions::default()
+        ..WriteOptions::new(default_writer_id())
     };
     let mut visible = Vec::new();
     for step in 1..=args.steps {
@@ -110,26 +104,10 @@ pub fn run(
             .wait_with_output()
             .context("failed to wait for the reader process")?;
         let seen_after = published.elapsed();
-        if !output.status.success() {
-            bail!(
-                "the reader of step {step} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let output = succeeded(format_args!("the reader of step {step}"), output)?;
         let seen: ReaderOutput = serde_json::from_slice(&output.stdout)
             .with_context(|| format!("the reader of step {step} printed unexpected output"))?;
-        let expected: Vec<ReaderFile> = report
-            .version
-            .files
-            .iter()
-            .map(|f| ReaderFile {
-                path: f.path.clone(),
-                size: f.size,
-                blake3: f.blake3.clone(),
-            })
-            .collect();
-        if seen.step != step || seen.files != expected {
+        if seen.step != step || seen.files != report.version.files {
             bail!("the reader of step {step} saw a different version: {seen:?}");
         }
         out!(
@@ -194,17 +172,9 @@ fn stop(mut reader: Child) {
 /// that differ per step) and `adapter_config.json` into `dir`.
 fn write_adapter(dir: &Path, step: u64, size_mib: u64) -> anyhow::Result<()> {
     let model = dir.join("adapter_model.safetensors");
-    let mut file = fs::File::create(&model)
-        .with_context(|| format!("failed to create {}", model.display()))?;
-    let mut rng = SplitMix64(step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x68616e646f6666);
-    let mut chunk = vec![0u8; 1024 * 1024];
-    for _ in 0..size_mib {
-        for word in chunk.chunks_exact_mut(8) {
-            word.copy_from_slice(&rng.next().to_le_bytes());
-        }
-        file.write_all(&chunk)
-            .with_context(|| format!("failed to write {}", model.display()))?;
-    }
+    let mut rng = Rng::new(step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x68616e646f6666);
+    write_random(&model, size_mib << 20, &mut rng)
+        .with_context(|| format!("failed to write {}", model.display()))?;
     let config = serde_json::json!({
         "base_model_name_or_path": "handoff-demo/base-1b",
         "peft_type": "LORA",
@@ -221,19 +191,6 @@ fn write_adapter(dir: &Path, step: u64, size_mib: u64) -> anyhow::Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// A tiny, fast generator: the bytes only need to differ and not compress.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]

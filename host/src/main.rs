@@ -3,7 +3,6 @@
 //! their output and the exit codes are `handoff-cli`'s, shared with the WASI
 //! command.
 
-mod backend;
 mod demo;
 mod progress;
 
@@ -16,8 +15,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use handoff_cli::{EXIT_CODES, Global, duration};
 use handoff_runtime::{Limits, Runtime};
-
-use crate::backend::Native;
 
 /// Publish, seal, wait for and retain model-weight versions on a shared filesystem.
 #[derive(Debug, Parser)]
@@ -46,8 +43,8 @@ struct HostOptions {
     #[arg(long, global = true)]
     no_bulk: bool,
     /// Time limit of each call into the component [default: 1h; wait: its timeout + 1m]
-    #[arg(long, global = true, value_name = "DUR", value_parser = duration::parse)]
-    deadline: Option<Duration>,
+    #[arg(long = "deadline", global = true, value_name = "DUR", value_parser = duration::parse)]
+    time_limit: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,19 +58,18 @@ enum HostCommand {
 fn main() -> ExitCode {
     // Usage errors exit 2 inside `parse`.
     let cli = Cli::parse();
-    let json = match &cli.command {
-        HostCommand::Protocol(command) => command.json(),
-        HostCommand::Demo(_) => false,
-    };
-    ExitCode::from(handoff_cli::report::<Native>(run(cli), json))
+    let json = cli.global.json;
+    ExitCode::from(handoff_cli::report::<Runtime>(run(cli), json))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let json = matches!(&cli.command, HostCommand::Protocol(command) if command.json());
-    let progress = shows_progress(json, std::io::stderr().is_terminal());
+    if cli.global.json && matches!(cli.command, HostCommand::Demo(_)) {
+        anyhow::bail!("demo prints text only: --json does not apply to it");
+    }
+    let progress = shows_progress(cli.global.json, std::io::stderr().is_terminal());
     let runtime = runtime(&cli.host, progress)?;
     match cli.command {
-        HostCommand::Protocol(command) => handoff_cli::run(&Native(runtime), &cli.global, command),
+        HostCommand::Protocol(command) => handoff_cli::run(&runtime, &cli.global, command),
         HostCommand::Demo(args) => demo::run(&runtime, &cli.global, &cli.host, &args),
     }
 }
@@ -89,7 +85,7 @@ fn runtime(host: &HostOptions, progress: bool) -> anyhow::Result<Runtime> {
         .cache(!host.no_cache)
         .bulk(!host.no_bulk)
         .limits(Limits {
-            deadline: host.deadline,
+            time_limit: host.time_limit,
             ..Limits::default()
         });
     if let Some(path) = &host.component {
@@ -144,7 +140,7 @@ mod tests {
         let cli = Cli::try_parse_from(["handoff", "demo", "--steps", "2"]).unwrap();
         assert!(matches!(cli.command, HostCommand::Demo(_)));
         let cli = Cli::try_parse_from(["handoff", "ls", "--root", "r", "--json"]).unwrap();
-        assert!(matches!(cli.command, HostCommand::Protocol(c) if c.json()));
+        assert!(matches!(cli.command, HostCommand::Protocol(_)) && cli.global.json);
     }
 
     #[test]
@@ -163,11 +159,22 @@ mod tests {
     }
 
     #[test]
-    fn help_documents_exit_codes() {
+    fn host_failures_exit_1_and_protocol_outcomes_keep_their_code() {
+        use handoff_core::{Backend, ErrorKind};
+        use handoff_runtime::Error;
+        let code = |e: Error| handoff_cli::exit_code(Runtime::kind(&e));
+        let protocol = |kind| Error::Protocol(handoff_core::Error::new(kind, ""));
+        assert_eq!(code(protocol(ErrorKind::TimedOut)), 3);
+        assert_eq!(code(protocol(ErrorKind::Integrity)), 4);
+        assert_eq!(code(protocol(ErrorKind::Conflict)), 5);
+        assert_eq!(code(protocol(ErrorKind::NotFound)), 1);
+        assert_eq!(Runtime::kind(&Error::Trap(String::new())), None);
+        assert_eq!(code(Error::Trap(String::new())), 1);
+    }
+
+    #[test]
+    fn help_ends_with_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(
-            help.contains("Exit codes:") && help.contains("5  conflict"),
-            "{help}"
-        );
+        assert!(help.trim_end().ends_with(EXIT_CODES), "{help}");
     }
 }

@@ -3,7 +3,13 @@
 // Durations are milliseconds. Every function is synchronous and throws a
 // HandoffError subclass.
 
+/** The protocol core's defaults (crates/handoff-core/src/types.rs); durations in milliseconds. */
 export const DEFAULT_PREFIX: 'step_';
+export const DEFAULT_SETTLE_MS: 30000;
+export const DEFAULT_POLL_MS: 100;
+export const DEFAULT_TTL_MS: 600000;
+export const DEFAULT_GRACE_MS: 3600000;
+export const DEFAULT_SKEW_MS: 120000;
 
 export type U64 = number | bigint;
 export type Verify = 'size' | 'hash';
@@ -41,7 +47,7 @@ export interface GcReport {
 export interface PublishReport {
   version: Version;
   /** Flushes issued, each an fsync(2) through the durability import. */
-  syncs: number;
+  fsyncs: number;
   warnings: string[];
   /** The gc run afterwards, when `keep` was given. */
   gc: GcReport | null;
@@ -85,14 +91,14 @@ export interface WaitOptions {
   timeoutMs?: number;
   /** Default 'size'. */
   verify?: Verify;
-  /** Default 30000. */
+  /** Default `DEFAULT_SETTLE_MS`. */
   settleMs?: number;
-  /** Default 100. */
+  /** Default `DEFAULT_POLL_MS`. */
   pollMs?: number;
   /** Pin the version for this holder before returning it. The holder's other pins stay: unpin the
    * version served before once switched over to this one. */
   pin?: string;
-  /** Default 600000. */
+  /** Default `DEFAULT_TTL_MS`. */
   ttlMs?: number;
   prefix?: string;
 }
@@ -105,17 +111,39 @@ export function wait(root: string, step: U64, options?: WaitOptions): Version;
 export function wait(root: string, options: WaitTarget & WaitOptions): Version;
 export function latest(root: string, options?: { verify?: Verify; prefix?: string }): Version | null;
 export function ls(root: string, options?: { prefix?: string }): StepInfo[];
+/** `ttlMs` defaults to `DEFAULT_TTL_MS`. */
 export function pin(root: string, step: U64, holder: string, options?: { ttlMs?: number; prefix?: string }): PinInfo;
 export function unpin(root: string, step: U64, holder: string, options?: { prefix?: string }): void;
+/** `graceMs` defaults to `DEFAULT_GRACE_MS`, `skewMs` to `DEFAULT_SKEW_MS`. */
 export function gc(root: string, keep: number, options?: { graceMs?: number; skewMs?: number; prefix?: string }): GcReport;
 export function fsck(root: string, options?: { repair?: boolean; prefix?: string }): FsckEntry[];
 export function defaultWriterId(): string;
 
+/** The WIT `error-kind`, or where a failure outside the component came from. */
+export type ErrorKind =
+  | 'timed-out'
+  | 'integrity'
+  | 'conflict'
+  | 'not-found'
+  | 'invalid-input'
+  | 'durability'
+  | 'io'
+  | 'root'
+  | 'source'
+  | 'component';
+
 /** Any handoff failure; `exitCode` is the CLI's code for the same failure. */
 export class HandoffError extends Error {
-  /** The WIT error case, or 'root', 'source', 'component'. */
-  kind: string;
+  constructor(message: string, kind?: ErrorKind, options?: ErrorOptions & { path?: string | null; retryable?: boolean });
+  /** The WIT error kind, or 'root', 'source', 'component'. */
+  kind: ErrorKind;
   exitCode: number;
+  /** The file or directory concerned, where there is one. */
+  path: string | null;
+  /** Whether the same call may succeed later with nothing changed: a timeout,
+   * a step that did not validate yet (a lagging cache), a transient
+   * filesystem error. */
+  retryable: boolean;
 }
 /** name 'TimeoutError', code 'ETIMEDOUT', exitCode 3. */
 export class TimedOutError extends HandoffError {

@@ -15,70 +15,64 @@ import { instantiate } from '../gen/handoff.js';
 import { bulk } from './bulk.js';
 import { durability } from './durability.js';
 
+// The protocol core's defaults (crates/handoff-core/src/types.rs), in
+// milliseconds; tests/defaults.rs checks that they match.
+/** Prefix of step directory names. */
 export const DEFAULT_PREFIX = 'step_';
+/** How long `wait` retries a committed step that does not validate yet. */
+export const DEFAULT_SETTLE_MS = 30_000;
+/** The first interval between `wait`'s attempts. */
+export const DEFAULT_POLL_MS = 100;
+/** How long a pin holds a step. */
+export const DEFAULT_TTL_MS = 600_000;
+/** How long `gc` leaves an untouched staging directory. */
+export const DEFAULT_GRACE_MS = 3_600_000;
+/** The clock-skew allowance `gc` adds to a pin's expiry. */
+export const DEFAULT_SKEW_MS = 120_000;
 
-/** Any handoff failure. `kind` is the WIT error case (or `root`, `source`,
- * `component`); `exitCode` is the CLI's exit code for the same failure. */
+/**
+ * Any handoff failure. `kind` is the WIT `error-kind` (or `root`, `source`,
+ * `component` for failures found outside the component); `exitCode` is the
+ * CLI's exit code for the same failure; `path` is the file or directory
+ * concerned, or null; `retryable` says whether the same call may succeed
+ * later with nothing changed. `options` is Error's (`cause`) plus `path` and
+ * `retryable`.
+ */
 export class HandoffError extends Error {
   exitCode = 1;
-  constructor(message, kind = 'io', options) {
+  constructor(message, kind = 'io', options = {}) {
     super(message, options);
-    this.name = 'HandoffError';
+    this.name = new.target.name;
     this.kind = kind;
+    this.path = options.path ?? null;
+    this.retryable = options.retryable ?? false;
   }
 }
 /** The deadline passed and the step was never committed (CLI exit 3). */
 export class TimedOutError extends HandoffError {
+  name = 'TimeoutError';
   exitCode = 3;
   code = 'ETIMEDOUT';
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'TimeoutError';
-  }
 }
 /** Committed, but a file is missing, short, differs from its hash, or the
  * manifest is unsafe; retried for `settleMs` first (CLI exit 4). */
 export class IntegrityError extends HandoffError {
   exitCode = 4;
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'IntegrityError';
-  }
 }
 /** The step is already published; the existing version is intact (CLI exit 5). */
 export class ConflictError extends HandoffError {
   exitCode = 5;
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'ConflictError';
-  }
 }
 /** A step, pin or path the call names does not exist. */
-export class NotFoundError extends HandoffError {
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'NotFoundError';
-  }
-}
+export class NotFoundError extends HandoffError {}
 /** The arguments are invalid (a bad prefix, holder, source entry). */
-export class InvalidInputError extends HandoffError {
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'InvalidInputError';
-  }
-}
+export class InvalidInputError extends HandoffError {}
 /** A flush failed; nothing was announced. Do not retry the same publish. */
-export class DurabilityError extends HandoffError {
-  constructor(message, kind, options) {
-    super(message, kind, options);
-    this.name = 'DurabilityError';
-  }
-}
+export class DurabilityError extends HandoffError {}
 /** The component could not be loaded, or trapped. */
 export class ComponentError extends HandoffError {
-  constructor(message, kind = 'component', options) {
+  constructor(message, kind = 'component', options = {}) {
     super(message, kind, options);
-    this.name = 'ComponentError';
   }
 }
 
@@ -136,7 +130,7 @@ export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, k
  */
 export function wait(root, stepOrOptions, options = {}) {
   const opts = typeof stepOrOptions === 'object' && stepOrOptions !== null ? stepOrOptions : { ...options, step: stepOrOptions };
-  const { step, latest = false, after, timeoutMs, verify = 'size', settleMs = 30_000, pollMs = 100, pin, ttlMs = 600_000, prefix = DEFAULT_PREFIX } = opts;
+  const { step, latest = false, after, timeoutMs, verify = 'size', settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, pin, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
   const chosen = [step !== undefined, latest === true, after !== undefined].filter(Boolean).length;
   if (chosen !== 1) throw new TypeError('give exactly one of step, latest: true or after');
   const target =
@@ -176,7 +170,7 @@ export function ls(root, { prefix = DEFAULT_PREFIX } = {}) {
  * clock); pinning again renews the pin, so a reader that loads for longer
  * than `ttlMs` pins again before it runs out. A step that is not committed,
  * or that gc has claimed for removal, throws NotFoundError. */
-export function pin(root, step, holder, { ttlMs = 600_000, prefix = DEFAULT_PREFIX } = {}) {
+export function pin(root, step, holder, { ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = {}) {
   const rootPath = dir(root, 'root');
   const info = call('pin', [rootPath], [rootPath, prefix, u64(step, 'step'), holder, ms(ttlMs, 'ttlMs')]);
   return { step: num(info.step), holder: info.holder, expiresMs: num(info.expiresMs) };
@@ -191,7 +185,7 @@ export function unpin(root, step, holder, { prefix = DEFAULT_PREFIX } = {}) {
 /** Remove committed steps beyond the newest `keep` (at least 1) that no
  * unexpired pin holds (`STABLE` first), and staging directories untouched
  * for longer than `graceMs`. A pin counts until its expiry plus `skewMs`. */
-export function gc(root, keep, { graceMs = 3_600_000, skewMs = 120_000, prefix = DEFAULT_PREFIX } = {}) {
+export function gc(root, keep, { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SKEW_MS, prefix = DEFAULT_PREFIX } = {}) {
   if (!Number.isInteger(keep) || keep < 1 || keep > 0xffffffff) throw new RangeError(`keep must be an integer of at least 1, not ${keep}`);
   const rootPath = dir(root, 'root');
   const r = call('gc', [rootPath], [rootPath, { prefix, keep, graceMs: ms(graceMs, 'graceMs'), skewMs: ms(skewMs, 'skewMs') }]);
@@ -259,11 +253,11 @@ function call(name, dirs, args) {
   try {
     return exports[name](...args);
   } catch (e) {
-    // jco throws the WIT `error` variant ({tag, val}), or a ComponentError
-    // wrapping it as `payload`, depending on its version.
+    // jco throws the WIT `error` record ({kind, message, path, retryable}),
+    // or a ComponentError wrapping it as `payload`, depending on its version.
     const err = e && typeof e === 'object' && 'payload' in e ? e.payload : e;
-    if (err && typeof err.tag === 'string' && typeof err.val === 'string') {
-      throw new (BY_KIND[err.tag] ?? HandoffError)(err.val, err.tag);
+    if (err && typeof err.kind === 'string' && typeof err.message === 'string' && typeof err.retryable === 'boolean') {
+      throw new (BY_KIND[err.kind] ?? HandoffError)(err.message, err.kind, { path: err.path ?? null, retryable: err.retryable });
     }
     protocol = null; // a trapped instance cannot be used again
     throw new ComponentError(`component trapped: ${e?.message ?? e}`, 'component', { cause: e });
@@ -282,10 +276,10 @@ function afterWrite(rootPath, report, prefix, keep, verb) {
       gcReport = gc(rootPath, keep, { prefix });
     } catch (e) {
       if (!(e instanceof HandoffError)) throw e;
-      throw new e.constructor(`step ${v.step} was ${verb}, but the gc after it failed: ${e.message}`, e.kind, { cause: e });
+      throw new e.constructor(`step ${v.step} was ${verb}, but the gc after it failed: ${e.message}`, e.kind, { cause: e, path: e.path, retryable: e.retryable });
     }
   }
-  return { version: v, syncs: report.syncs, warnings: report.warnings, gc: gcReport };
+  return { version: v, fsyncs: num(report.fsyncs), warnings: report.warnings, gc: gcReport };
 }
 
 function version(v) {
@@ -314,9 +308,9 @@ function dir(path, what) {
   try {
     canonical = realpathSync(String(path));
   } catch (e) {
-    throw new HandoffError(`${what} ${path}: ${reason(e)}`, what);
+    throw new HandoffError(`${what} ${path}: ${reason(e)}`, what, { path: String(path) });
   }
-  if (!statSync(canonical).isDirectory()) throw new HandoffError(`${what} ${path}: not a directory`, what);
+  if (!statSync(canonical).isDirectory()) throw new HandoffError(`${what} ${path}: not a directory`, what, { path: canonical });
   return canonical;
 }
 

@@ -42,17 +42,17 @@ test('publish then wait returns the same version', () => {
     ['adapter_config.json', 'adapter_model.safetensors', 'sub/extra.bin'],
   );
   assert.equal(report.version.bytes, 65536 + 8 + 10);
-  assert.ok(report.syncs >= 6);
+  assert.ok(report.fsyncs >= 6);
   assert.deepEqual(report.warnings, []);
   assert.equal(readFileSync(join(root, 'step_3', 'STABLE')).length, 0);
   assert.deepEqual(handoff.wait(root, 3, { verify: 'hash', timeoutMs: 1000 }), report.version);
 });
 
-test('every sync goes through the durability import', () => {
+test('every reported fsync goes through the durability import', () => {
   const { root, src } = fixture();
   const before = stats.file + stats.directory;
   const report = handoff.publish(root, 1, src);
-  assert.equal(stats.file + stats.directory - before, report.syncs);
+  assert.equal(stats.file + stats.directory - before, report.fsyncs);
   assert.ok(stats.directory > 0 && stats.file > 0);
 });
 
@@ -65,7 +65,8 @@ test('a second publish is a conflict and the first stays intact', () => {
   writeFileSync(join(other, 'adapter_model.safetensors'), 'different');
   assert.throws(
     () => handoff.publish(root, 1, other, { writer: 'b' }),
-    (e) => e instanceof handoff.ConflictError && e.exitCode === 5 && /already published/.test(e.message),
+    (e) =>
+      e instanceof handoff.ConflictError && e.name === 'ConflictError' && e.exitCode === 5 && e.kind === 'conflict' && e.retryable === false && /already published/.test(e.message),
   );
   assert.deepEqual(readFileSync(join(root, 'step_1', 'handoff.manifest.json')), manifest);
   assert.deepEqual(handoff.wait(root, 1, { verify: 'hash', timeoutMs: 1000 }), first.version);
@@ -174,13 +175,36 @@ test('errors: missing step, bad holder, missing root, bad arguments', () => {
   const missing = join(dir, 'nope');
   assert.throws(
     () => handoff.ls(missing),
-    (e) => e instanceof handoff.HandoffError && e.message.startsWith(`root ${missing}: `) && e.exitCode === 1,
+    (e) =>
+      e instanceof handoff.HandoffError && e.message.startsWith(`root ${missing}: `) && e.exitCode === 1 && e.kind === 'root' && e.path === missing && e.retryable === false,
   );
   assert.throws(() => handoff.wait(root, {}), TypeError);
   assert.throws(() => handoff.wait(root, { step: 1, latest: true }), TypeError);
   assert.throws(() => handoff.wait(root, 1, { verify: 'sha1' }), RangeError);
   assert.throws(() => handoff.gc(root, 0), RangeError);
   assert.throws(() => handoff.publish(root, -1, src), RangeError);
+});
+
+test('a missing manifest is a retryable integrity error naming it', () => {
+  const { root } = fixture();
+  mkdirSync(join(root, 'step_2'));
+  writeFileSync(join(root, 'step_2', 'STABLE'), '');
+  assert.throws(
+    () => handoff.wait(root, 2, { timeoutMs: 5000, settleMs: 100 }),
+    (e) =>
+      e instanceof handoff.IntegrityError &&
+      e.kind === 'integrity' &&
+      e.path === join(realpathSync(root), 'step_2', 'handoff.manifest.json') &&
+      e.retryable === true,
+  );
+});
+
+test('a timeout is retryable and named TimeoutError', () => {
+  const { root } = fixture();
+  assert.throws(
+    () => handoff.wait(root, 9, { timeoutMs: 100 }),
+    (e) => e instanceof handoff.TimedOutError && e.name === 'TimeoutError' && e.kind === 'timed-out' && e.path === null && e.retryable === true,
+  );
 });
 
 test('a call sees only its own directories', () => {
@@ -192,16 +216,16 @@ test('a call sees only its own directories', () => {
   assert.equal(handoff.wait(a.root, 1, { timeoutMs: 100 }).step, 1);
 });
 
-test('every sync is a real fsync', { skip: spawnSync('strace', ['-V']).error ? 'strace is not installed' : false }, () => {
+test('every reported fsync is a real fsync', { skip: spawnSync('strace', ['-V']).error ? 'strace is not installed' : false }, () => {
   const { dir, root, src } = fixture();
   const trace = join(dir, 'trace');
   const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
-  const script = `import * as h from ${JSON.stringify(index)}; h.ls(${JSON.stringify(root)}); console.log(h.publish(${JSON.stringify(root)}, 1, ${JSON.stringify(src)}).syncs);`;
+  const script = `import * as h from ${JSON.stringify(index)}; h.ls(${JSON.stringify(root)}); console.log(h.publish(${JSON.stringify(root)}, 1, ${JSON.stringify(src)}).fsyncs);`;
   const out = execFileSync('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=fsync,fdatasync', process.execPath, '--input-type=module', '-e', script], {
     encoding: 'utf8',
   });
-  const syncs = Number(out.trim());
+  const reported = Number(out.trim());
   const fsyncs = readFileSync(trace, 'utf8').split('\n').filter((l) => l.includes('fsync(') && l.includes('= 0'));
-  assert.ok(syncs >= 6);
-  assert.ok(fsyncs.length >= syncs, `${syncs} syncs, ${fsyncs.length} fsyncs`);
+  assert.ok(reported >= 6);
+  assert.ok(fsyncs.length >= reported, `${reported} reported, ${fsyncs.length} traced`);
 });

@@ -27,7 +27,7 @@ def test_publish_then_wait_returns_the_same_version(root, src):
         "sub/extra.bin",
     ]
     assert report.version.bytes == 65536 + 8 + 10
-    assert report.syncs >= 6 and report.warnings == ()
+    assert report.fsyncs >= 6 and report.warnings == ()
     assert (root / "step_3" / "STABLE").read_bytes() == b""
 
     version = handoff.wait(root, 3, verify="hash", timeout=1)
@@ -43,8 +43,9 @@ def test_second_publish_is_a_conflict_and_the_first_stays_intact(root, src, tmp_
 
     with pytest.raises(handoff.ConflictError) as err:
         handoff.publish(root, 1, other, writer="b")
-    assert err.value.exit_code == 5
+    assert err.value.exit_code == 5 and err.value.kind == "conflict"
     assert "already published" in str(err.value) and str(root.resolve()) in str(err.value)
+    assert err.value.retryable is False
 
     assert (root / "step_1" / "handoff.manifest.json").read_bytes() == manifest
     assert handoff.wait(root, 1, verify="hash", timeout=1) == first.version
@@ -76,6 +77,16 @@ def test_a_short_file_is_an_integrity_error_naming_it(root, src):
     assert str(payload.resolve()) in str(err.value)
 
 
+def test_a_missing_manifest_is_a_retryable_integrity_error_with_its_path(root):
+    (root / "step_2").mkdir()
+    (root / "step_2" / "STABLE").touch()
+    with pytest.raises(handoff.IntegrityError) as err:
+        handoff.wait(root, 2, timeout=5, settle=0.1)
+    assert err.value.kind == "integrity"
+    assert err.value.path == str(root.resolve() / "step_2" / "handoff.manifest.json")
+    assert err.value.retryable is True
+
+
 def test_wait_times_out_within_its_timeout(root):
     handoff.ls(root)  # load the component first: only the wait is timed
     start = time.monotonic()
@@ -84,8 +95,9 @@ def test_wait_times_out_within_its_timeout(root):
     elapsed = time.monotonic() - start
     assert 0.3 <= elapsed < 0.8, elapsed
     assert isinstance(err.value, TimeoutError)
-    assert err.value.exit_code == 3
+    assert err.value.exit_code == 3 and err.value.kind == "timed-out"
     assert "step 9 is not committed" in str(err.value)
+    assert err.value.retryable is True
 
 
 def test_wait_sees_a_step_published_by_another_thread(root, src):
@@ -188,6 +200,18 @@ def test_missing_root_names_the_path(tmp_path):
         handoff.ls(missing)
     assert str(err.value).startswith(f"root {missing}: ")
     assert err.value.exit_code == 1
+    assert (err.value.kind, err.value.path, err.value.retryable) == ("root", str(missing), False)
+
+
+def test_a_failed_gc_after_a_publish_keeps_the_error_s_attributes(root, src, monkeypatch):
+    def failing_gc(*args, **kwargs):
+        raise handoff.DurabilityError("flush failed", "durability", path="/x/step_1", retryable=True)
+
+    monkeypatch.setattr(handoff, "gc", failing_gc)
+    with pytest.raises(handoff.DurabilityError) as err:
+        handoff.publish(root, 1, src, keep=1)
+    assert str(err.value).startswith("step 1 was published, but the gc after it failed: flush failed")
+    assert (err.value.kind, err.value.path, err.value.retryable) == ("durability", "/x/step_1", True)
 
 
 def test_argument_errors_are_value_errors(root):
@@ -240,14 +264,14 @@ def test_a_torn_cache_file_is_recompiled(tmp_path, root):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-def test_every_sync_is_a_real_fsync(tmp_path, root, src):
+def test_every_reported_fsync_is_a_real_fsync(tmp_path, root, src):
     """durability answers `unsupported`; the fallback must still reach fsync(2)."""
     trace = tmp_path / "trace"
     script = textwrap.dedent(
         f"""
         import handoff
         handoff.ls({str(root)!r})  # load the component before the marker
-        print(handoff.publish({str(root)!r}, 1, {str(src)!r}).syncs)
+        print(handoff.publish({str(root)!r}, 1, {str(src)!r}).fsyncs)
         """
     )
     out = subprocess.run(
@@ -256,7 +280,7 @@ def test_every_sync_is_a_real_fsync(tmp_path, root, src):
         capture_output=True,
         text=True,
     )
-    syncs = int(out.stdout.strip())
+    reported = int(out.stdout.strip())
     fsyncs = [line for line in trace.read_text().splitlines() if "fsync(" in line and "= 0" in line]
-    assert syncs >= 6
-    assert len(fsyncs) >= syncs, (syncs, fsyncs)
+    assert reported >= 6
+    assert len(fsyncs) >= reported, (reported, fsyncs)

@@ -13,14 +13,16 @@
 //!   directory and R (GNU `sync FILE...` fsyncs each). A bare `sync` would
 //!   also flush every other process's dirty data on this shared machine.
 
-use crate::report::{Report, Target};
-use crate::stats::{Rng, median_ms, round, samples_ms};
+use handoff_testkit::Rng;
+
+use crate::report::{Goal, Report};
+use crate::stats::{median_ms, round, samples_ms};
 use crate::{Bench, note, payload, proc};
 
 pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let src = b.fresh_dir("copy-src")?;
     let root = b.fresh_dir("copy-root")?;
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_time();
     let names = [
         "model-00001-of-00004.safetensors",
         "model-00002-of-00004.safetensors",
@@ -88,7 +90,7 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
             rate(h),
             rate(c)
         ),
-        Some(Target::AtLeast(0.9)),
+        Some(Goal::AtLeast(0.9)),
     );
     // This VM has slow periods in which any 1 GiB copy takes 2-3x as long;
     // one can swallow most of one side's samples and move a median. The

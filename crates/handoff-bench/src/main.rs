@@ -44,7 +44,8 @@ struct Args {
     /// Print one JSON object on stdout (progress still goes to stderr)
     #[arg(long)]
     json: bool,
-    /// The `handoff` binary to measure [default: build it with cargo, next to this one]
+    /// The `handoff` binary to measure [default: $HANDOFF_BIN, else build it
+    /// with cargo, next to this one]
     #[arg(long, value_name = "PATH")]
     handoff: Option<PathBuf>,
     /// Measure this component build instead of the embedded one (passed to
@@ -305,23 +306,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Build the `handoff` binary with the same profile as this one (a no-op
-/// when it is up to date) and return its path, next to this executable.
+/// `$HANDOFF_BIN`, else the `handoff` binary built now with the same
+/// profile as this one (a no-op when it is up to date), next to this
+/// executable.
 fn build_handoff(workspace: &Path) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("failed to find this executable")?;
-    let dir = exe.parent().context("this executable has no directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    note!("building handoff (cargo build --release -p handoff) ...");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "handoff"])
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .status()
-        .context("failed to run cargo to build handoff")?;
-    if !status.success() {
-        bail!("cargo build --release -p handoff failed ({status})");
-    }
-    let path = dir.join("handoff");
+    note!("finding handoff ($HANDOFF_BIN, else cargo build -p handoff in this profile) ...");
+    handoff_testkit::proc::build_handoff(workspace).map_err(anyhow::Error::msg)?;
+    let path = handoff_testkit::proc::handoff_binary();
     if !path.is_file() {
         bail!(
             "{} is missing after the build; pass --handoff PATH",

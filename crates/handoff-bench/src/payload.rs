@@ -1,13 +1,10 @@
 //! Writing payloads: fresh bytes each time, so every fsync has real data to
 //! flush.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-
-use crate::stats::Rng;
+use handoff_testkit::{Rng, write_random};
 
 /// The small file of an adapter, as PEFT writes it.
 pub const CONFIG_NAME: &str = "adapter_config.json";
@@ -30,22 +27,7 @@ pub fn adapter(dir: &Path, total: u64, rng: &mut Rng) -> anyhow::Result<()> {
 
 /// Write `size` fresh bytes to `path`, not synced.
 pub fn file(path: &Path, size: u64, rng: &mut Rng) -> anyhow::Result<()> {
-    let mut block = vec![0u8; 1 << 20];
-    rng.fill(&mut block);
-    let mut out =
-        File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
-    let mut left = size;
-    let mut n: u64 = 0;
-    while left > 0 {
-        // Vary each block a little, so no two blocks (or runs) are equal.
-        block[..8].copy_from_slice(&(n ^ rng.next_u64()).to_le_bytes());
-        let len = left.min(block.len() as u64) as usize;
-        out.write_all(&block[..len])
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        left -= len as u64;
-        n += 1;
-    }
-    Ok(())
+    write_random(path, size, rng).with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Remove a directory tree if it is there.

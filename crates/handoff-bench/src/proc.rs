@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use handoff_testkit::proc::succeeded;
 
 /// Run `cmd` to completion and return its wall time, from just before the
 /// spawn to just after it was reaped. Fails, with its stderr, unless it
@@ -19,13 +20,7 @@ pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
         .output()
         .with_context(|| format!("failed to run {cmd:?}"))?;
     let elapsed = start.elapsed();
-    if !output.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    succeeded(format_args!("{cmd:?}"), output)?;
     Ok(elapsed)
 }
 
@@ -35,13 +30,7 @@ pub fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
     let output = cmd
         .output()
         .with_context(|| format!("failed to run {cmd:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    let output = succeeded(format_args!("{cmd:?}"), output)?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

@@ -15,11 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use handoff_runtime::{WaitOptions, WriteOptions};
+use handoff_runtime::{Backend as _, WaitOptions, WriteOptions, default_writer_id};
+use handoff_testkit::Rng;
 
 use crate::proc::Watched;
-use crate::report::{Report, Target};
-use crate::stats::{Rng, round};
+use crate::report::{Goal, Report};
+use crate::stats::round;
 use crate::{Bench, note, payload, proc};
 
 /// Syscalls that look up, open, list or inspect names: what costs a round
@@ -183,11 +184,11 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     };
     let root = b.fresh_dir("readers-root")?;
     let src = b.fresh_dir("readers-src")?;
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_time();
     payload::adapter(&src, 1 << 20, &mut rng)?;
     for step in 1..=3 {
         b.runtime
-            .publish(&root, step, &src, &WriteOptions::default())
+            .publish(&root, step, &src, &WriteOptions::new(default_writer_id()))
             .context("failed to publish")?;
     }
     let poll = WaitOptions::default().poll.as_millis() as u64;
@@ -283,7 +284,7 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
             "{n} handoff wait --step processes, {secs:.0} s window, {} (target 1000/poll x 4)",
             counter.name()
         ),
-        Some(Target::AtMost(limit)),
+        Some(Goal::AtMost(limit)),
     );
     report.set("readers", n);
     report.set("reader_counter", counter.name());
@@ -294,7 +295,7 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         format!(
             "{n} handoff wait --after processes (what watch does): the root is listed each poll"
         ),
-        Some(Target::AtMost(limit)),
+        Some(Goal::AtMost(limit)),
     );
     report.set("reader_syscalls_after", serde_json::json!(rates[1].1));
     match rates.get(2) {

@@ -3,25 +3,25 @@
 use serde_json::Value;
 
 /// How a figure compares with its target.
-pub enum Target {
+pub enum Goal {
     /// At most this much.
     AtMost(f64),
     /// At least this much.
     AtLeast(f64),
 }
 
-impl Target {
+impl Goal {
     fn text(&self) -> String {
         match self {
-            Target::AtMost(t) => format!("<= {t}"),
-            Target::AtLeast(t) => format!(">= {t}"),
+            Goal::AtMost(t) => format!("<= {t}"),
+            Goal::AtLeast(t) => format!(">= {t}"),
         }
     }
 
     fn met(&self, value: f64) -> bool {
         match self {
-            Target::AtMost(t) => value <= *t,
-            Target::AtLeast(t) => value >= *t,
+            Goal::AtMost(t) => value <= *t,
+            Goal::AtLeast(t) => value >= *t,
         }
     }
 }
@@ -30,7 +30,7 @@ struct Row {
     key: String,
     value: Option<f64>,
     detail: String,
-    target: Option<Target>,
+    target: Option<Goal>,
 }
 
 /// Keys in the order they were set, so the JSON reads like the table;
@@ -59,13 +59,7 @@ impl Report {
 
     /// A headline figure: set in the JSON and shown in the table with what
     /// it was computed from and, when it has one, its target.
-    pub fn figure(
-        &mut self,
-        key: &str,
-        value: Option<f64>,
-        detail: String,
-        target: Option<Target>,
-    ) {
+    pub fn figure(&mut self, key: &str, value: Option<f64>, detail: String, target: Option<Goal>) {
         self.set(key, value.map(|v| crate::stats::round(v, 3)));
         if let Some(t) = &target {
             self.targets.insert(

@@ -25,10 +25,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use handoff_runtime::WriteOptions;
+use handoff_runtime::{Backend as _, WriteOptions, default_writer_id};
+use handoff_testkit::Rng;
 
-use crate::report::{Report, Target};
-use crate::stats::{Rng, median_ms, round, samples_ms};
+use crate::report::{Goal, Report};
+use crate::stats::{median_ms, round, samples_ms};
 use crate::{Bench, note, payload, proc};
 
 /// What prime-rl PR #2391 proposes after writing an adapter: fsync each
@@ -58,10 +59,10 @@ enum Variant {
 
 pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let root = b.fresh_dir("seal")?;
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_time();
     let options = WriteOptions {
         writer: "handoff-bench".to_string(),
-        ..WriteOptions::default()
+        ..WriteOptions::new(default_writer_id())
     };
     let mut variants = vec![Variant::Library, Variant::Native, Variant::Process];
     if b.python.is_some() {
@@ -122,7 +123,7 @@ pub fn run(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "seal_ratio_vs_native",
         Some(lib / native),
         format!("handoff seal (library) {lib:.1} ms / native fsyncs {native:.1} ms, {mib} MiB"),
-        Some(Target::AtMost(1.10)),
+        Some(Goal::AtMost(1.10)),
     );
     if b.python.is_some() {
         let python = median_ms(&times[Variant::Python as usize]);

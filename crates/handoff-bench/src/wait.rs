@@ -7,11 +7,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use handoff_runtime::{WaitOptions, WriteOptions};
+use handoff_runtime::{Backend as _, WaitOptions, WriteOptions, default_writer_id};
+use handoff_testkit::Rng;
 
 use crate::proc::Watched;
-use crate::report::{Report, Target};
-use crate::stats::{Rng, median, median_ms, round, samples_ms};
+use crate::report::{Goal, Report};
+use crate::stats::{median, median_ms, round, samples_ms};
 use crate::{Bench, note, payload, proc};
 
 /// The naive reader: poll for `STABLE` with `os.path.exists`.
@@ -41,7 +42,7 @@ pub fn latency(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let root = b.fresh_dir("wait-root")?;
     let stage = b.fresh_dir("wait-stage")?;
     let src = b.fresh_dir("wait-src")?;
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_time();
     payload::adapter(&src, 1 << 20, &mut rng)?;
     let poll = default_poll_ms();
     let mut groups: Vec<(&str, Vec<f64>)> = vec![
@@ -52,7 +53,7 @@ pub fn latency(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     for commit in 0..b.plan.commits {
         let step = commit as u64 + 1;
         b.runtime
-            .publish(&stage, step, &src, &WriteOptions::default())
+            .publish(&stage, step, &src, &WriteOptions::new(default_writer_id()))
             .context("failed to prepare the step in staging")?;
         let stable = root.join(format!("step_{step}")).join("STABLE");
         let mut waiters: Vec<(usize, Watched)> = Vec::new();
@@ -112,7 +113,7 @@ pub fn latency(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
             "rename -> waiter exit, median of {} (poll {poll} ms; target poll + 5 ms)",
             groups[0].1.len()
         ),
-        Some(Target::AtMost(poll as f64 + 5.0)),
+        Some(Goal::AtMost(poll as f64 + 5.0)),
     );
     // handoff has no change-notification path (WASI offers none to the
     // component): every reader polls.
@@ -156,10 +157,10 @@ fn wait_cmd(b: &Bench, root: &Path, step: u64, poll_ms: u64) -> Command {
 pub fn process(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let root = b.fresh_dir("process-root")?;
     let src = b.fresh_dir("process-src")?;
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_time();
     payload::adapter(&src, 1 << 20, &mut rng)?;
     b.runtime
-        .publish(&root, 1, &src, &WriteOptions::default())
+        .publish(&root, 1, &src, &WriteOptions::new(default_writer_id()))
         .context("failed to publish the step")?;
     let wait = |cold: bool| {
         let mut cmd = b.handoff_cmd();
@@ -193,7 +194,7 @@ pub fn process(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
             "handoff wait on a published step, component from the cache, median of {}",
             warm.len()
         ),
-        Some(Target::AtMost(20.0)),
+        Some(Goal::AtMost(20.0)),
     );
     report.figure(
         "wait_process_cold_ms",
@@ -259,7 +260,7 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "idle_waiter_cpu_percent",
         Some(h),
         format!("handoff wait, nothing published, {window:.0} s window (poll {poll} ms)"),
-        Some(Target::AtMost(1.0)),
+        Some(Goal::AtMost(1.0)),
     );
     report.set("idle_window_s", round(window, 1));
     report.set(

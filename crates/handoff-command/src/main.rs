@@ -15,15 +15,15 @@ use std::cell::Cell;
 use std::io::Write as _;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use handoff_cli::{Backend, Class, EXIT_CODES, Global, Written};
+use handoff_cli::{EXIT_CODES, Global};
 use handoff_core::{
-    self as core, Clock as _, FsckEntry, GcOptions, GcReport, PinInfo, StepInfo, Target, Version,
-    WaitOptions, WriteOptions,
+    self as core, Backend, ErrorKind, FsckEntry, GcOptions, GcReport, PinInfo, Platform as _,
+    PublishReport, StepInfo, Target, Verify, Version, WaitOptions, WriteOptions,
 };
-use handoff_wasi::{DescriptorSync, Host, WasiClock, WasiDir};
+use handoff_wasi::{DescriptorSync, Offload, WasiDir, WasiPlatform};
 use wasip2::filesystem::types::Descriptor;
 
 /// What `--help` adds for this build: where directories come from and what
@@ -61,7 +61,7 @@ fn main() {
             exit(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let json = cli.command.json();
+    let json = cli.global.json;
     let result = handoff_cli::run(&Wasi, &cli.global, cli.command);
     exit(handoff_cli::report::<Wasi>(result, json));
 }
@@ -86,8 +86,8 @@ struct Wasi;
 impl Backend for Wasi {
     type Error = core::Error;
 
-    fn class(error: &core::Error) -> Class {
-        Class::of(error)
+    fn protocol_error(error: &core::Error) -> Option<&core::Error> {
+        Some(error)
     }
 
     /// `<$HOSTNAME or wasi>:<random>`: a WASI program has no process id, and
@@ -97,7 +97,7 @@ impl Backend for Wasi {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "wasi".to_string());
-        format!("{host}:{:08x}", WasiClock.random_u64() as u32)
+        format!("{host}:{:08x}", WasiPlatform.random_u64() as u32)
     }
 
     fn publish(
@@ -106,19 +106,24 @@ impl Backend for Wasi {
         step: u64,
         source: &Path,
         options: &WriteOptions,
-    ) -> Result<Written, core::Error> {
+    ) -> Result<PublishReport, core::Error> {
         let flush = Counted::default();
         let root = open(root, flush.clone())?;
         let source = open(source, flush.clone())?;
-        let report = core::publish(&root, &source, &WasiClock, step, options)?;
-        Ok(flush.written(report))
+        let report = core::publish(&root, &source, &WasiPlatform, step, options)?;
+        Ok(flush.timed(report))
     }
 
-    fn seal(&self, root: &Path, step: u64, options: &WriteOptions) -> Result<Written, core::Error> {
+    fn seal(
+        &self,
+        root: &Path,
+        step: u64,
+        options: &WriteOptions,
+    ) -> Result<PublishReport, core::Error> {
         let flush = Counted::default();
         let root = open(root, flush.clone())?;
-        let report = core::seal(&root, &WasiClock, step, options)?;
-        Ok(flush.written(report))
+        let report = core::seal(&root, &WasiPlatform, step, options)?;
+        Ok(flush.timed(report))
     }
 
     fn wait(
@@ -128,7 +133,17 @@ impl Backend for Wasi {
         options: &WaitOptions,
     ) -> Result<Version, core::Error> {
         let root = open(root, Counted::default())?;
-        core::wait(&root, &WasiClock, target, options)
+        core::wait(&root, &WasiPlatform, target, options)
+    }
+
+    fn latest(
+        &self,
+        root: &Path,
+        prefix: &str,
+        verify: Verify,
+    ) -> Result<Option<Version>, core::Error> {
+        let root = open(root, Counted::default())?;
+        core::latest(&root, prefix, verify)
     }
 
     fn list(&self, root: &Path, prefix: &str) -> Result<Vec<StepInfo>, core::Error> {
@@ -142,10 +157,10 @@ impl Backend for Wasi {
         prefix: &str,
         step: u64,
         holder: &str,
-        ttl_ms: u64,
+        ttl: Duration,
     ) -> Result<PinInfo, core::Error> {
         let root = open(root, Counted::default())?;
-        core::pin(&root, &WasiClock, prefix, step, holder, ttl_ms)
+        core::pin(&root, &WasiPlatform, prefix, step, holder, ttl)
     }
 
     fn unpin(&self, root: &Path, prefix: &str, step: u64, holder: &str) -> Result<(), core::Error> {
@@ -155,19 +170,24 @@ impl Backend for Wasi {
 
     fn gc(&self, root: &Path, options: &GcOptions) -> Result<GcReport, core::Error> {
         let root = open(root, Counted::default())?;
-        core::gc(&root, &WasiClock, options)
+        core::gc(&root, &WasiPlatform, options)
     }
 
     fn fsck(&self, root: &Path, prefix: &str, repair: bool) -> Result<Vec<FsckEntry>, core::Error> {
         let root = open(root, Counted::default())?;
-        core::fsck(&root, &WasiClock, prefix, repair)
+        core::fsck(&root, &WasiPlatform, prefix, repair)
     }
 }
 
 /// A directory given on the command line, by its guest path.
 fn open(path: &Path, flush: Counted) -> Result<WasiDir<Counted>, core::Error> {
     let text = path.to_str().ok_or_else(|| {
-        core::Error::InvalidInput(format!("{} is not valid UTF-8", path.display()))
+        let shown = path.display();
+        core::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{shown} is not valid UTF-8"),
+        )
+        .at(shown.to_string())
     })?;
     WasiDir::open(text, flush)
 }
@@ -196,16 +216,17 @@ impl Counted {
         out
     }
 
-    fn written(&self, report: core::PublishReport) -> Written {
-        Written {
-            report,
+    /// The report, with the flushes as this command made and timed them.
+    fn timed(&self, report: PublishReport) -> PublishReport {
+        PublishReport {
             fsyncs: self.0.calls.get(),
             fsync_ms: self.0.nanos.get() as f64 / 1e6,
+            ..report
         }
     }
 }
 
-impl Host for Counted {
+impl Offload for Counted {
     fn sync_file(&self, file: &Descriptor) -> std::io::Result<()> {
         self.time(|| DescriptorSync.sync_file(file))
     }

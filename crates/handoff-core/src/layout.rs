@@ -1,6 +1,6 @@
 //! Names in the broadcast root.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// The protocol's own directory in the root.
 pub const HANDOFF_DIR: &str = ".handoff";
@@ -23,9 +23,12 @@ pub const MANIFEST_TMP_NAME: &str = ".handoff.manifest.json.tmp";
 /// Check a step directory prefix: one path component's start, not hidden.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.contains(['/', '\\', '\0']) || prefix.starts_with('.') {
-        return Err(Error::InvalidInput(format!(
-            "invalid prefix {prefix:?}: it must not contain `/`, `\\` or NUL, nor start with `.`"
-        )));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid prefix {prefix:?}: it must not contain `/`, `\\` or NUL, nor start with `.`"
+            ),
+        ));
     }
     Ok(())
 }

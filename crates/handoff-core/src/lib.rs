@@ -3,27 +3,43 @@
 //! and retain it while readers hold it.
 //!
 //! This crate is the protocol alone, as plain Rust over the [`Storage`] and
-//! [`Clock`] traits: the component runs it over WASI descriptors, the
+//! [`Platform`] traits: the component runs it over WASI descriptors, the
 //! simulation over a model of a crashing disk. docs/PROTOCOL.md describes the
 //! on-disk layout and the ordering arguments.
+//!
+//! Its modules are layered, each using only those above it:
+//! - [`error`], [`types`], [`layout`], [`manifest`]: values and names;
+//! - `storage`: the traits every effect goes through;
+//! - `tree`: counted flushes, durable directory creation, streamed hashing;
+//! - `validate`: one attempt to accept a committed step;
+//! - `retain` (pin, gc, fsck), then `read` (wait, which may pin) and `write`;
+//! - [`Backend`]: the same operations on a root given by its path, as the
+//!   runtime and the WASI command provide them.
 #![deny(missing_docs)]
 
-mod error;
+mod backend;
+pub mod error;
 pub mod layout;
 pub mod manifest;
 mod read;
 mod retain;
 mod storage;
+mod tree;
+pub mod types;
+mod validate;
 mod write;
 
-pub use error::{Error, Result};
+pub use backend::Backend;
+pub use error::{Error, ErrorKind, Result};
 pub use manifest::{FileEntry, Manifest};
-pub use read::{
-    PinRequest, StepInfo, StepState, Target, Verify, Version, WaitOptions, latest, list, wait,
+pub use read::{latest, list, wait};
+pub use retain::{check_holder, fsck, gc, pin, unpin};
+pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
+pub use types::{
+    DEFAULT_PREFIX, FsckEntry, GcOptions, GcReport, PinInfo, PinRequest, PublishReport, StepInfo,
+    StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
 };
-pub use retain::{FsckEntry, GcOptions, GcReport, PinInfo, check_holder, fsck, gc, pin, unpin};
-pub use storage::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
-pub use write::{PublishReport, WriteOptions, publish, seal};
+pub use write::{publish, seal};
 
 #[cfg(test)]
 mod testfs;

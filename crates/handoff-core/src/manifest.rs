@@ -66,27 +66,38 @@ impl Manifest {
         bytes
     }
 
-    /// Parse and check a manifest read from disk. The error text says what is
+    /// Parse and check a manifest read from disk. The reason says what is
     /// wrong, without the file's name (the caller adds it).
-    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, BadManifest> {
+        // Not JSON, or a malformed entry, may be a torn read through a stale
+        // cache: a later read can succeed. An unsupported version or an
+        // unsafe path is what the writer wrote.
+        let retry = |reason: String| BadManifest {
+            reason,
+            permanent: false,
+        };
+        let never = |reason: String| BadManifest {
+            reason,
+            permanent: true,
+        };
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| retry(format!("not a valid manifest: {e}")))?;
         if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&manifest.version) {
-            return Err(format!(
+            return Err(never(format!(
                 "protocol version {} is not supported (this build reads \
                  {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                 manifest.version
-            ));
+            )));
         }
         let mut previous: Option<&str> = None;
         for file in &manifest.files {
-            check_payload_path(&file.path)?;
+            check_payload_path(&file.path).map_err(never)?;
             if let Some(prev) = previous {
                 if prev == file.path {
-                    return Err(format!("duplicate entry {:?}", file.path));
+                    return Err(retry(format!("duplicate entry {:?}", file.path)));
                 }
                 if prev > file.path.as_str() {
-                    return Err(format!("entries not sorted at {:?}", file.path));
+                    return Err(retry(format!("entries not sorted at {:?}", file.path)));
                 }
             }
             if file.blake3.len() != 64
@@ -95,10 +106,10 @@ impl Manifest {
                     .bytes()
                     .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             {
-                return Err(format!(
+                return Err(retry(format!(
                     "entry {:?} has a malformed blake3 {:?}",
                     file.path, file.blake3
-                ));
+                )));
             }
             previous = Some(&file.path);
         }
@@ -108,6 +119,23 @@ impl Manifest {
     /// Total payload bytes.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Why [`Manifest::parse`] refused a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadManifest {
+    /// What is wrong, without the file's name.
+    pub reason: String,
+    /// Whether reading it again cannot help: an unsupported protocol version
+    /// or an unsafe path. Otherwise (not JSON, a malformed entry) the read
+    /// may have been torn by a lagging cache.
+    pub permanent: bool,
+}
+
+impl std::fmt::Display for BadManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 
@@ -186,7 +214,10 @@ mod tests {
                 ..Manifest::new(1, "w", 0, vec![])
             };
             let err = Manifest::parse(&m.to_bytes()).unwrap_err();
-            assert!(err.contains("unsafe path"), "{bad}: {err}");
+            assert!(
+                err.reason.contains("unsafe path") && err.permanent,
+                "{bad}: {err}"
+            );
         }
         assert!(check_payload_path("sub/dir/STABLE").is_ok());
     }
@@ -197,6 +228,7 @@ mod tests {
         assert!(
             Manifest::parse(&m.to_bytes())
                 .unwrap_err()
+                .reason
                 .contains("duplicate")
         );
         m.files.pop();
@@ -204,6 +236,7 @@ mod tests {
         assert!(
             Manifest::parse(&m.to_bytes())
                 .unwrap_err()
+                .reason
                 .contains("version 3")
         );
         m.version = 1;
@@ -215,11 +248,13 @@ mod tests {
         assert!(
             Manifest::parse(&m.to_bytes())
                 .unwrap_err()
+                .reason
                 .contains("malformed blake3")
         );
         assert!(
             Manifest::parse(b"{not json")
                 .unwrap_err()
+                .reason
                 .contains("not a valid manifest")
         );
     }

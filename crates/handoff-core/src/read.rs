@@ -1,300 +1,12 @@
 //! The reader's side: `wait`, `latest`, `list`.
 
-use std::io;
-
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{check_prefix, parse_step, step_name};
-use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
+use crate::manifest::STABLE_NAME;
 use crate::retain::pin;
-use crate::storage::{Clock, Kind, Storage, StorageFile, join};
-use crate::write::hash_file;
-
-/// A committed version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Version {
-    /// The step number.
-    pub step: u64,
-    /// The step directory, as the storage displays it.
-    pub path: String,
-    /// Writer id from the manifest.
-    pub writer: String,
-    /// Creation time from the manifest, milliseconds since the Unix epoch.
-    pub created_ms: u64,
-    /// Payload files, sorted by path.
-    pub files: Vec<FileEntry>,
-}
-
-impl Version {
-    pub(crate) fn from_manifest(path: String, manifest: Manifest) -> Version {
-        Version {
-            step: manifest.step,
-            path,
-            writer: manifest.writer,
-            created_ms: manifest.created,
-            files: manifest.files,
-        }
-    }
-}
-
-/// How much a reader checks before accepting a version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verify {
-    /// Every listed file exists with the listed size.
-    Size,
-    /// As `Size`, and every hash matches.
-    Hash,
-}
-
-/// Which version to wait for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Exactly this step.
-    Step(u64),
-    /// The highest step that validates.
-    Latest,
-    /// The lowest step above this one that validates.
-    After(u64),
-}
-
-/// A pin to take on the version a wait returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PinRequest {
-    /// Who holds the pin.
-    pub holder: String,
-    /// How long it lasts.
-    pub ttl_ms: u64,
-}
-
-/// Options of [`wait`].
-#[derive(Clone, Debug)]
-pub struct WaitOptions {
-    /// Step directory prefix.
-    pub prefix: String,
-    /// What to check.
-    pub verify: Verify,
-    /// Give up after this long; `None` waits without limit.
-    pub timeout_ms: Option<u64>,
-    /// How long a committed step that does not validate yet is retried before
-    /// it is an integrity error (a lagging cache on a shared filesystem).
-    pub settle_ms: u64,
-    /// Longest pause between attempts.
-    pub poll_ms: u64,
-    /// Pin the version before returning it. The holder's pins on other
-    /// steps stay: a reader still serving the previous version releases it
-    /// (`unpin`) once it has switched over, never before.
-    pub pin: Option<PinRequest>,
-}
-
-/// Where a step directory stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepState {
-    /// `STABLE` and a valid manifest are present.
-    Committed,
-    /// No `STABLE`.
-    Incomplete,
-    /// `STABLE` present but the manifest is missing or invalid, or the
-    /// payload does not match it.
-    Corrupt,
-    /// Being written under `.handoff/staging/`.
-    Staging,
-    /// Being deleted under `.handoff/trash/`.
-    Trash,
-    /// Not the protocol's.
-    Stray,
-}
-
-impl StepState {
-    /// The state's name, as the WIT and the CLI's output spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepState::Committed => "committed",
-            StepState::Incomplete => "incomplete",
-            StepState::Corrupt => "corrupt",
-            StepState::Staging => "staging",
-            StepState::Trash => "trash",
-            StepState::Stray => "stray",
-        }
-    }
-}
-
-/// One entry of [`list`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StepInfo {
-    /// The step number.
-    pub step: u64,
-    /// The step directory, as the storage displays it.
-    pub path: String,
-    /// Its state (from the manifest and `STABLE` alone; payload not opened).
-    pub state: StepState,
-    /// Files in the manifest, 0 without one.
-    pub files: u32,
-    /// Bytes in the manifest, 0 without one.
-    pub bytes: u64,
-}
-
-/// Why one attempt to validate a step did not accept it.
-#[derive(Debug)]
-pub(crate) enum Rejected {
-    /// No `STABLE`: not committed (yet).
-    NotCommitted(String),
-    /// Committed, but something listed is not (yet) as the manifest says.
-    /// On a shared filesystem this can be a lagging cache: retried.
-    Mismatch(String),
-    /// The manifest itself is unacceptable: retrying will not help.
-    Unsafe(String),
-    /// A filesystem error other than "not there".
-    Failed(Error),
-}
-
-/// One attempt: open `STABLE`, the manifest and every listed file afresh, and
-/// check them.
-pub(crate) fn check<S: Storage>(
-    fs: &S,
-    prefix: &str,
-    step: u64,
-    verify: Verify,
-) -> Result<Version, Rejected> {
-    let dir = step_name(prefix, step);
-    let stable = join(&dir, STABLE_NAME);
-    let committed = opens(fs, &stable)
-        .map_err(|e| Rejected::Failed(Error::io("open", &fs.display(&stable), &e)))?;
-    if !committed {
-        return Err(Rejected::NotCommitted(format!(
-            "step {step} is not committed: no {}",
-            fs.display(&stable)
-        )));
-    }
-    check_contents(fs, prefix, step, verify)
-}
-
-/// Whether `path` exists, found by opening it rather than by `stat`: an NFS
-/// client may answer `stat` of a name from its caches (a `STABLE` another
-/// node removed can look present for seconds), while an open goes to the
-/// server (close-to-open consistency). A missing or non-directory parent,
-/// and a handle the server no longer knows, all mean "not there".
-pub(crate) fn opens<S: Storage>(fs: &S, path: &str) -> io::Result<bool> {
-    match fs.open(path) {
-        Ok(_) => Ok(true),
-        Err(e) if is_absent(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether an error opening or creating a path means that it, or a
-/// directory on the way, is not there (any more).
-pub(crate) fn is_absent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound
-            | io::ErrorKind::NotADirectory
-            | io::ErrorKind::StaleNetworkFileHandle
-    )
-}
-
-/// The part of [`check`] after `STABLE`: the manifest and every listed file.
-pub(crate) fn check_contents<S: Storage>(
-    fs: &S,
-    prefix: &str,
-    step: u64,
-    verify: Verify,
-) -> Result<Version, Rejected> {
-    let dir = step_name(prefix, step);
-    let manifest = read_manifest(fs, &dir)?;
-    if manifest.step != step {
-        return Err(Rejected::Unsafe(format!(
-            "{} belongs to step {}, not {step}",
-            fs.display(&join(&dir, MANIFEST_NAME)),
-            manifest.step
-        )));
-    }
-    for entry in &manifest.files {
-        let path = join(&dir, &entry.path);
-        let shown = || fs.display(&path);
-        let mut file = match fs.open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Rejected::Mismatch(format!(
-                    "{} is missing (manifest lists {} bytes)",
-                    shown(),
-                    entry.size
-                )));
-            }
-            Err(e) => {
-                return Err(Rejected::Mismatch(format!("cannot open {}: {e}", shown())));
-            }
-        };
-        let size = file
-            .size()
-            .map_err(|e| Rejected::Mismatch(format!("cannot inspect {}: {e}", shown())))?;
-        if size != entry.size {
-            let what = if size < entry.size {
-                "short"
-            } else {
-                "too long"
-            };
-            return Err(Rejected::Mismatch(format!(
-                "{} is {what}: {size} bytes, manifest lists {}",
-                shown(),
-                entry.size
-            )));
-        }
-        if verify == Verify::Hash {
-            let (read, hash) =
-                hash_file(fs, &mut file, &path).map_err(|e| Rejected::Mismatch(e.to_string()))?;
-            if read != entry.size || hash != entry.blake3 {
-                return Err(Rejected::Mismatch(format!(
-                    "{} does not match its hash: read {read} bytes with blake3 {hash}, \
-                     manifest lists {} bytes with blake3 {}",
-                    shown(),
-                    entry.size,
-                    entry.blake3
-                )));
-            }
-        }
-    }
-    Ok(Version::from_manifest(fs.display(&dir), manifest))
-}
-
-/// Read and parse `<dir>/handoff.manifest.json` of a committed step.
-pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
-    let path = join(dir, MANIFEST_NAME);
-    let shown = fs.display(&path);
-    let mut file = match fs.open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Rejected::Mismatch(format!(
-                "STABLE is present but {shown} is missing"
-            )));
-        }
-        Err(e) => return Err(Rejected::Mismatch(format!("cannot open {shown}: {e}"))),
-    };
-    let size = file
-        .size()
-        .map_err(|e| Rejected::Mismatch(format!("cannot inspect {shown}: {e}")))?;
-    if size > MAX_MANIFEST_BYTES {
-        return Err(Rejected::Unsafe(format!(
-            "{shown} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have"
-        )));
-    }
-    let mut bytes = vec![0u8; size as usize];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match file.read_at(&mut bytes[filled..], filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Err(Rejected::Mismatch(format!("cannot read {shown}: {e}"))),
-        }
-    }
-    bytes.truncate(filled);
-    Manifest::parse(&bytes).map_err(|why| {
-        if why.starts_with("unsafe path") || why.starts_with("protocol version") {
-            Rejected::Unsafe(format!("{shown}: {why}"))
-        } else {
-            // Possibly a short read through a stale cache: worth a retry.
-            Rejected::Mismatch(format!("{shown}: {why}"))
-        }
-    })
-}
+use crate::storage::{Kind, Platform, Storage, join};
+use crate::types::{StepInfo, StepState, Target, Verify, Version, WaitOptions, millis};
+use crate::validate::{Rejected, check, read_manifest};
 
 /// The steps present in the root, highest first, and the root listing's
 /// names (for `list`).
@@ -372,9 +84,9 @@ fn first_valid<S: Storage>(
 /// A step that is committed but does not validate is retried for `settle_ms`
 /// (a lagging cache), then reported as an integrity error; a step never
 /// committed before the deadline is `TimedOut`.
-pub fn wait<S: Storage, C: Clock>(
+pub fn wait<S: Storage, P: Platform>(
     fs: &S,
-    clock: &C,
+    platform: &P,
     target: Target,
     options: &WaitOptions,
 ) -> Result<Version> {
@@ -382,19 +94,19 @@ pub fn wait<S: Storage, C: Clock>(
     match fs.stat("") {
         Ok(Some(m)) if m.kind == Kind::Dir => {}
         Ok(_) => {
-            return Err(Error::NotFound(format!(
-                "root {} is not a directory",
-                fs.display("")
-            )));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("root {} is not a directory", fs.display("")),
+            ));
         }
         Err(e) => return Err(Error::io("inspect root", &fs.display(""), &e)),
     }
-    let start = clock.now_ms();
-    let deadline = options.timeout_ms.map(|t| start.saturating_add(t));
+    let start = platform.now_ms();
+    let deadline = options.timeout.map(|t| start.saturating_add(millis(t)));
     let mut first_mismatch: Option<u64> = None;
     let mut listed_at: Option<u64> = None;
     let mut listed: Vec<u64> = Vec::new();
-    let mut pause = 2u64.min(options.poll_ms.max(1));
+    let mut pause = 2u64.min(millis(options.poll).max(1));
     loop {
         let found = |v: Option<Version>, what: String| {
             v.ok_or_else(|| {
@@ -415,9 +127,9 @@ pub fn wait<S: Storage, C: Clock>(
                 // in-place writer creates it last).
                 Err(Rejected::NotCommitted(_))
                     if listed_at
-                        .is_none_or(|at| clock.now_ms().saturating_sub(at) >= LIST_EVERY_MS) =>
+                        .is_none_or(|at| platform.now_ms().saturating_sub(at) >= LIST_EVERY_MS) =>
                 {
-                    listed_at = Some(clock.now_ms());
+                    listed_at = Some(platform.now_ms());
                     let dir = step_name(&options.prefix, step);
                     let root = fs
                         .read_dir("")
@@ -435,7 +147,7 @@ pub fn wait<S: Storage, C: Clock>(
                 // the last listing are looked up again. (A reader listing a
                 // directory many times a second was seen to hold up the
                 // writer's own open of it, on the Linux NFS client.)
-                let now = clock.now_ms();
+                let now = platform.now_ms();
                 let relist = listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS);
                 if relist {
                     listed_at = Some(now);
@@ -455,7 +167,7 @@ pub fn wait<S: Storage, C: Clock>(
                 let next = after
                     .checked_add(1)
                     .map(|next| check(fs, &options.prefix, next, options.verify));
-                let now = clock.now_ms();
+                let now = platform.now_ms();
                 match next {
                     Some(Ok(version)) => Ok(version),
                     Some(Err(Rejected::Failed(e))) => return Err(e),
@@ -473,48 +185,49 @@ pub fn wait<S: Storage, C: Clock>(
         if let (Ok(version), Some(request)) = (&outcome, &options.pin) {
             outcome = match pin(
                 fs,
-                clock,
+                platform,
                 &options.prefix,
                 version.step,
                 &request.holder,
-                request.ttl_ms,
+                request.ttl,
             ) {
                 Ok(_) => outcome,
                 // gc unpublished it between our check and our pin: look again.
-                Err(Error::NotFound(why)) => Err(Rejected::NotCommitted(why)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    Err(Rejected::NotCommitted(e.message().to_string()))
+                }
                 Err(e) => return Err(e),
             };
         }
-        let now = clock.now_ms();
+        let now = platform.now_ms();
         let expired = deadline.is_some_and(|d| now >= d);
         match outcome {
             Ok(version) => return Ok(version),
-            Err(Rejected::Failed(e)) => return Err(e),
-            Err(Rejected::Unsafe(why)) => return Err(Error::Integrity(why)),
-            Err(Rejected::Mismatch(why)) => {
+            Err(Rejected::Failed(e) | Rejected::Unsafe(e)) => return Err(e),
+            Err(Rejected::Mismatch(e)) => {
                 let since = *first_mismatch.get_or_insert(now);
-                if expired || now.saturating_sub(since) >= options.settle_ms {
-                    return Err(Error::Integrity(why));
+                if expired || now.saturating_sub(since) >= millis(options.settle) {
+                    return Err(e);
                 }
             }
             Err(Rejected::NotCommitted(why)) => {
                 first_mismatch = None;
                 if expired {
-                    return Err(Error::TimedOut(format!(
-                        "timed out after {} ms: {why}",
-                        now.saturating_sub(start)
-                    )));
+                    return Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!("timed out after {} ms: {why}", now.saturating_sub(start)),
+                    ));
                 }
             }
         }
         // Jitter: between half and all of the pause.
-        let jittered = pause / 2 + clock.random_u64() % (pause / 2 + 1);
+        let jittered = pause / 2 + platform.random_u64() % (pause / 2 + 1);
         let sleep = match deadline {
             Some(d) => jittered.min(d.saturating_sub(now)).max(1),
             None => jittered.max(1),
         };
-        clock.sleep_ms(sleep);
-        pause = (pause * 2).min(options.poll_ms.max(1));
+        platform.sleep_ms(sleep);
+        pause = (pause * 2).min(millis(options.poll).max(1));
     }
 }
 

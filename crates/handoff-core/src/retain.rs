@@ -17,75 +17,18 @@
 //! `STABLE`, then reads the pins. docs/PROTOCOL.md argues both.
 
 use std::io;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     CLOCK_PREFIX, HANDOFF_DIR, PINS_DIR, STAGING_DIR, STEP_PINS_NAME, TRASH_DIR, check_prefix,
     parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
-use crate::read::{
-    Rejected, StepState, Verify, check, check_contents, is_absent, opens, read_manifest,
-};
-use crate::storage::{Clock, Kind, Storage, join, write_all_at};
-use crate::write::{Flusher, ensure_dir, remove_tree};
-
-/// The clock-skew allowance fsck gives pins (gc takes its own as an option).
-pub const FSCK_SKEW_MS: u64 = 120_000;
-
-/// A reader's hold on a step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PinInfo {
-    /// The pinned step.
-    pub step: u64,
-    /// Who holds it.
-    pub holder: String,
-    /// Expiry, milliseconds since the Unix epoch: by the file server's clock
-    /// (the time it stamped on the pin) on a version 2 step, by the
-    /// pinner's on a version 1 step.
-    pub expires_ms: u64,
-}
-
-/// Options of [`gc`].
-#[derive(Clone, Debug)]
-pub struct GcOptions {
-    /// Step directory prefix.
-    pub prefix: String,
-    /// Keep the newest `keep` committed steps; at least 1.
-    pub keep: u32,
-    /// Staging directories untouched for longer than this are removed.
-    pub grace_ms: u64,
-    /// A pin counts until `expires_ms + skew_ms`: clocks of nodes differ.
-    pub skew_ms: u64,
-}
-
-/// What [`gc`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Steps removed.
-    pub removed: Vec<u64>,
-    /// Committed steps kept as the newest `keep`.
-    pub kept: Vec<u64>,
-    /// Steps beyond `keep` held by an unexpired pin.
-    pub pinned: Vec<u64>,
-    /// Abandoned staging directories removed.
-    pub staging_removed: Vec<String>,
-}
-
-/// One entry of [`fsck`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FsckEntry {
-    /// The entry's path relative to the root.
-    pub name: String,
-    /// What it is.
-    pub state: StepState,
-    /// What was found, for anything but a healthy committed step.
-    pub detail: Option<String>,
-    /// What repair did.
-    pub action: Option<String>,
-}
+use crate::storage::{Kind, Platform, Storage, join, write_all_at};
+use crate::tree::{Flusher, ensure_dir, remove_tree};
+use crate::types::{FsckEntry, GcOptions, GcReport, PinInfo, StepState, Verify, millis};
+use crate::validate::{Rejected, check, check_contents, is_absent, opens, read_manifest};
 
 /// Check a pin holder id: it becomes a file name.
 pub fn check_holder(holder: &str) -> Result<()> {
@@ -98,10 +41,13 @@ pub fn check_holder(holder: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!(
-            "invalid holder {holder:?}: use 1 to 128 letters, digits, `.`, `_`, `-`, `:` or `@`, \
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid holder {holder:?}: use 1 to 128 letters, digits, `.`, `_`, `-`, `:` or `@`, \
              not starting with `.`"
-        )))
+            ),
+        ))
     }
 }
 
@@ -140,35 +86,42 @@ fn step_protocol<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<u32, Rej
     read_manifest(fs, &step_name(prefix, step)).map(|m| m.version)
 }
 
-/// Pin committed `step` for `holder` for `ttl_ms`. Pinning again renews the
+/// Pin committed `step` for `holder` for `ttl`. Pinning again renews the
 /// pin: a new one is made, then the holder's older ones on the step removed.
 ///
 /// On a version 2 step the pin's expiry is by the server's clock (the time it
 /// stamped on the pin file); on a version 1 step, by this node's.
-pub fn pin<S: Storage, C: Clock>(
+pub fn pin<S: Storage, P: Platform>(
     fs: &S,
-    clock: &C,
+    platform: &P,
     prefix: &str,
     step: u64,
     holder: &str,
-    ttl_ms: u64,
+    ttl: Duration,
 ) -> Result<PinInfo> {
+    let ttl_ms = millis(ttl);
     check_prefix(prefix)?;
     check_holder(holder)?;
-    let not_committed = |why: String| Error::NotFound(format!("cannot pin step {step}: {why}"));
+    let not_committed = |why: String| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("cannot pin step {step}: {why}"),
+        )
+    };
     let protocol =
         match check(fs, prefix, step, Verify::Size).and_then(|_| step_protocol(fs, prefix, step)) {
             Ok(protocol) => protocol,
-            Err(Rejected::NotCommitted(why) | Rejected::Mismatch(why) | Rejected::Unsafe(why)) => {
-                return Err(not_committed(why));
+            Err(Rejected::NotCommitted(why)) => return Err(not_committed(why)),
+            Err(Rejected::Mismatch(e) | Rejected::Unsafe(e)) => {
+                return Err(not_committed(e.message().to_string()));
             }
             Err(Rejected::Failed(e)) => return Err(e),
         };
     if protocol < 2 {
-        return pin_v1(fs, clock, prefix, step, holder, ttl_ms);
+        return pin_v1(fs, platform, prefix, step, holder, ttl_ms);
     }
     let dir = step_pins_dir(prefix, step);
-    let path = join(&dir, &pin_file_name(holder, ttl_ms, clock.random_u64()));
+    let path = join(&dir, &pin_file_name(holder, ttl_ms, platform.random_u64()));
     let claimed = || {
         not_committed(format!(
             "gc has claimed it for removal: no {}",
@@ -207,13 +160,16 @@ pub fn pin<S: Storage, C: Clock>(
     });
     let created_ms = match stamped {
         Ok(Some(meta)) if meta.modified_ms > 0 => meta.modified_ms,
-        Ok(Some(_)) => clock.now_ms(),
+        Ok(Some(_)) => platform.now_ms(),
         Ok(None) => {
-            return Err(Error::NotFound(format!(
-                "cannot pin step {step}: {} was removed as soon as it was made \
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "cannot pin step {step}: {} was removed as soon as it was made \
                  (a ttl of {ttl_ms} ms is too short for gc's clock skew allowance)",
-                fs.display(&path)
-            )));
+                    fs.display(&path)
+                ),
+            ));
         }
         Err(e) => {
             let _ = fs.remove_file(&path);
@@ -247,19 +203,24 @@ fn holder_pins<S: Storage>(fs: &S, dir: &str, holder: &str) -> Result<Vec<(Strin
 
 /// Pin a version 1 step: the pin file in `.handoff/pins/`, then `STABLE`
 /// opened again (see the module docs).
-fn pin_v1<S: Storage, C: Clock>(
+fn pin_v1<S: Storage, P: Platform>(
     fs: &S,
-    clock: &C,
+    platform: &P,
     prefix: &str,
     step: u64,
     holder: &str,
     ttl_ms: u64,
 ) -> Result<PinInfo> {
-    let not_committed = |why: String| Error::NotFound(format!("cannot pin step {step}: {why}"));
+    let not_committed = |why: String| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("cannot pin step {step}: {why}"),
+        )
+    };
     let info = PinInfo {
         step,
         holder: holder.to_string(),
-        expires_ms: clock.now_ms().saturating_add(ttl_ms),
+        expires_ms: platform.now_ms().saturating_add(ttl_ms),
     };
     let mut flush = Flusher::new(fs);
     ensure_dir(&mut flush, HANDOFF_DIR, "")?;
@@ -269,7 +230,10 @@ fn pin_v1<S: Storage, C: Clock>(
     // Written whole under a temporary name and renamed: gc never reads a
     // half-written pin. Another holder's unpin may remove the (then empty)
     // directory between our mkdir and our create: make it again.
-    let tmp = join(&dir, &format!(".{holder}.{:016x}.tmp", clock.random_u64()));
+    let tmp = join(
+        &dir,
+        &format!(".{holder}.{:016x}.tmp", platform.random_u64()),
+    );
     let mut attempts = 0;
     let mut file = loop {
         ensure_dir(&mut flush, &dir, PINS_DIR)?;
@@ -338,11 +302,14 @@ pub fn unpin<S: Storage>(fs: &S, prefix: &str, step: u64, holder: &str) -> Resul
         Err(e) => return Err(Error::io("remove", &fs.display(&v1), &e)),
     }
     if released.is_empty() {
-        return Err(Error::NotFound(format!(
-            "{holder} holds no pin on step {step}: none in {} or {}",
-            fs.display(&dir),
-            fs.display(&pin_dir(prefix, step))
-        )));
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "{holder} holds no pin on step {step}: none in {} or {}",
+                fs.display(&dir),
+                fs.display(&pin_dir(prefix, step))
+            ),
+        ));
     }
     // Durable release is not needed for safety (a lost unpin only delays gc
     // until the pin expires), but flush anyway so gc can act sooner.
@@ -491,10 +458,10 @@ enum Claim {
 /// now. Pin files carry times stamped the same way, so comparing the two
 /// never mixes clocks of different nodes. Falls back to this node's clock on
 /// a storage that reports no times.
-fn server_now<S: Storage, C: Clock>(flush: &mut Flusher<'_, S>, clock: &C) -> Result<u64> {
+fn server_now<S: Storage, P: Platform>(flush: &mut Flusher<'_, S>, platform: &P) -> Result<u64> {
     let fs = flush.fs;
     ensure_dir(flush, HANDOFF_DIR, "")?;
-    let path = format!("{CLOCK_PREFIX}{:016x}", clock.random_u64());
+    let path = format!("{CLOCK_PREFIX}{:016x}", platform.random_u64());
     drop(
         fs.create_new(&path)
             .map_err(|e| Error::io("create", &fs.display(&path), &e))?,
@@ -503,7 +470,7 @@ fn server_now<S: Storage, C: Clock>(flush: &mut Flusher<'_, S>, clock: &C) -> Re
     let _ = fs.remove_file(&path);
     match meta {
         Ok(Some(meta)) if meta.modified_ms > 0 => Ok(meta.modified_ms),
-        Ok(_) => Ok(clock.now_ms()),
+        Ok(_) => Ok(platform.now_ms()),
         Err(e) => Err(Error::io("inspect", &fs.display(&path), &e)),
     }
 }
@@ -569,11 +536,12 @@ fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64)
 /// back), then trash. A crash at any point leaves a committed step, a claimed
 /// one (which the next gc finishes), an incomplete one, or trash; fsck
 /// --repair settles all of them.
-pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Result<GcReport> {
+pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) -> Result<GcReport> {
     check_prefix(&options.prefix)?;
     if options.keep == 0 {
-        return Err(Error::InvalidInput(
-            "keep must be at least 1: gc never removes the newest step".into(),
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "keep must be at least 1: gc never removes the newest step",
         ));
     }
     let prefix = options.prefix.as_str();
@@ -587,19 +555,21 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
     let split = committed.len().saturating_sub(options.keep as usize);
     let (old, newest) = committed.split_at(split);
     report.kept = newest.to_vec();
-    let now = server_now(&mut flush, clock)?;
+    let now = server_now(&mut flush, platform)?;
 
     for &step in old {
         let dir = step_name(prefix, step);
         let fate = match step_generation(fs, prefix, step)? {
             None => Fate::Skipped, // another gc removed it
-            Some(Generation::V2) => match claim(fs, prefix, step, now, options.skew_ms)? {
+            Some(Generation::V2) => match claim(fs, prefix, step, now, millis(options.skew))? {
                 Claim::Pinned => Fate::Pinned,
                 Claim::Taken => Fate::Skipped,
-                Claim::Claimed => remove_claimed(&mut flush, &dir, clock)?,
+                Claim::Claimed => remove_claimed(&mut flush, &dir, platform)?,
             },
-            Some(Generation::V2Claimed) => remove_claimed(&mut flush, &dir, clock)?,
-            Some(Generation::V1) => remove_v1(&mut flush, clock, prefix, step, options.skew_ms)?,
+            Some(Generation::V2Claimed) => remove_claimed(&mut flush, &dir, platform)?,
+            Some(Generation::V1) => {
+                remove_v1(&mut flush, platform, prefix, step, millis(options.skew))?
+            }
         };
         match fate {
             Fate::Removed => report.removed.push(step),
@@ -615,7 +585,7 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
         let path = join(STAGING_DIR, &entry.name);
         let newest =
             newest_mtime(fs, &path).map_err(|e| Error::io("inspect", &fs.display(&path), &e))?;
-        if now.saturating_sub(newest) > options.grace_ms {
+        if now.saturating_sub(newest) > millis(options.grace) {
             remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
             report.staging_removed.push(entry.name);
         }
@@ -641,13 +611,13 @@ pub fn gc<S: Storage, C: Clock>(fs: &S, clock: &C, options: &GcOptions) -> Resul
     }
     // Expired version 1 pins (by the pinners' clocks, compared with ours),
     // and pins of steps that are gone.
-    let local_now = clock.now_ms();
+    let local_now = platform.now_ms();
     let live: Vec<u64> = step_dirs(fs, prefix)?.into_iter().map(|(s, _)| s).collect();
     for (step, holders) in pins(fs, prefix)? {
         for (holder, pin) in holders {
             let expired = pin
                 .as_ref()
-                .is_some_and(|p| local_now >= p.expires_ms.saturating_add(options.skew_ms));
+                .is_some_and(|p| local_now >= p.expires_ms.saturating_add(millis(options.skew)));
             if expired || (!live.contains(&step) && pin.is_some()) {
                 let _ = fs.remove_file(&join(&pin_dir(prefix, step), &holder));
             }
@@ -708,10 +678,10 @@ fn step_generation<S: Storage>(fs: &S, prefix: &str, step: u64) -> Result<Option
 }
 
 /// Unpublish a claimed step and move it to trash.
-fn remove_claimed<S: Storage, C: Clock>(
+fn remove_claimed<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
     dir: &str,
-    clock: &C,
+    platform: &P,
 ) -> Result<Fate> {
     let fs = flush.fs;
     let stable = join(dir, STABLE_NAME);
@@ -722,15 +692,15 @@ fn remove_claimed<S: Storage, C: Clock>(
     }
     // The claim and the unpublishing are durable before the step's name goes.
     flush.dir(dir)?;
-    move_to_trash(flush, dir, clock)?;
+    move_to_trash(flush, dir, platform)?;
     Ok(Fate::Removed)
 }
 
 /// Remove version 1 `step` unless a pin holds it: `STABLE` removed, pins
 /// read again, `STABLE` put back if one appeared (see the module docs).
-fn remove_v1<S: Storage, C: Clock>(
+fn remove_v1<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
-    clock: &C,
+    platform: &P,
     prefix: &str,
     step: u64,
     skew_ms: u64,
@@ -744,7 +714,7 @@ fn remove_v1<S: Storage, C: Clock>(
     ensure_dir(flush, PINS_DIR, HANDOFF_DIR)?;
     ensure_dir(flush, &pin_dir(prefix, step), PINS_DIR)?;
     // Version 1 pins carry the pinner's clock: compare with ours.
-    if is_pinned(fs, prefix, step, clock.now_ms(), skew_ms)? {
+    if is_pinned(fs, prefix, step, platform.now_ms(), skew_ms)? {
         return Ok(Fate::Pinned);
     }
     let dir = step_name(prefix, step);
@@ -755,7 +725,7 @@ fn remove_v1<S: Storage, C: Clock>(
         Err(e) => return Err(Error::io("remove", &fs.display(&stable), &e)),
     }
     flush.dir(&dir)?;
-    if is_pinned(fs, prefix, step, clock.now_ms(), skew_ms)? {
+    if is_pinned(fs, prefix, step, platform.now_ms(), skew_ms)? {
         // A reader pinned between our two reads and may have seen STABLE:
         // republish. The manifest and data were never touched.
         let mut file = fs
@@ -765,7 +735,7 @@ fn remove_v1<S: Storage, C: Clock>(
         flush.dir(&dir)?;
         return Ok(Fate::Pinned);
     }
-    move_to_trash(flush, &dir, clock)?;
+    move_to_trash(flush, &dir, platform)?;
     let _ = remove_tree(fs, &pin_dir(prefix, step));
     Ok(Fate::Removed)
 }
@@ -796,16 +766,16 @@ fn newest_mtime<S: Storage>(fs: &S, path: &str) -> io::Result<u64> {
 }
 
 /// Rename `dir` (relative to the root) into trash durably, then delete it.
-fn move_to_trash<S: Storage, C: Clock>(
+fn move_to_trash<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
     dir: &str,
-    clock: &C,
+    platform: &P,
 ) -> Result<()> {
     let fs = flush.fs;
     ensure_dir(flush, HANDOFF_DIR, "")?;
     ensure_dir(flush, TRASH_DIR, HANDOFF_DIR)?;
     let name = dir.rsplit('/').next().unwrap_or(dir);
-    let target = join(TRASH_DIR, &format!("{name}.{:016x}", clock.random_u64()));
+    let target = join(TRASH_DIR, &format!("{name}.{:016x}", platform.random_u64()));
     fs.rename(dir, &target)
         .map_err(|e| Error::io("move into trash", &fs.display(dir), &e))?;
     // Both directories changed; the root's flush makes the step's name go.
@@ -821,9 +791,9 @@ fn move_to_trash<S: Storage, C: Clock>(
 ///
 /// Repair assumes no writer is active: an in-place writer's unfinished step is
 /// indistinguishable from a crashed one.
-pub fn fsck<S: Storage, C: Clock>(
+pub fn fsck<S: Storage, P: Platform>(
     fs: &S,
-    clock: &C,
+    platform: &P,
     prefix: &str,
     repair: bool,
 ) -> Result<Vec<FsckEntry>> {
@@ -851,7 +821,9 @@ pub fn fsck<S: Storage, C: Clock>(
         let (state, detail) = match check(fs, prefix, step, Verify::Size) {
             Ok(_) => (StepState::Committed, None),
             Err(Rejected::NotCommitted(why)) => (StepState::Incomplete, Some(why)),
-            Err(Rejected::Mismatch(why) | Rejected::Unsafe(why)) => (StepState::Corrupt, Some(why)),
+            Err(Rejected::Mismatch(e) | Rejected::Unsafe(e)) => {
+                (StepState::Corrupt, Some(e.message().to_string()))
+            }
             Err(Rejected::Failed(e)) => return Err(e),
         };
         let mut action = None;
@@ -859,7 +831,13 @@ pub fn fsck<S: Storage, C: Clock>(
         // about to put back when it died (a reader pinned it meanwhile):
         // finish what gc would have done, if the payload is whole.
         if state == StepState::Incomplete
-            && is_pinned(fs, prefix, step, clock.now_ms(), FSCK_SKEW_MS)?
+            && is_pinned(
+                fs,
+                prefix,
+                step,
+                platform.now_ms(),
+                millis(GcOptions::DEFAULT_SKEW),
+            )?
         {
             match check_contents(fs, prefix, step, Verify::Hash) {
                 Ok(_) if repair => {
@@ -936,7 +914,7 @@ pub fn fsck<S: Storage, C: Clock>(
                     .map_err(|e| Error::io("remove", &fs.display(&stable), &e))?;
                 flush.dir(&entry.name)?;
             }
-            move_to_trash(&mut flush, &entry.name, clock)?;
+            move_to_trash(&mut flush, &entry.name, platform)?;
             action = Some("removed".to_string());
         } else {
             live.push(step);

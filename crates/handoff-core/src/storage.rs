@@ -141,8 +141,10 @@ pub trait StorageFile {
     }
 }
 
-/// Time and randomness, kept out of [`Storage`] so a model can control them.
-pub trait Clock {
+/// What the protocol takes from where it runs, besides storage: the time, a
+/// pause, and random numbers. Kept out of [`Storage`] so a model can control
+/// them.
+pub trait Platform {
     /// Wall-clock time, milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::storage::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+use crate::storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 
 pub struct StdDir(pub PathBuf);
 
@@ -173,14 +173,14 @@ type Scheduled = (u64, Box<dyn FnOnce()>);
 
 /// Simulated time: a sleep advances it at once and first runs every action
 /// scheduled up to the new time.
-pub struct ScriptClock {
+pub struct ScriptPlatform {
     now: std::cell::Cell<u64>,
     actions: std::cell::RefCell<Vec<Scheduled>>,
 }
 
-impl ScriptClock {
-    pub fn new() -> ScriptClock {
-        ScriptClock {
+impl ScriptPlatform {
+    pub fn new() -> ScriptPlatform {
+        ScriptPlatform {
             now: std::cell::Cell::new(0),
             actions: std::cell::RefCell::new(Vec::new()),
         }
@@ -192,7 +192,7 @@ impl ScriptClock {
     }
 }
 
-impl Clock for ScriptClock {
+impl Platform for ScriptPlatform {
     fn now_ms(&self) -> u64 {
         self.now.get()
     }
@@ -214,9 +214,9 @@ impl Clock for ScriptClock {
     }
 }
 
-pub struct RealClock;
+pub struct RealPlatform;
 
-impl Clock for RealClock {
+impl Platform for RealPlatform {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

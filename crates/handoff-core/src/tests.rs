@@ -2,9 +2,12 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
+
+use handoff_testkit::Payload;
 
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::testfs::{LISTINGS, NATIVE_COPY, NativeCopy, RealClock, ScriptClock, StdDir};
+use crate::testfs::{LISTINGS, NATIVE_COPY, NativeCopy, RealPlatform, ScriptPlatform, StdDir};
 use crate::*;
 
 fn opts() -> WriteOptions {
@@ -19,9 +22,9 @@ fn wait_opts(verify: Verify, timeout_ms: u64) -> WaitOptions {
     WaitOptions {
         prefix: "step_".into(),
         verify,
-        timeout_ms: Some(timeout_ms),
-        settle_ms: 0,
-        poll_ms: 5,
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        settle: Duration::ZERO,
+        poll: Duration::from_millis(5),
         pin: None,
     }
 }
@@ -30,23 +33,17 @@ fn gc_opts(keep: u32) -> GcOptions {
     GcOptions {
         prefix: "step_".into(),
         keep,
-        grace_ms: 60_000,
-        skew_ms: 0,
+        grace: Duration::from_secs(60),
+        skew: Duration::ZERO,
     }
 }
 
 fn payload(dir: &Path, tag: &str) {
-    fs::create_dir_all(dir.join("sub")).unwrap();
-    fs::write(
-        dir.join("adapter.safetensors"),
-        format!("weights {tag}").repeat(1000),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("sub/config.json"),
-        format!("{{\"tag\":\"{tag}\"}}"),
-    )
-    .unwrap();
+    Payload::new()
+        .with("adapter.safetensors", format!("weights {tag}").repeat(1000))
+        .with("sub/config.json", format!("{{\"tag\":\"{tag}\"}}"))
+        .write_to(dir)
+        .unwrap();
 }
 
 struct Fixture {
@@ -68,12 +65,39 @@ fn fixture() -> Fixture {
     }
 }
 
+/// A fixture whose root holds `steps`, each published.
+fn published(steps: std::ops::RangeInclusive<u64>) -> Fixture {
+    let f = fixture();
+    for step in steps {
+        f.publish(step).unwrap();
+    }
+    f
+}
+
 impl Fixture {
     fn path(&self, rel: &str) -> std::path::PathBuf {
         self.root.0.join(rel)
     }
     fn publish(&self, step: u64) -> Result<PublishReport> {
-        publish(&self.root, &self.src, &RealClock, step, &opts())
+        publish(&self.root, &self.src, &RealPlatform, step, &opts())
+    }
+    /// `wait` with the real clock, `verify` and a timeout of `timeout_ms`.
+    fn wait_for(&self, target: Target, verify: Verify, timeout_ms: u64) -> Result<Version> {
+        wait(
+            &self.root,
+            &RealPlatform,
+            target,
+            &wait_opts(verify, timeout_ms),
+        )
+    }
+    /// Pin `step` for `holder` for `ttl_ms`.
+    fn pin(&self, step: u64, holder: &str, ttl_ms: u64) -> Result<PinInfo> {
+        let ttl = Duration::from_millis(ttl_ms);
+        pin(&self.root, &RealPlatform, "step_", step, holder, ttl)
+    }
+    /// `gc` keeping `keep`, with no clock skew.
+    fn gc(&self, keep: u32) -> Result<GcReport> {
+        gc(&self.root, &RealPlatform, &gc_opts(keep))
     }
     /// Publish `step` as a version 1 writer did: manifest version 1, no pin
     /// directory in the step.
@@ -106,15 +130,9 @@ fn publish_then_wait_returns_the_version() {
     let f = fixture();
     let report = f.publish(3).unwrap();
     assert_eq!(report.version.files.len(), 2);
-    assert!(report.syncs >= 6, "{report:?}");
+    assert!(report.fsyncs >= 6, "{report:?}");
     assert!(f.path("step_3/STABLE").exists());
-    let got = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(3),
-        &wait_opts(Verify::Hash, 1000),
-    )
-    .unwrap();
+    let got = f.wait_for(Target::Step(3), Verify::Hash, 1000).unwrap();
     assert_eq!(got, report.version);
     // Staging is empty after a publish.
     assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
@@ -125,17 +143,10 @@ fn seal_in_place_matches_publish_bytes() {
     let f = fixture();
     f.publish(1).unwrap();
     payload(&f.path("step_2"), "a");
-    let sealed = seal(&f.root, &RealClock, 2, &opts()).unwrap();
+    let sealed = seal(&f.root, &RealPlatform, 2, &opts()).unwrap();
     assert_eq!(
         sealed.version.files,
-        wait(
-            &f.root,
-            &RealClock,
-            Target::Step(1),
-            &wait_opts(Verify::Hash, 0)
-        )
-        .unwrap()
-        .files
+        f.wait_for(Target::Step(1), Verify::Hash, 0).unwrap().files
     );
     let m1 = Manifest::parse(&fs::read(f.path("step_1").join(MANIFEST_NAME)).unwrap()).unwrap();
     let m2 = fs::read(f.path("step_2").join(MANIFEST_NAME)).unwrap();
@@ -152,11 +163,13 @@ fn second_publish_conflicts_and_first_stays() {
     f.publish(5).unwrap();
     let before = fs::read(f.path("step_5").join(MANIFEST_NAME)).unwrap();
     payload(&f.src.0, "b");
-    assert!(matches!(f.publish(5), Err(Error::Conflict(_))));
-    assert!(matches!(
-        seal(&f.root, &RealClock, 5, &opts()),
-        Err(Error::Conflict(_))
-    ));
+    // The conflict names what is in the way; retrying cannot help.
+    let err = f.publish(5).unwrap_err();
+    assert_error(&err, ErrorKind::Conflict, &["step_5"]);
+    assert_eq!(err.path(), Some(f.root.display("step_5").as_str()));
+    assert!(!err.is_retryable());
+    let err = seal(&f.root, &RealPlatform, 5, &opts()).unwrap_err();
+    assert_error(&err, ErrorKind::Conflict, &["step_5/STABLE"]);
     assert_eq!(
         fs::read(f.path("step_5").join(MANIFEST_NAME)).unwrap(),
         before
@@ -169,13 +182,32 @@ fn seal_refuses_symlinks_before_writing_anything() {
     let f = fixture();
     payload(&f.path("step_4"), "a");
     std::os::unix::fs::symlink("/etc/passwd", f.path("step_4/sub/link")).unwrap();
-    let err = seal(&f.root, &RealClock, 4, &opts()).unwrap_err();
-    assert!(
-        matches!(&err, Error::InvalidInput(m) if m.contains("sub/link") && m.contains("symbolic link")),
-        "{err}"
+    let err = seal(&f.root, &RealPlatform, 4, &opts()).unwrap_err();
+    assert_error(
+        &err,
+        ErrorKind::InvalidInput,
+        &["sub/link", "symbolic link"],
     );
     assert!(!f.path("step_4/STABLE").exists());
     assert!(!f.path("step_4").join(MANIFEST_NAME).exists());
+}
+
+/// That `err` is of `kind` and its message names every one of `needles`.
+#[track_caller]
+fn assert_error(err: &Error, kind: ErrorKind, needles: &[&str]) {
+    assert_eq!(err.kind(), kind, "{err}");
+    for needle in needles {
+        assert!(err.message().contains(needle), "{needle:?} not in {err}");
+    }
+}
+
+/// The message of the integrity error `result` must be.
+#[track_caller]
+fn integrity_error<T: std::fmt::Debug>(result: Result<T>) -> String {
+    match result {
+        Err(e) if e.kind() == ErrorKind::Integrity => e.message().to_string(),
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
 }
 
 #[test]
@@ -187,16 +219,10 @@ fn truncated_payload_is_an_integrity_error_naming_the_file() {
         .open(f.path("step_1/adapter.safetensors"))
         .unwrap();
     file.set_len(10).unwrap();
-    let err = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(1),
-        &wait_opts(Verify::Size, 100),
-    )
-    .unwrap_err();
+    let m = integrity_error(f.wait_for(Target::Step(1), Verify::Size, 100));
     assert!(
-        matches!(&err, Error::Integrity(m) if m.contains("adapter.safetensors") && m.contains("short: 10 bytes")),
-        "{err}"
+        m.contains("adapter.safetensors") && m.contains("short: 10 bytes"),
+        "{m}"
     );
 }
 
@@ -208,26 +234,9 @@ fn same_size_corruption_needs_hash_verify() {
     let mut bytes = fs::read(&path).unwrap();
     bytes[0] ^= 1;
     fs::write(&path, bytes).unwrap();
-    assert!(
-        wait(
-            &f.root,
-            &RealClock,
-            Target::Step(1),
-            &wait_opts(Verify::Size, 0)
-        )
-        .is_ok()
-    );
-    let err = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(1),
-        &wait_opts(Verify::Hash, 0),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Integrity(m) if m.contains("config.json") && m.contains("hash")),
-        "{err}"
-    );
+    assert!(f.wait_for(Target::Step(1), Verify::Size, 0).is_ok());
+    let m = integrity_error(f.wait_for(Target::Step(1), Verify::Hash, 0));
+    assert!(m.contains("config.json") && m.contains("hash"), "{m}");
 }
 
 #[test]
@@ -239,34 +248,16 @@ fn unsafe_manifest_paths_fail_at_once() {
         .unwrap()
         .replace("sub/config.json", "../../etc/passwd");
     fs::write(&path, text).unwrap();
-    let err = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(1),
-        &wait_opts(Verify::Size, 60_000),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Integrity(m) if m.contains("unsafe path")),
-        "{err}"
-    );
+    let m = integrity_error(f.wait_for(Target::Step(1), Verify::Size, 60_000));
+    assert!(m.contains("unsafe path"), "{m}");
 }
 
 #[test]
 fn a_step_never_committed_times_out() {
     let f = fixture();
     payload(&f.path("step_9"), "a"); // written, never sealed
-    let err = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(9),
-        &wait_opts(Verify::Size, 50),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::TimedOut(m) if m.contains("step_9/STABLE")),
-        "{err}"
-    );
+    let err = f.wait_for(Target::Step(9), Verify::Size, 50).unwrap_err();
+    assert_error(&err, ErrorKind::TimedOut, &["step_9/STABLE"]);
 }
 
 #[test]
@@ -293,13 +284,7 @@ fn latest_skips_incomplete_corrupt_and_stray() {
             (7, StepState::Incomplete)
         ]
     );
-    let after = wait(
-        &f.root,
-        &RealClock,
-        Target::After(0),
-        &wait_opts(Verify::Size, 0),
-    )
-    .unwrap();
+    let after = f.wait_for(Target::After(0), Verify::Size, 0).unwrap();
     assert_eq!(after.step, 1);
 }
 
@@ -320,17 +305,8 @@ fn a_native_copy_records_the_same_manifest_and_a_bad_one_is_caught() {
     // The manifest vouches for the source, not for what the copy holds.
     let (f, _, bad_manifest) = publish_with(NativeCopy::Corrupting);
     assert_eq!(bad_manifest, buffered_manifest);
-    let err = wait(
-        &f.root,
-        &RealClock,
-        Target::Step(1),
-        &wait_opts(Verify::Hash, 50),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Integrity(why) if why.contains("adapter.safetensors")),
-        "{err:?}"
-    );
+    let err = f.wait_for(Target::Step(1), Verify::Hash, 50).unwrap_err();
+    assert_error(&err, ErrorKind::Integrity, &["adapter.safetensors"]);
 }
 
 /// Wait for `target` on a simulated clock while `write` runs at `at_ms`:
@@ -341,9 +317,9 @@ fn timed_wait(
     at_ms: u64,
     write: impl FnOnce(&StdDir, &StdDir) + 'static,
 ) -> (Version, u64, u32) {
-    let clock = ScriptClock::new();
+    let platform = ScriptPlatform::new();
     let (root, src) = (StdDir(f.root.0.clone()), StdDir(f.src.0.clone()));
-    clock.at(at_ms, move || {
+    platform.at(at_ms, move || {
         // The writer's own listings are not the reader's.
         let before = LISTINGS.with(|n| n.get());
         write(&root, &src);
@@ -351,11 +327,30 @@ fn timed_wait(
     });
     LISTINGS.with(|n| n.set(0));
     let options = WaitOptions {
-        poll_ms: 10,
+        poll: Duration::from_millis(10),
         ..wait_opts(Verify::Size, 10_000)
     };
-    let version = wait(&f.root, &clock, target, &options).unwrap();
-    (version, clock.now_ms(), LISTINGS.with(|n| n.get()))
+    let version = wait(&f.root, &platform, target, &options).unwrap();
+    (version, platform.now_ms(), LISTINGS.with(|n| n.get()))
+}
+
+/// Wait for `target` while `write` makes step 2 at 2.5 s: the wait must
+/// return step 2 at its first poll after that. How often the reader listed a
+/// directory.
+fn listings_until_step_2_lands(
+    f: &Fixture,
+    target: Target,
+    write: impl FnOnce(&StdDir, &StdDir) + 'static,
+) -> u32 {
+    let (version, found_at, listings) = timed_wait(f, target, 2500, write);
+    assert_eq!(version.step, 2);
+    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    listings
+}
+
+/// Seal step 2, written in place beforehand.
+fn seal_step_2(root: &StdDir, _src: &StdDir) {
+    seal(root, &RealPlatform, 2, &opts()).unwrap();
 }
 
 /// Wait for the step after 1 while `step` is published at 50 ms.
@@ -363,7 +358,7 @@ fn wait_after_one_for(step: u64) -> (u64, u32) {
     let f = fixture();
     f.publish(1).unwrap();
     let (version, found_at, listings) = timed_wait(&f, Target::After(1), 50, move |root, src| {
-        publish(root, src, &RealClock, step, &opts()).unwrap();
+        publish(root, src, &RealPlatform, step, &opts()).unwrap();
     });
     assert_eq!(version.step, step);
     (found_at, listings)
@@ -394,20 +389,12 @@ fn waiting_after_n_and_for_the_latest_list_a_step_sealed_in_place() {
     let f = fixture();
     f.publish(1).unwrap();
     payload(&f.path("step_2"), "x");
-    let (version, found_at, listings) = timed_wait(&f, Target::After(1), 2500, |root, _| {
-        seal(root, &RealClock, 2, &opts()).unwrap();
-    });
-    assert_eq!(version.step, 2);
-    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    let listings = listings_until_step_2_lands(&f, Target::After(1), seal_step_2);
     assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
 
     let f = fixture();
     payload(&f.path("step_2"), "x");
-    let (version, found_at, listings) = timed_wait(&f, Target::Latest, 2500, |root, _| {
-        seal(root, &RealClock, 2, &opts()).unwrap();
-    });
-    assert_eq!(version.step, 2);
-    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    let listings = listings_until_step_2_lands(&f, Target::Latest, seal_step_2);
     // Not the root on every 10 ms attempt: on the Linux NFS client that held
     // up the writer's own open of the root.
     assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
@@ -418,11 +405,9 @@ fn waiting_for_step_n_lists_the_root_at_most_once_a_second() {
     // The listing makes an NFS client drop a cached failed look-up of
     // step_N; one a second bounds its cost on a root with many entries.
     let f = fixture();
-    let (version, found_at, listings) = timed_wait(&f, Target::Step(2), 2500, |root, src| {
-        publish(root, src, &RealClock, 2, &opts()).unwrap();
+    let listings = listings_until_step_2_lands(&f, Target::Step(2), |root, src| {
+        publish(root, src, &RealPlatform, 2, &opts()).unwrap();
     });
-    assert_eq!(version.step, 2);
-    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
     assert_eq!(listings, 3, "at 0, 1 and 2 seconds");
 }
 
@@ -433,22 +418,27 @@ fn waiting_for_a_step_sealed_in_place_also_lists_the_step() {
     // itself clears. Root and step, once a second.
     let f = fixture();
     payload(&f.path("step_2"), "x");
-    let (version, found_at, listings) = timed_wait(&f, Target::Step(2), 2500, |root, _| {
-        seal(root, &RealClock, 2, &opts()).unwrap();
-    });
-    assert_eq!(version.step, 2);
-    assert!((2500..=2510).contains(&found_at), "found at {found_at} ms");
+    let listings = listings_until_step_2_lands(&f, Target::Step(2), seal_step_2);
     assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
+}
+
+/// Asserts that `fsck --repair` acts on an entry whose name ends with `suffix`.
+#[track_caller]
+fn assert_repaired(f: &Fixture, suffix: &str) {
+    let entries = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name.ends_with(suffix) && e.action.is_some()),
+        "{entries:?}"
+    );
 }
 
 #[test]
 fn gc_keeps_newest_and_pinned_and_removes_stable_first() {
-    let f = fixture();
-    for step in 1..=5 {
-        f.publish(step).unwrap();
-    }
-    pin(&f.root, &RealClock, "step_", 2, "reader-1", 60_000).unwrap();
-    let report = gc(&f.root, &RealClock, &gc_opts(2)).unwrap();
+    let f = published(1..=5);
+    f.pin(2, "reader-1", 60_000).unwrap();
+    let report = f.gc(2).unwrap();
     assert_eq!(report.removed, [1, 3]);
     assert_eq!(report.kept, [4, 5]);
     assert_eq!(report.pinned, [2]);
@@ -457,34 +447,25 @@ fn gc_keeps_newest_and_pinned_and_removes_stable_first() {
     unpin(&f.root, "step_", 2, "reader-1").unwrap();
     assert!(matches!(
         unpin(&f.root, "step_", 2, "reader-1"),
-        Err(Error::NotFound(_))
+        Err(e) if e.kind() == ErrorKind::NotFound
     ));
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(2)).unwrap().removed, [2]);
+    assert_eq!(f.gc(2).unwrap().removed, [2]);
     assert!(matches!(
-        gc(&f.root, &RealClock, &gc_opts(0)),
-        Err(Error::InvalidInput(_))
+        f.gc(0),
+        Err(e) if e.kind() == ErrorKind::InvalidInput
     ));
 }
 
 #[test]
 fn expired_pins_do_not_hold_and_malformed_pins_do() {
-    let f = fixture();
-    for step in 1..=3 {
-        f.publish(step).unwrap();
-    }
-    pin(&f.root, &RealClock, "step_", 1, "old", 0).unwrap();
+    let f = published(1..=3);
+    f.pin(1, "old", 0).unwrap();
     fs::create_dir(f.path("step_2/.handoff.pins/weird")).unwrap(); // a pin that is a directory
-    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    let report = f.gc(1).unwrap();
     assert_eq!(report.removed, [1]);
     assert_eq!(report.pinned, [2]);
-    let entries = fsck(&f.root, &RealClock, "step_", true).unwrap();
-    assert!(
-        entries
-            .iter()
-            .any(|e| e.name.ends_with("step_2/.handoff.pins/weird") && e.action.is_some()),
-        "{entries:?}"
-    );
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [2]);
+    assert_repaired(&f, "step_2/.handoff.pins/weird");
+    assert_eq!(f.gc(1).unwrap().removed, [2]);
 }
 
 #[test]
@@ -496,34 +477,17 @@ fn version_1_pins_still_hold_their_steps() {
     f.publish(4).unwrap();
     // A version 1 step is pinned the version 1 way, where version 1 gc and
     // readers look for it.
-    pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
+    f.pin(1, "srv", 60_000).unwrap();
     assert!(f.path(".handoff/pins/step_1/srv").exists());
-    pin(&f.root, &RealClock, "step_", 2, "old", 0).unwrap();
+    f.pin(2, "old", 0).unwrap();
     fs::create_dir_all(f.path(".handoff/pins/step_3/weird")).unwrap();
-    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    let report = f.gc(1).unwrap();
     assert_eq!(report.removed, [2]);
     assert_eq!(report.pinned, [1, 3]);
-    let entries = fsck(&f.root, &RealClock, "step_", true).unwrap();
-    assert!(
-        entries
-            .iter()
-            .any(|e| e.name.ends_with("step_3/weird") && e.action.is_some()),
-        "{entries:?}"
-    );
+    assert_repaired(&f, "step_3/weird");
     unpin(&f.root, "step_", 1, "srv").unwrap();
-    assert_eq!(
-        gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed,
-        [1, 3]
-    );
-    assert!(
-        wait(
-            &f.root,
-            &RealClock,
-            Target::Latest,
-            &wait_opts(Verify::Hash, 0)
-        )
-        .is_ok()
-    );
+    assert_eq!(f.gc(1).unwrap().removed, [1, 3]);
+    assert!(f.wait_for(Target::Latest, Verify::Hash, 0).is_ok());
 }
 
 #[test]
@@ -537,16 +501,13 @@ fn gc_claims_a_step_by_removing_its_pin_directory_and_no_pin_gets_in_after() {
     );
     // A gc that claimed step 1 and died before unpublishing it.
     fs::remove_dir(f.path("step_1/.handoff.pins")).unwrap();
-    let err = pin(&f.root, &RealClock, "step_", 1, "late", 60_000).unwrap_err();
-    assert!(
-        matches!(&err, Error::NotFound(why) if why.contains("claimed")),
-        "{err:?}"
-    );
+    let err = f.pin(1, "late", 60_000).unwrap_err();
+    assert_error(&err, ErrorKind::NotFound, &["claimed"]);
     assert!(
         !f.path("step_1/.handoff.pins").exists(),
         "the pin made nothing"
     );
-    let dry = fsck(&f.root, &RealClock, "step_", false).unwrap();
+    let dry = fsck(&f.root, &RealPlatform, "step_", false).unwrap();
     assert!(
         dry.iter()
             .any(|e| e.name == "step_1"
@@ -554,12 +515,12 @@ fn gc_claims_a_step_by_removing_its_pin_directory_and_no_pin_gets_in_after() {
         "{dry:?}"
     );
     // The next gc finishes it, although the newest one is kept anyway.
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+    assert_eq!(f.gc(1).unwrap().removed, [1]);
     assert!(!f.path("step_1").exists());
     // fsck --repair leaves a claimed step to gc, as every committed step.
     f.publish(3).unwrap();
     fs::remove_dir(f.path("step_2/.handoff.pins")).unwrap();
-    let repaired = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let repaired = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     assert!(
         repaired
             .iter()
@@ -574,9 +535,9 @@ fn pinning_again_renews_and_expiry_follows_the_server_stamp() {
     let f = fixture();
     f.publish(1).unwrap();
     f.publish(2).unwrap();
-    let first = pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    let renewed = pin(&f.root, &RealClock, "step_", 1, "srv", 60_000).unwrap();
+    let first = f.pin(1, "srv", 60_000).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let renewed = f.pin(1, "srv", 60_000).unwrap();
     assert!(renewed.expires_ms > first.expires_ms);
     assert_eq!(f.pins(1).len(), 1, "the older pin went: {:?}", f.pins(1));
     assert!(f.pins(1)[0].starts_with("srv+60000+"));
@@ -594,7 +555,7 @@ fn pinning_again_renews_and_expiry_follows_the_server_stamp() {
     };
     stamp(f.path("step_1/STABLE"), ago(600)); // committed ten minutes ago
     stamp(pin_file, ago(120));
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().removed, [1]);
+    assert_eq!(f.gc(1).unwrap().removed, [1]);
 }
 
 #[test]
@@ -604,7 +565,7 @@ fn a_pin_stamped_before_its_step_was_committed_holds() {
     let f = fixture();
     f.publish(1).unwrap();
     f.publish(2).unwrap();
-    pin(&f.root, &RealClock, "step_", 1, "srv", 1000).unwrap();
+    f.pin(1, "srv", 1000).unwrap();
     let pin_file = f.path(&format!("step_1/.handoff.pins/{}", f.pins(1)[0]));
     let verifier_like = std::time::UNIX_EPOCH + std::time::Duration::from_secs(700_000_000);
     fs::File::options()
@@ -613,7 +574,7 @@ fn a_pin_stamped_before_its_step_was_committed_holds() {
         .unwrap()
         .set_modified(verifier_like)
         .unwrap();
-    assert_eq!(gc(&f.root, &RealClock, &gc_opts(1)).unwrap().pinned, [1]);
+    assert_eq!(f.gc(1).unwrap().pinned, [1]);
     assert!(pin_file.exists());
 }
 
@@ -631,7 +592,7 @@ fn gc_reads_the_clock_from_a_file_and_removes_only_old_clock_files() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
         .unwrap();
-    gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    f.gc(1).unwrap();
     assert!(!old.exists(), "a crashed gc's clock file is removed");
     assert!(fresh.exists(), "another gc's may be in use");
     let left: Vec<_> = fs::read_dir(f.path(".handoff"))
@@ -647,18 +608,15 @@ fn a_payload_cannot_take_the_pin_directory_name() {
     let f = fixture();
     payload(&f.path("step_1"), "x");
     fs::write(f.path("step_1/.handoff.pins"), "mine").unwrap();
-    let err = seal(&f.root, &RealClock, 1, &opts()).unwrap_err();
-    assert!(
-        matches!(&err, Error::InvalidInput(why) if why.contains("step_1/.handoff.pins")),
-        "{err:?}"
-    );
+    let err = seal(&f.root, &RealPlatform, 1, &opts()).unwrap_err();
+    assert_error(&err, ErrorKind::InvalidInput, &["step_1/.handoff.pins"]);
     assert!(!f.path("step_1/STABLE").exists());
     assert_eq!(fs::read(f.path("step_1/.handoff.pins")).unwrap(), b"mine");
     // An empty one a crashed seal left is taken over.
     fs::remove_file(f.path("step_1/.handoff.pins")).unwrap();
     fs::create_dir(f.path("step_1/.handoff.pins")).unwrap();
-    seal(&f.root, &RealClock, 1, &opts()).unwrap();
-    pin(&f.root, &RealClock, "step_", 1, "srv", 1000).unwrap();
+    seal(&f.root, &RealPlatform, 1, &opts()).unwrap();
+    f.pin(1, "srv", 1000).unwrap();
 }
 
 #[test]
@@ -666,19 +624,19 @@ fn pins_need_a_committed_step_and_a_sane_holder() {
     let f = fixture();
     payload(&f.path("step_1"), "a");
     assert!(matches!(
-        pin(&f.root, &RealClock, "step_", 1, "r", 1000),
-        Err(Error::NotFound(_))
+        f.pin(1, "r", 1000),
+        Err(e) if e.kind() == ErrorKind::NotFound
     ));
     assert!(matches!(
-        pin(&f.root, &RealClock, "step_", 2, "r", 1000),
-        Err(Error::NotFound(_))
+        f.pin(2, "r", 1000),
+        Err(e) if e.kind() == ErrorKind::NotFound
     ));
     f.publish(3).unwrap();
     for bad in ["", "../x", ".hidden", "a/b", &"x".repeat(129)] {
         assert!(
             matches!(
-                pin(&f.root, &RealClock, "step_", 3, bad, 1000),
-                Err(Error::InvalidInput(_))
+                f.pin(3, bad, 1000),
+                Err(e) if e.kind() == ErrorKind::InvalidInput
             ),
             "{bad}"
         );
@@ -692,27 +650,31 @@ fn wait_with_pin_keeps_the_previous_pin_until_the_reader_unpins_it() {
     let mut o = wait_opts(Verify::Size, 0);
     o.pin = Some(PinRequest {
         holder: "srv".into(),
-        ttl_ms: 60_000,
+        ttl: Duration::from_secs(60),
     });
     assert_eq!(
-        wait(&f.root, &RealClock, Target::Latest, &o).unwrap().step,
+        wait(&f.root, &RealPlatform, Target::Latest, &o)
+            .unwrap()
+            .step,
         1
     );
     f.publish(2).unwrap();
     assert_eq!(
-        wait(&f.root, &RealClock, Target::Latest, &o).unwrap().step,
+        wait(&f.root, &RealPlatform, Target::Latest, &o)
+            .unwrap()
+            .step,
         2
     );
     // The reader still serves step 1 until it has switched over.
     assert_eq!(f.pins(2).len(), 1);
     assert_eq!(f.pins(1).len(), 1);
-    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    let report = f.gc(1).unwrap();
     assert_eq!(report.pinned, [1]);
     assert!(f.path("step_1/STABLE").exists());
 
     // Switched over: the hand-over ends with its unpin, and gc may go on.
     unpin(&f.root, "step_", 1, "srv").unwrap();
-    let report = gc(&f.root, &RealClock, &gc_opts(1)).unwrap();
+    let report = f.gc(1).unwrap();
     assert_eq!(report.removed, [1]);
 }
 
@@ -726,7 +688,7 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
     payload(&f.path(".handoff/trash/step_0.0000"), "x"); // crashed gc
     fs::remove_file(f.path("step_2/adapter.safetensors")).unwrap(); // damage
     fs::write(f.path("notes.txt"), "mine").unwrap();
-    let first = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let first = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     let state = |name: &str| first.iter().find(|e| e.name == name).map(|e| e.state);
     assert_eq!(state("step_1"), Some(StepState::Committed));
     assert_eq!(state("step_2"), Some(StepState::Corrupt));
@@ -737,7 +699,7 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
     );
     assert_eq!(state(".handoff/trash/step_0.0000"), Some(StepState::Trash));
     assert_eq!(state("notes.txt"), Some(StepState::Stray));
-    let second = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let second = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     let names: Vec<_> = second
         .iter()
         .map(|e| (e.name.as_str(), e.state, e.action.is_some()))
@@ -749,7 +711,7 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
             ("step_1", StepState::Committed, false)
         ]
     );
-    assert_eq!(fsck(&f.root, &RealClock, "step_", true).unwrap(), second);
+    assert_eq!(fsck(&f.root, &RealPlatform, "step_", true).unwrap(), second);
 }
 
 #[test]
@@ -759,15 +721,15 @@ fn gc_removes_abandoned_staging_only() {
     payload(&f.path(".handoff/staging/step_2.fresh"), "x");
     let mut o = gc_opts(1);
     assert!(
-        gc(&f.root, &RealClock, &o)
+        gc(&f.root, &RealPlatform, &o)
             .unwrap()
             .staging_removed
             .is_empty()
     );
     std::thread::sleep(std::time::Duration::from_millis(20));
-    o.grace_ms = 10;
+    o.grace = Duration::from_millis(10);
     assert_eq!(
-        gc(&f.root, &RealClock, &o).unwrap().staging_removed,
+        gc(&f.root, &RealPlatform, &o).unwrap().staging_removed,
         ["step_2.fresh"]
     );
 }
@@ -777,28 +739,20 @@ fn fsck_republishes_a_pinned_version_1_step_an_interrupted_gc_unpublished() {
     let f = fixture();
     f.publish_v1(1);
     f.publish_v1(2);
-    pin(&f.root, &RealClock, "step_", 1, "reader", 60_000).unwrap();
+    f.pin(1, "reader", 60_000).unwrap();
     // gc removed STABLE, a reader pinned meanwhile, gc died before putting it back.
     fs::remove_file(f.path("step_1/STABLE")).unwrap();
-    let dry = fsck(&f.root, &RealClock, "step_", false).unwrap();
+    let dry = fsck(&f.root, &RealPlatform, "step_", false).unwrap();
     assert_eq!(dry[0].state, StepState::Incomplete);
     assert!(f.path("step_1").exists());
-    let repaired = fsck(&f.root, &RealClock, "step_", true).unwrap();
+    let repaired = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     assert_eq!(repaired[0].action.as_deref(), Some("republished"));
     assert!(f.path("step_1/STABLE").exists());
-    assert!(
-        wait(
-            &f.root,
-            &RealClock,
-            Target::Step(1),
-            &wait_opts(Verify::Hash, 0)
-        )
-        .is_ok()
-    );
+    assert!(f.wait_for(Target::Step(1), Verify::Hash, 0).is_ok());
     // Without the pin, the same state is removed.
     unpin(&f.root, "step_", 2, "reader").unwrap_err();
     fs::remove_file(f.path("step_1/STABLE")).unwrap();
     unpin(&f.root, "step_", 1, "reader").unwrap();
-    fsck(&f.root, &RealClock, "step_", true).unwrap();
+    fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     assert!(!f.path("step_1").exists());
 }

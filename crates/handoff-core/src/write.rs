@@ -2,94 +2,14 @@
 
 use std::io;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, Manifest, STABLE_NAME, hex};
-use crate::read::Version;
-use crate::storage::{Clock, Kind, Storage, StorageFile, join, write_all_at};
-
-/// Streaming buffer size for copying and hashing.
-pub(crate) const CHUNK: usize = 1 << 20;
-
-/// Options shared by the writing operations.
-#[derive(Clone, Debug)]
-pub struct WriteOptions {
-    /// Step directory prefix, `step_` by default.
-    pub prefix: String,
-    /// Writer id recorded in the manifest.
-    pub writer: String,
-    /// Creation time to record; `None` records the current time.
-    pub created_ms: Option<u64>,
-}
-
-/// What a writing operation did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublishReport {
-    /// The committed version.
-    pub version: Version,
-    /// Flushes issued (files and directories).
-    pub syncs: u32,
-    /// Conditions that did not stop the operation, such as a filesystem
-    /// that refuses directory flushes.
-    pub warnings: Vec<String>,
-}
-
-/// Issues flushes, counts them, and latches the one tolerated refusal.
-///
-/// A failed flush is an error and ends the operation: after a failed fsync the
-/// kernel may have dropped the dirty pages, so retrying proves nothing.
-pub(crate) struct Flusher<'a, S: Storage> {
-    pub(crate) fs: &'a S,
-    pub(crate) syncs: u32,
-    pub(crate) warnings: Vec<String>,
-    dir_sync_refused: bool,
-}
-
-impl<'a, S: Storage> Flusher<'a, S> {
-    pub(crate) fn new(fs: &'a S) -> Self {
-        Flusher {
-            fs,
-            syncs: 0,
-            warnings: Vec::new(),
-            dir_sync_refused: false,
-        }
-    }
-
-    pub(crate) fn file(&mut self, file: &mut S::File, path: &str) -> Result<()> {
-        file.sync().map_err(|e| {
-            Error::Durability(format!("failed to fsync {}: {e}", self.fs.display(path)))
-        })?;
-        self.syncs += 1;
-        Ok(())
-    }
-
-    pub(crate) fn dir(&mut self, path: &str) -> Result<()> {
-        match self.fs.sync_dir(path) {
-            Ok(()) => {
-                self.syncs += 1;
-                Ok(())
-            }
-            // Some filesystems refuse directory fsync outright; there is no
-            // stronger flush to be had, so say so once and keep the order.
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                if !self.dir_sync_refused {
-                    self.dir_sync_refused = true;
-                    self.warnings.push(format!(
-                        "directory fsync unsupported on {}: {e}",
-                        self.fs.display(path)
-                    ));
-                }
-                Ok(())
-            }
-            Err(e) => Err(Error::Durability(format!(
-                "failed to fsync directory {}: {e}",
-                self.fs.display(path)
-            ))),
-        }
-    }
-}
+use crate::storage::{Kind, Platform, Storage, StorageFile, join, write_all_at};
+use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
+use crate::types::{PublishReport, Version, WriteOptions};
 
 /// Seal a payload already written in `<prefix><step>/`.
 ///
@@ -105,9 +25,9 @@ impl<'a, S: Storage> Flusher<'a, S> {
 ///    the sentinel's name is durable.
 /// 5. fsync the root: the step directory's own name is durable, so a version
 ///    reported as sealed survives a crash.
-pub fn seal<S: Storage, C: Clock>(
+pub fn seal<S: Storage, P: Platform>(
     fs: &S,
-    clock: &C,
+    platform: &P,
     step: u64,
     options: &WriteOptions,
 ) -> Result<PublishReport> {
@@ -118,16 +38,19 @@ pub fn seal<S: Storage, C: Clock>(
         .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
     {
         None => {
-            return Err(Error::NotFound(format!(
-                "no step directory {}: write the payload there first, or use publish",
-                fs.display(&dir)
-            )));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no step directory {}: write the payload there first, or use publish",
+                    fs.display(&dir)
+                ),
+            ));
         }
         Some(m) if m.kind != Kind::Dir => {
-            return Err(Error::InvalidInput(format!(
-                "{} is not a directory",
-                fs.display(&dir)
-            )));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is not a directory", fs.display(&dir)),
+            ));
         }
         Some(_) => {}
     }
@@ -137,10 +60,12 @@ pub fn seal<S: Storage, C: Clock>(
         .map_err(|e| Error::io("inspect", &fs.display(&stable), &e))?
         .is_some()
     {
-        return Err(Error::Conflict(format!(
-            "step {step} is already sealed: {} exists; left as is",
-            fs.display(&stable)
-        )));
+        let shown = fs.display(&stable);
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("step {step} is already sealed: {shown} exists; left as is"),
+        )
+        .at(shown));
     }
 
     // Refuse links and special files before anything is written.
@@ -171,16 +96,7 @@ pub fn seal<S: Storage, C: Clock>(
             .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
         flush.file(&mut file, &path)?;
     }
-    for sub in dirs.iter().rev() {
-        flush.dir(&join(&dir, sub))?;
-    }
-    let manifest = Manifest::new(
-        step,
-        &options.writer,
-        options.created_ms.unwrap_or_else(|| clock.now_ms()),
-        entries,
-    );
-    commit_dir(&mut flush, &dir, &manifest)?;
+    let manifest = commit_dir(&mut flush, platform, &dir, &dirs, step, options, entries)?;
     flush.dir("")?;
     Ok(report(fs, &dir, manifest, flush))
 }
@@ -189,20 +105,22 @@ pub fn seal<S: Storage, C: Clock>(
 /// `<prefix><step>` in `fs`. The rename is the commit: before it nothing is
 /// visible under the step's name; it fails if the step exists (the writer
 /// fence), and then the existing version is untouched.
-pub fn publish<S: Storage, Src: Storage, C: Clock>(
+pub fn publish<S: Storage, Src: Storage, P: Platform>(
     fs: &S,
     source: &Src,
-    clock: &C,
+    platform: &P,
     step: u64,
     options: &WriteOptions,
 ) -> Result<PublishReport> {
     check_prefix(&options.prefix)?;
     let dir = step_name(&options.prefix, step);
     let already = || {
-        Error::Conflict(format!(
-            "step {step} is already published at {}; left as is",
-            fs.display(&dir)
-        ))
+        let shown = fs.display(&dir);
+        Error::new(
+            ErrorKind::Conflict,
+            format!("step {step} is already published at {shown}; left as is"),
+        )
+        .at(shown)
     };
     // Fail fast; the rename below is what actually fences.
     if fs
@@ -214,16 +132,19 @@ pub fn publish<S: Storage, Src: Storage, C: Clock>(
     }
     let (files, dirs) = walk_payload(source, "")?;
     if files.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "source {} holds no files to publish",
-            source.display("")
-        )));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("source {} holds no files to publish", source.display("")),
+        ));
     }
 
     let mut flush = Flusher::new(fs);
     ensure_dir(&mut flush, HANDOFF_DIR, "")?;
     ensure_dir(&mut flush, STAGING_DIR, HANDOFF_DIR)?;
-    let staging = join(STAGING_DIR, &format!("{dir}.{:016x}", clock.random_u64()));
+    let staging = join(
+        STAGING_DIR,
+        &format!("{dir}.{:016x}", platform.random_u64()),
+    );
     fs.create_dir(&staging)
         .map_err(|e| Error::io("create", &fs.display(&staging), &e))?;
 
@@ -237,16 +158,9 @@ pub fn publish<S: Storage, Src: Storage, C: Clock>(
         for rel in &files {
             entries.push(copy_file(source, rel, &mut flush, &join(&staging, rel))?);
         }
-        for sub in dirs.iter().rev() {
-            flush.dir(&join(&staging, sub))?;
-        }
-        let manifest = Manifest::new(
-            step,
-            &options.writer,
-            options.created_ms.unwrap_or_else(|| clock.now_ms()),
-            entries,
-        );
-        commit_dir(&mut flush, &staging, &manifest)?;
+        let manifest = commit_dir(
+            &mut flush, platform, &staging, &dirs, step, options, entries,
+        )?;
         match fs.rename(&staging, &dir) {
             Ok(()) => {}
             Err(e)
@@ -274,12 +188,23 @@ pub fn publish<S: Storage, Src: Storage, C: Clock>(
     }
 }
 
-/// Steps 2–4 of [`seal`]: manifest, then `STABLE`, each made durable.
-fn commit_dir<S: Storage>(
+/// The end of step 1 of [`seal`] (the payload's directories, deepest first),
+/// then steps 2–4: the manifest of `entries`, then `STABLE`, each made
+/// durable.
+fn commit_dir<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
+    platform: &P,
     dir: &str,
-    manifest: &Manifest,
-) -> Result<()> {
+    payload_dirs: &[String],
+    step: u64,
+    options: &WriteOptions,
+    entries: Vec<FileEntry>,
+) -> Result<Manifest> {
+    for sub in payload_dirs.iter().rev() {
+        flush.dir(&join(dir, sub))?;
+    }
+    let created = options.created_ms.unwrap_or_else(|| platform.now_ms());
+    let manifest = Manifest::new(step, &options.writer, created, entries);
     let fs = flush.fs;
     let tmp = join(dir, MANIFEST_TMP_NAME);
     // A leftover from a crashed seal is ours to replace.
@@ -307,10 +232,13 @@ fn commit_dir<S: Storage>(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs.stat(&pins) {
             Ok(Some(m)) if m.kind == Kind::Dir => {}
             _ => {
-                return Err(Error::InvalidInput(format!(
-                    "{} is in the way: the name is handoff's pin directory",
-                    fs.display(&pins)
-                )));
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{} is in the way: the name is handoff's pin directory",
+                        fs.display(&pins)
+                    ),
+                ));
             }
         },
         Err(e) => return Err(Error::io("create", &fs.display(&pins), &e)),
@@ -321,14 +249,19 @@ fn commit_dir<S: Storage>(
 
     let stable = join(dir, STABLE_NAME);
     let mut file = fs.create_new(&stable).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => Error::Conflict(format!(
-            "{} appeared while sealing; left as is",
-            fs.display(&stable)
-        )),
+        io::ErrorKind::AlreadyExists => {
+            let shown = fs.display(&stable);
+            Error::new(
+                ErrorKind::Conflict,
+                format!("{shown} appeared while sealing; left as is"),
+            )
+            .at(shown)
+        }
         _ => Error::io("create", &fs.display(&stable), &e),
     })?;
     flush.file(&mut file, &stable)?;
-    flush.dir(dir)
+    flush.dir(dir)?;
+    Ok(manifest)
 }
 
 fn report<S: Storage>(
@@ -339,41 +272,10 @@ fn report<S: Storage>(
 ) -> PublishReport {
     PublishReport {
         version: Version::from_manifest(fs.display(dir), manifest),
-        syncs: flush.syncs,
+        fsyncs: flush.fsyncs,
+        fsync_ms: 0.0,
         warnings: flush.warnings,
     }
-}
-
-/// Create `path` if missing, making its name durable in `parent`.
-pub(crate) fn ensure_dir<S: Storage>(
-    flush: &mut Flusher<'_, S>,
-    path: &str,
-    parent: &str,
-) -> Result<()> {
-    let fs = flush.fs;
-    // A directory seen as existing can vanish before the stat (the last pin of
-    // a step released by another reader): create it again.
-    for _ in 0..8 {
-        match fs.create_dir(path) {
-            Ok(()) => return flush.dir(parent),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs.stat(path) {
-                Ok(Some(m)) if m.kind == Kind::Dir => return Ok(()),
-                Ok(None) => continue,
-                Ok(Some(_)) => {
-                    return Err(Error::Io(format!(
-                        "{} exists and is not a directory",
-                        fs.display(path)
-                    )));
-                }
-                Err(e) => return Err(Error::io("inspect", &fs.display(path), &e)),
-            },
-            Err(e) => return Err(Error::io("create", &fs.display(path), &e)),
-        }
-    }
-    Err(Error::Io(format!(
-        "{} keeps disappearing while being created",
-        fs.display(path)
-    )))
 }
 
 /// List a payload tree: files and directories relative to `dir`, sorted, with
@@ -406,17 +308,23 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
                     pending.push(child);
                 }
                 Kind::Symlink => {
-                    return Err(Error::InvalidInput(format!(
-                        "{} is a symbolic link: handoff publishes regular files only, \
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "{} is a symbolic link: handoff publishes regular files only, \
                          replace it with the file it points to",
-                        fs.display(&join(dir, &child))
-                    )));
+                            fs.display(&join(dir, &child))
+                        ),
+                    ));
                 }
                 Kind::Other => {
-                    return Err(Error::InvalidInput(format!(
-                        "{} is not a regular file or directory",
-                        fs.display(&join(dir, &child))
-                    )));
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "{} is not a regular file or directory",
+                            fs.display(&join(dir, &child))
+                        ),
+                    ));
                 }
             }
         }
@@ -424,35 +332,6 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
     files.sort();
     dirs.sort();
     Ok((files, dirs))
-}
-
-/// Stream a file through BLAKE3: its size and hash, never the whole file in
-/// memory.
-pub(crate) fn hash_file<S: Storage>(
-    fs: &S,
-    file: &mut S::File,
-    path: &str,
-) -> Result<(u64, String)> {
-    if let Some((size, hash)) = file
-        .hash()
-        .map_err(|e| Error::io("hash", &fs.display(path), &e))?
-    {
-        return Ok((size, hex(&blake3::Hash::from_bytes(hash))));
-    }
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    loop {
-        let n = file
-            .read_at(&mut buf, offset)
-            .map_err(|e| Error::io("read", &fs.display(path), &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok((offset, hex(&hasher.finalize())))
 }
 
 /// Copy `rel` from `source` to `to` in the flusher's storage, hash it and
@@ -486,31 +365,25 @@ fn copy_file<S: Storage, Src: Storage>(
             output.start_writeback();
             let (size, blake3) = hash_file(source, &mut input, rel)?;
             if size != copied {
-                return Err(Error::Io(format!(
-                    "{} changed while it was published: {copied} bytes copied, \
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} changed while it was published: {copied} bytes copied, \
                      then {size} bytes hashed",
-                    source.display(rel)
-                )));
+                        source.display(rel)
+                    ),
+                ));
             }
             (size, blake3)
         }
         None => {
             let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; CHUNK];
-            let mut offset = 0u64;
-            loop {
-                let n = input
-                    .read_at(&mut buf, offset)
-                    .map_err(|e| Error::io("read", &source.display(rel), &e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                write_all_at(&mut output, &buf[..n], offset)
-                    .map_err(|e| Error::io("write", &fs.display(to), &e))?;
-                offset += n as u64;
-            }
-            (offset, hex(&hasher.finalize()))
+            let size = read_chunks(&mut input, &source.display(rel), |chunk, offset| {
+                hasher.update(chunk);
+                write_all_at(&mut output, chunk, offset)
+                    .map_err(|e| Error::io("write", &fs.display(to), &e))
+            })?;
+            (size, hex(&hasher.finalize()))
         }
     };
     flush.file(&mut output, to)?;
@@ -519,32 +392,4 @@ fn copy_file<S: Storage, Src: Storage>(
         size,
         blake3,
     })
-}
-
-/// Remove a tree bottom-up. Used only on directories the protocol owns
-/// (its own staging copy, trash). Anything already gone counts as removed:
-/// two gcs, or gc and fsck, may sweep the same trash.
-pub(crate) fn remove_tree<S: Storage>(fs: &S, path: &str) -> io::Result<()> {
-    let gone_ok = |r: io::Result<()>| match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    };
-    match fs.stat(path)? {
-        None => return Ok(()),
-        Some(m) if m.kind != Kind::Dir => return gone_ok(fs.remove_file(path)),
-        Some(_) => {}
-    }
-    let entries = match fs.read_dir(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
-    };
-    for entry in entries {
-        let child = join(path, &entry.name);
-        if entry.kind == Kind::Dir {
-            remove_tree(fs, &child)?;
-        } else {
-            gone_ok(fs.remove_file(&child))?;
-        }
-    }
-    gone_ok(fs.remove_dir(path))
 }

@@ -444,17 +444,8 @@ impl Filesystem for NodeFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut w = self.world();
-        // Close-to-open: the store revalidates the node's cached attributes.
-        match w.store.open(self.node, ino.0, Instant::now()) {
-            Ok(Kind::File) => {
-                let fh = w.new_handle(self.node, Handle::File(ino.0));
-                reply.opened(fh, open_flags());
-            }
-            Ok(Kind::Dir) => {
-                w.store.release(self.node, ino.0);
-                reply.error(fuser::Errno::EISDIR);
-            }
+        match self.open_as(ino.0, Kind::File) {
+            Ok(fh) => reply.opened(fh, open_flags()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -585,19 +576,8 @@ impl Filesystem for NodeFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut w = self.world();
-        match w.store.open(self.node, ino.0, Instant::now()) {
-            Ok(Kind::Dir) => {
-                // Opening a directory revalidates it for this node, as a
-                // listing does (the listing itself is taken on the first read).
-                let _ = w.store.readdir(self.node, ino.0);
-                let fh = w.new_handle(self.node, Handle::Dir(ino.0, Vec::new()));
-                reply.opened(fh, FopenFlags::empty());
-            }
-            Ok(Kind::File) => {
-                w.store.release(self.node, ino.0);
-                reply.error(fuser::Errno::ENOTDIR);
-            }
+        match self.open_as(ino.0, Kind::Dir) {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -690,6 +670,31 @@ impl NodeFs {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    /// Opens `ino` for this node as a `kind` (`EISDIR` or `ENOTDIR` when it
+    /// is the other kind) and returns the new handle.
+    fn open_as(&self, ino: Ino, kind: Kind) -> Res<FileHandle> {
+        let mut w = self.world();
+        // Close-to-open: the store revalidates the node's cached attributes.
+        let found = w.store.open(self.node, ino, Instant::now())?;
+        let handle = match (kind, found) {
+            (Kind::File, Kind::File) => Handle::File(ino),
+            (Kind::Dir, Kind::Dir) => {
+                // Opening a directory revalidates it for this node, as a
+                // listing does (the listing itself is taken on the first read).
+                let _ = w.store.readdir(self.node, ino);
+                Handle::Dir(ino, Vec::new())
+            }
+            (Kind::File, Kind::Dir) | (Kind::Dir, Kind::File) => {
+                w.store.release(self.node, ino);
+                return Err(match found {
+                    Kind::Dir => libc::EISDIR,
+                    Kind::File => libc::ENOTDIR,
+                });
+            }
+        };
+        Ok(w.new_handle(self.node, handle))
     }
 
     fn sync(&self, req: &Request, ino: Ino, reply: ReplyEmpty) {

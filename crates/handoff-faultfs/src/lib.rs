@@ -23,36 +23,41 @@
 //!
 //! # The rules
 //!
-//! These are the only place the model is stated; `store.rs` implements them
-//! and its unit tests pin them.
+//! The rules are listed, with ids, in `docs/FILESYSTEM.md`, which the model
+//! checker (`handoff-sim`) follows too; below is how this filesystem applies
+//! them. `store.rs` implements them, citing the ids, and its unit tests pin
+//! them.
 //!
 //! ## Lazy mode: what survives a crash
 //!
-//! 1. **Data.** write, truncate, chmod and utimes change the file at once, and
-//!    are durable only when *that file* is fsynced (fdatasync alike): fsync
-//!    makes its bytes and mode durable as they are then. It does not make the
-//!    file's *name* durable. `close` flushes nothing.
-//! 2. **Names.** create, mkdir, unlink, rmdir and rename are visible at once
-//!    and durable only when a *directory they touch* is fsynced. fsync of a
-//!    directory D commits every pending entry operation on D and, transitively,
-//!    every operation entangled with those through a rename; they are applied
-//!    in the order they happened. Operations left pending touch none of those
-//!    directories, so the two sets commute and no impossible state arises.
-//! 3. **Rename** touches its source and target directory and is one atomic
-//!    operation, as in a journaling filesystem: it becomes durable when either
-//!    parent is fsynced, and never half (never both names, never neither). An
-//!    unsynced creation it depends on (mkdir of the staging directory) commits
-//!    with it. So handoff's publish — rename staging into the root, then fsync
-//!    the root — is durable once that fsync returns.
-//! 4. A durable name whose file data was never fsynced is an **empty file**
+//! 1. **Data** (F1, F2). write, truncate, chmod and utimes change the file at
+//!    once, and are durable only when *that file* is fsynced (fdatasync
+//!    alike): fsync makes its bytes and mode durable as they are then. It
+//!    does not make the file's *name* durable. `close` flushes nothing.
+//! 2. **Names** (F3, F5). create, mkdir, unlink, rmdir and rename are visible
+//!    at once and durable only when the directory holding the entry they
+//!    leave is fsynced. fsync of a directory D commits every pending entry
+//!    operation whose resulting entry lies in D and, transitively, every
+//!    earlier operation on an entry one of those touches; they are applied
+//!    in the order they happened. What stays pending shares no entry with
+//!    what was committed, so the two sets commute and no impossible state
+//!    arises.
+//! 3. **Rename** (F4) is one atomic operation: never half (never both names,
+//!    never neither). It becomes durable when its *destination* directory is
+//!    fsynced; the source's fsync alone leaves it pending (ext4 and xfs would
+//!    commit it; see `docs/FILESYSTEM.md` for why the models do not). An
+//!    unsynced creation it depends on (mkdir of the staging directory)
+//!    commits with it. So handoff's publish — rename staging into the root,
+//!    then fsync the root — is durable once that fsync returns.
+//! 4. (F1, F6) A durable name whose file data was never fsynced is an **empty file**
 //!    (an empty directory, for a directory whose own entries were never
 //!    synced). A synced directory whose own name is not durable is unreachable.
-//! 5. **Crash** ([`FaultFs::crash`]) drops everything volatile: the live tree
+//! 5. **Crash** (F7, [`FaultFs::crash`]) drops everything volatile: the live tree
 //!    becomes the durable image; inodes no durable name reaches are gone (as
 //!    fsck of a real filesystem would do); open handles and node caches are
 //!    forgotten. The image is also written to the backing directory, so a
 //!    remount ([`FaultFs::reload`], then [`FaultFs::mount`]) shows the same.
-//! 6. **Background writeback** ([`FaultFs::writeback`], called just before a
+//! 6. **Background writeback** (F7, [`FaultFs::writeback`], called just before a
 //!    crash when wanted) stands for the kernel's periodic journal commit and
 //!    dirty-page flush at some moment before the crash. Seeded: with equal
 //!    chance none, all, or an oldest-first prefix of the pending entry
@@ -67,18 +72,18 @@
 //! and the node that made it sees it at once. The others see it late, through
 //! their own caches and a lag on data:
 //!
-//! 1. **Names.** A node that asks the server — a look-up its caches do not
+//! 1. **Names** (V2, V6). A node that asks the server — a look-up its caches do not
 //!    answer, a listing, an exclusive create — gets the server's names at
 //!    once. The lag is all in its caches (rule 3): a name shows late to a
 //!    node that cached it as absent, and names can show out of order
 //!    (`STABLE` before a data file the node looked for earlier). The author's
 //!    fsync of a directory makes its names durable; it pushes nothing into
 //!    other nodes' caches.
-//! 2. **Data.** Bytes another node wrote are seen as the file was `lag` ago,
+//! 2. **Data** (V5). Bytes another node wrote are seen as the file was `lag` ago,
 //!    `lag` drawn per (observer, file) up to [`Delays::data_lag_max`]: a short
 //!    file. The writer's fsync of the file publishes all its bytes; `close`
 //!    does not (a write-back client).
-//! 3. **Look-up caches.** Each node keeps what its look-ups found until the
+//! 3. **Look-up caches** (V1–V4). Each node keeps what its look-ups found until the
 //!    entry expires, whatever the server does meanwhile: a **negative** entry
 //!    ("no such name", [`Delays::negative_ttl`]) and a **positive** one (the
 //!    inode a name resolved to, [`Delays::positive_ttl`]). What they answer
@@ -103,11 +108,11 @@
 //!    intent, so the mount reads it from the system call the caller is
 //!    blocked in (`/proc/<tid>/syscall`); when it cannot, the look-up counts
 //!    as a `stat`.
-//! 4. **Attributes.** A node reuses fetched attributes for
+//! 4. **Attributes** (V3). A node reuses fetched attributes for
 //!    [`Delays::attr_ttl`]: `stat` may show an old size or a file that is gone.
 //!    `open` revalidates them (close-to-open); `read` returns what the node
 //!    sees of the data at that moment.
-//! 5. **The server decides** exclusive create (`O_EXCL`, `mkdir`), unlink,
+//! 5. **The server decides** (V6) exclusive create (`O_EXCL`, `mkdir`), unlink,
 //!    rmdir and rename on what it holds, not on what the node sees: `rmdir`
 //!    of a directory with names the node does not see fails with ENOTEMPTY;
 //!    creating in a directory another node removed fails with ENOENT even
@@ -118,7 +123,7 @@
 //!    directory that is still open. Only the look-ups before them are the
 //!    node's: unlinking a name the node caches as absent fails with ENOENT
 //!    without asking the server, as on NFS.
-//! 6. **Removal.** A file is freed when its last name goes, unless the node
+//! 6. **Removal** (V8). A file is freed when its last name goes, unless the node
 //!    that removed it holds it open (POSIX; NFS's "silly rename"); other nodes'
 //!    open handles then fail with ESTALE, as across NFS clients.
 //! 7. The **kernel caches nothing** on its own: entry and attribute TTLs are 0
@@ -239,7 +244,7 @@ impl FaultFs {
         )
     }
 
-    /// Lazy mode: the crash (rule 5). Everything not durable is dropped, and
+    /// Lazy mode: the crash (lazy rule 5; F7). Everything not durable is dropped, and
     /// the durable image is written to the backing directory.
     pub fn crash(&self) -> io::Result<()> {
         let mut w = self.world();
@@ -250,7 +255,7 @@ impl FaultFs {
         w.store.export(Image::Durable, &self.backing)
     }
 
-    /// Lazy mode: a seeded background writeback (rule 6). A no-op in nodes mode.
+    /// Lazy mode: a seeded background writeback (lazy rule 6; F7). A no-op in nodes mode.
     pub fn writeback(&self, seed: u64) -> Writeback {
         self.world().store.writeback(seed)
     }

@@ -1,9 +1,10 @@
 //! The model behind every mount: one in-memory store of inodes ("the server"),
 //! an optional durable layer (lazy mode), each file's growth history (what a
 //! lagging node sees of its data) and each node's caches (what it sees of the
-//! names). The rules themselves are
-//! stated once, in the crate documentation (`lib.rs`); this module implements
-//! them and the unit tests below pin them without FUSE.
+//! names). The rules are listed, with ids, in `docs/FILESYSTEM.md` (and how
+//! this filesystem applies them in the crate documentation, `lib.rs`); this
+//! module implements them, citing the ids, and the unit tests below pin them
+//! without FUSE.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -215,43 +216,62 @@ impl DurableInode {
     }
 }
 
+/// A name in a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    dir: Ino,
+    name: OsString,
+}
+
+impl Entry {
+    fn new(dir: Ino, name: &OsStr) -> Entry {
+        Entry {
+            dir,
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// The inode a name is linked to, as the durable layer creates it.
+#[derive(Clone, Copy, Debug)]
+struct Linked {
+    ino: Ino,
+    kind: Kind,
+    mode: u32,
+}
+
 /// A change to directory entries, waiting for a directory fsync.
 #[derive(Clone, Debug)]
 enum EntryOp {
     Link {
-        dir: Ino,
-        name: OsString,
-        ino: Ino,
-        kind: Kind,
-        mode: u32,
+        at: Entry,
+        linked: Linked,
     },
     Unlink {
-        dir: Ino,
-        name: OsString,
+        at: Entry,
     },
     Rename {
-        from: Ino,
-        from_name: OsString,
-        to: Ino,
-        to_name: OsString,
-        ino: Ino,
-        kind: Kind,
-        mode: u32,
+        from: Entry,
+        to: Entry,
+        linked: Linked,
     },
 }
 
 impl EntryOp {
-    fn touches(&self, dirs: &HashSet<Ino>) -> bool {
+    /// The directory whose fsync makes this operation durable (F3, F4): the
+    /// one holding the entry it leaves, so a rename's destination.
+    fn durable_by(&self) -> Ino {
         match self {
-            EntryOp::Link { dir, .. } | EntryOp::Unlink { dir, .. } => dirs.contains(dir),
-            EntryOp::Rename { from, to, .. } => dirs.contains(from) || dirs.contains(to),
+            EntryOp::Link { at, .. } | EntryOp::Unlink { at } => at.dir,
+            EntryOp::Rename { to, .. } => to.dir,
         }
     }
 
-    fn dirs(&self) -> [Option<Ino>; 2] {
+    /// The entries it reads or writes (F5).
+    fn entries(&self) -> Vec<&Entry> {
         match self {
-            EntryOp::Link { dir, .. } | EntryOp::Unlink { dir, .. } => [Some(*dir), None],
-            EntryOp::Rename { from, to, .. } => [Some(*from), Some(*to)],
+            EntryOp::Link { at, .. } | EntryOp::Unlink { at } => vec![at],
+            EntryOp::Rename { from, to, .. } => vec![from, to],
         }
     }
 }
@@ -263,76 +283,67 @@ impl Durable {
             .or_insert_with(|| DurableInode::empty(kind, mode))
     }
 
+    fn link(&mut self, at: &Entry, linked: Linked) {
+        self.ensure(linked.ino, linked.kind, linked.mode);
+        self.ensure(at.dir, Kind::Dir, 0o755)
+            .entries
+            .insert(at.name.clone(), linked.ino);
+    }
+
+    fn unlink(&mut self, at: &Entry) {
+        self.ensure(at.dir, Kind::Dir, 0o755)
+            .entries
+            .remove(&at.name);
+    }
+
     /// Makes one entry operation durable. A name whose inode never had its
     /// own data synced points to an empty file or directory: the name is
-    /// durable, the contents are not.
+    /// durable, the contents are not (F1). A rename moves the name whole (F4).
     fn apply(&mut self, op: &EntryOp) {
         match op {
-            EntryOp::Link {
-                dir,
-                name,
-                ino,
-                kind,
-                mode,
-            } => {
-                self.ensure(*ino, *kind, *mode);
-                self.ensure(*dir, Kind::Dir, 0o755)
-                    .entries
-                    .insert(name.clone(), *ino);
-            }
-            EntryOp::Unlink { dir, name } => {
-                self.ensure(*dir, Kind::Dir, 0o755).entries.remove(name);
-            }
-            EntryOp::Rename {
-                from,
-                from_name,
-                to,
-                to_name,
-                ino,
-                kind,
-                mode,
-            } => {
-                self.ensure(*ino, *kind, *mode);
-                self.ensure(*from, Kind::Dir, 0o755)
-                    .entries
-                    .remove(from_name);
-                self.ensure(*to, Kind::Dir, 0o755)
-                    .entries
-                    .insert(to_name.clone(), *ino);
+            EntryOp::Link { at, linked } => self.link(at, *linked),
+            EntryOp::Unlink { at } => self.unlink(at),
+            EntryOp::Rename { from, to, linked } => {
+                self.unlink(from);
+                self.link(to, *linked);
             }
         }
     }
 
-    /// fsync of directory `dir`: commits every pending operation on `dir`,
-    /// together with every operation entangled with those through a rename
-    /// (transitively), in their original order. What stays pending touches
-    /// none of those directories, so the two sets commute.
+    /// fsync of directory `dir` (F3): commits every pending operation whose
+    /// resulting entry lies in `dir` (a rename only from its destination, F4),
+    /// and every earlier operation on an entry one of those touches,
+    /// transitively (F5), in their original order. What stays pending shares
+    /// no entry with what was committed, so the two sets commute.
     fn sync_dir(&mut self, dir: Ino) {
-        let mut dirs = HashSet::from([dir]);
-        loop {
-            let before = dirs.len();
-            for op in self
-                .pending
-                .iter()
-                .filter(|op| op.touches(&dirs))
-                .collect::<Vec<_>>()
-            {
-                dirs.extend(op.dirs().into_iter().flatten());
-            }
-            if dirs.len() == before {
-                break;
+        let entries: Vec<_> = self.pending.iter().map(EntryOp::entries).collect();
+        let mut commit: Vec<bool> = self
+            .pending
+            .iter()
+            .map(|op| op.durable_by() == dir)
+            .collect();
+        // Dependencies point backwards, so one backward pass is transitive.
+        for later in (0..commit.len()).rev() {
+            if commit[later] {
+                for earlier in 0..later {
+                    if entries[earlier].iter().any(|e| entries[later].contains(e)) {
+                        commit[earlier] = true;
+                    }
+                }
             }
         }
-        let (commit, keep): (Vec<EntryOp>, Vec<EntryOp>) = std::mem::take(&mut self.pending)
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
-            .partition(|op| op.touches(&dirs));
-        self.pending = keep;
-        for op in &commit {
+            .zip(commit)
+            .partition(|(_, commit)| *commit);
+        self.pending = keep.into_iter().map(|(op, _)| op).collect();
+        for (op, _) in &done {
             self.apply(op);
         }
     }
 
-    /// A journal commit: the oldest `n` pending operations become durable.
+    /// A journal commit: the oldest `n` pending operations become durable
+    /// (a prefix is closed under F5).
     fn commit_prefix(&mut self, n: usize) {
         let rest = self.pending.split_off(n.min(self.pending.len()));
         for op in std::mem::replace(&mut self.pending, rest) {
@@ -575,7 +586,7 @@ impl Store {
         Ok(inode.data[start..end].to_vec())
     }
 
-    // ---- each node's caches (nodes mode, rules 3 and 4) ---------------------
+    // ---- each node's caches (nodes mode, V1-V4) -----------------------------
 
     /// Gives `node` its own TTLs instead of the shared ones in [`Delays`].
     pub(crate) fn set_ttls(
@@ -634,7 +645,7 @@ impl Store {
     }
 
     /// What `node` answers for `name` in `parent`, through its caches as
-    /// `intent` allows (rules 3 and 4).
+    /// `intent` allows (V1-V4).
     pub(crate) fn lookup(
         &mut self,
         node: NodeId,
@@ -774,7 +785,7 @@ impl Store {
         }
     }
 
-    /// Listing `dir` on `node`: the names the server has there (no delay
+    /// Listing `dir` on `node` (V4): the names the server has there (no delay
     /// applies). Listing revalidates the directory for that node: its
     /// negative entries there are dropped, and so are its positive entries
     /// there that the listing contradicts.
@@ -826,7 +837,7 @@ impl Store {
     }
 
     /// Removes one name of `ino`; frees it when that was the last one and
-    /// `node` does not hold it open.
+    /// `node` does not hold it open (V8).
     fn drop_link(&mut self, node: NodeId, ino: Ino) {
         let Some(inode) = self.inodes.get_mut(&ino) else {
             return;
@@ -858,7 +869,8 @@ impl Store {
     }
 
     /// Creates `name` in `parent`. An existing file is returned as is unless
-    /// `exclusive` (O_EXCL): `(ino, created)`.
+    /// `exclusive` (O_EXCL): `(ino, created)`. The server decides (V6); the
+    /// name is pending until `parent` is fsynced (F3).
     pub(crate) fn create(
         &mut self,
         node: NodeId,
@@ -882,16 +894,14 @@ impl Store {
         self.link(parent, name.to_owned(), Some(ino));
         self.touch_dir(parent);
         self.record(EntryOp::Link {
-            dir: parent,
-            name: name.to_owned(),
-            ino,
-            kind,
-            mode,
+            at: Entry::new(parent, name),
+            linked: Linked { ino, kind, mode },
         });
         Ok((ino, true))
     }
 
-    /// unlink (`dir` false) or rmdir (`dir` true).
+    /// unlink (`dir` false) or rmdir (`dir` true): decided by the server
+    /// (V6), pending until `parent` is fsynced (F3).
     pub(crate) fn remove(&mut self, node: NodeId, parent: Ino, name: &OsStr, dir: bool) -> Res<()> {
         let target = self
             .parent_dir(node, parent)?
@@ -907,14 +917,14 @@ impl Store {
         self.link(parent, name.to_owned(), None);
         self.touch_dir(parent);
         self.record(EntryOp::Unlink {
-            dir: parent,
-            name: name.to_owned(),
+            at: Entry::new(parent, name),
         });
         self.drop_link(node, target);
         Ok(())
     }
 
-    /// rename(2), with `noreplace` for RENAME_NOREPLACE.
+    /// rename(2), with `noreplace` for RENAME_NOREPLACE: decided by the server
+    /// (V6), atomic, pending until `to` is fsynced (F4).
     pub(crate) fn rename(
         &mut self,
         node: NodeId,
@@ -954,13 +964,13 @@ impl Store {
         self.touch_dir(from);
         self.touch_dir(to);
         self.record(EntryOp::Rename {
-            from,
-            from_name: from_name.to_owned(),
-            to,
-            to_name: to_name.to_owned(),
-            ino: source,
-            kind,
-            mode,
+            from: Entry::new(from, from_name),
+            to: Entry::new(to, to_name),
+            linked: Linked {
+                ino: source,
+                kind,
+                mode,
+            },
         });
         if let Some(old) = replaced {
             self.drop_link(node, old);
@@ -1079,7 +1089,8 @@ impl Store {
         }
     }
 
-    /// fsync of a file or directory by `node`.
+    /// fsync of a file (F1, F2; V5: its bytes reach every node) or a
+    /// directory (F3) by `node`.
     pub(crate) fn fsync(&mut self, node: NodeId, ino: Ino) -> Res<()> {
         let inode = self.inodes.get_mut(&ino).ok_or(libc::ESTALE)?;
         match inode.kind {
@@ -1097,7 +1108,7 @@ impl Store {
                 }
             }
             Kind::Dir => {
-                // Nodes: nothing changes for the other nodes (rule 1); the
+                // Nodes: nothing changes for the other nodes (V1); the
                 // names were on the server already.
                 let (mode, mtime) = (inode.mode, inode.mtime);
                 if let Some(durable) = &mut self.durable {
@@ -1122,7 +1133,8 @@ impl Store {
     /// and dirty-page flush that ran at some moment before the crash.
     /// Metadata: with equal chance nothing, everything, or an oldest-first
     /// prefix of the pending entry operations. Data: each unsynced file, with
-    /// even chance, gets a page-aligned prefix of its contents written.
+    /// even chance, gets a page-aligned prefix of its contents written (F1,
+    /// F7).
     pub(crate) fn writeback(&mut self, seed: u64) -> Writeback {
         let Some(durable) = &mut self.durable else {
             return Writeback::default();
@@ -1163,7 +1175,7 @@ impl Store {
 
     /// The crash: everything not durable is gone. The live tree becomes the
     /// durable image; inodes no durable name reaches are dropped (what fsck
-    /// of a real filesystem does with orphans).
+    /// of a real filesystem does with orphans: F6, F7).
     pub(crate) fn crash(&mut self) -> Res<()> {
         let durable = self.durable.as_mut().ok_or(libc::EINVAL)?;
         durable.pending.clear();
@@ -1336,121 +1348,220 @@ mod tests {
         v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
     }
 
-    #[test]
-    fn unsynced_names_and_data_vanish_on_crash() {
-        let mut s = Store::new(1, true);
-        let d = mkdir(&mut s, ROOT, "d");
-        mkfile(&mut s, d, "f", b"hello");
-        assert_eq!(tree(&s), entries(&[("d/", 0), ("d/f", 5)]));
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[]));
+    /// One step of a [`CRASH_CASES`] row, by node A, on paths from the root
+    /// (`""` is the root).
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Mkdir(&'static str),
+        /// Create a file holding these bytes.
+        File(&'static str, &'static [u8]),
+        /// Write these bytes at this offset.
+        Write(&'static str, u64, &'static [u8]),
+        Fsync(&'static str),
+        /// Rename without replacing, as a publish does.
+        Rename(&'static str, &'static str),
+        Unlink(&'static str),
+        Crash,
+        /// The live tree is now this.
+        Tree(&'static [(&'static str, usize)]),
+        /// This many entry operations are waiting for a directory fsync.
+        Pending(usize),
+        /// Steps several rows share.
+        Steps(&'static [Step]),
     }
 
-    #[test]
-    fn a_synced_name_without_synced_data_is_an_empty_file() {
-        let mut s = Store::new(1, true);
-        let d = mkdir(&mut s, ROOT, "d");
-        let f = mkfile(&mut s, d, "f", b"hello");
-        s.fsync(A, d).unwrap();
-        s.fsync(A, ROOT).unwrap();
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[("d/", 0), ("d/f", 0)]));
-        // And synced data without a synced name is an orphan: gone.
-        let mut s = Store::new(1, true);
-        let f2 = mkfile(&mut s, ROOT, "g", b"data");
-        s.fsync(A, f2).unwrap();
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[]));
-        let _ = f;
+    use Step::*;
+
+    /// `staging/v.tmp/f` written and synced, file and directory, then
+    /// `staging/v.tmp` renamed to `step_1`: a publish up to its last fsync.
+    const STAGED_AND_RENAMED: &[Step] = &[
+        Mkdir("staging"),
+        Fsync(""),
+        Mkdir("staging/v.tmp"),
+        File("staging/v.tmp/f", b"payload"),
+        Fsync("staging/v.tmp/f"),
+        Fsync("staging/v.tmp"),
+        Rename("staging/v.tmp", "step_1"),
+    ];
+
+    /// What survives a crash after each history: a row a rule of the
+    /// durable layer.
+    const CRASH_CASES: &[(&str, &[Step])] = &[
+        (
+            "unsynced names and data vanish on crash",
+            &[
+                Mkdir("d"),
+                File("d/f", b"hello"),
+                Tree(&[("d/", 0), ("d/f", 5)]),
+                Crash,
+                Tree(&[]),
+            ],
+        ),
+        (
+            "a synced name without synced data is an empty file",
+            &[
+                Mkdir("d"),
+                File("d/f", b"hello"),
+                Fsync("d"),
+                Fsync(""),
+                Crash,
+                Tree(&[("d/", 0), ("d/f", 0)]),
+            ],
+        ),
+        (
+            "synced data without a synced name is an orphan: gone",
+            &[File("g", b"data"), Fsync("g"), Crash, Tree(&[])],
+        ),
+        (
+            // The name is durable; the data as of the file's own fsync.
+            "file fsync then dir fsync is durable",
+            &[
+                File("f", b"hello"),
+                Fsync("f"),
+                Write("f", 5, b" world"),
+                Fsync(""),
+                Crash,
+                Tree(&[("f", 5)]),
+            ],
+        ),
+        (
+            // d's own entries were synced, but d's name in the root was not.
+            "a child directory needs its parent synced",
+            &[
+                Mkdir("d"),
+                File("d/f", b"x"),
+                Fsync("d/f"),
+                Fsync("d"),
+                Crash,
+                Tree(&[]),
+            ],
+        ),
+        (
+            // F4, F5: the creation of v.tmp in staging was never synced on
+            // its own: it commits with the rename that depends on it.
+            "rename is durable on fsync of its destination",
+            &[
+                Steps(STAGED_AND_RENAMED),
+                Fsync(""),
+                Crash,
+                Tree(&[("staging/", 0), ("step_1/", 0), ("step_1/f", 7)]),
+            ],
+        ),
+        (
+            // F4: the source's fsync commits the mkdir of v.tmp, not the
+            // rename out of it. Never two names, never none.
+            "rename is atomic: its source's fsync does not commit it",
+            &[
+                Steps(STAGED_AND_RENAMED),
+                Fsync("staging"),
+                Crash,
+                Tree(&[
+                    ("staging/", 0),
+                    ("staging/v.tmp/", 0),
+                    ("staging/v.tmp/f", 7),
+                ]),
+            ],
+        ),
+        (
+            "an unsynced rename leaves the old name",
+            &[
+                File("tmp", b"m"),
+                Fsync("tmp"),
+                Fsync(""),
+                Rename("tmp", "final"),
+                Crash,
+                Tree(&[("tmp", 1)]),
+            ],
+        ),
+        (
+            "syncing one directory leaves unrelated ones pending",
+            &[
+                Mkdir("a"),
+                Mkdir("b"),
+                Fsync(""),
+                File("a/x", b""),
+                File("b/y", b""),
+                Fsync("a"),
+                Pending(1),
+                Crash,
+                Tree(&[("a/", 0), ("a/x", 0), ("b/", 0)]),
+            ],
+        ),
+        (
+            "unlink is durable only after dir fsync",
+            &[
+                File("STABLE", b""),
+                Fsync("STABLE"),
+                Fsync(""),
+                Unlink("STABLE"),
+                Crash,
+                Tree(&[("STABLE", 0)]),
+                Unlink("STABLE"),
+                Fsync(""),
+                Crash,
+                Tree(&[]),
+            ],
+        ),
+    ];
+
+    /// The inode at `path` in the live tree.
+    fn find(s: &Store, path: &str) -> Ino {
+        path.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(ROOT, |dir, part| {
+                let listing = s.listing(dir).unwrap();
+                let found = listing.iter().find(|(n, _, _)| n == part);
+                found.unwrap_or_else(|| panic!("{path}: no {part}")).1
+            })
     }
 
-    #[test]
-    fn file_fsync_then_dir_fsync_is_durable() {
-        let mut s = Store::new(1, true);
-        let f = mkfile(&mut s, ROOT, "f", b"hello");
-        s.fsync(A, f).unwrap();
-        s.write(A, f, 5, b" world", Instant::now()).unwrap();
-        s.fsync(A, ROOT).unwrap();
-        s.crash().unwrap();
-        // The name is durable; the data as of the file's own fsync.
-        assert_eq!(tree(&s), entries(&[("f", 5)]));
+    /// The directory holding `path` and its last name.
+    fn entry<'p>(s: &Store, path: &'p str) -> (Ino, &'p OsStr) {
+        match path.rsplit_once('/') {
+            Some((dir, last)) => (find(s, dir), name(last)),
+            None => (ROOT, name(path)),
+        }
     }
 
-    #[test]
-    fn a_child_directory_needs_its_parent_synced() {
-        let mut s = Store::new(1, true);
-        let d = mkdir(&mut s, ROOT, "d");
-        let f = mkfile(&mut s, d, "f", b"x");
-        s.fsync(A, f).unwrap();
-        s.fsync(A, d).unwrap();
-        s.crash().unwrap();
-        // d's own entries were synced, but d's name in the root was not.
-        assert_eq!(tree(&s), entries(&[]));
-    }
-
-    #[test]
-    fn rename_is_durable_on_fsync_of_either_parent_and_atomic() {
-        for sync_target in [true, false] {
-            let mut s = Store::new(1, true);
-            let staging = mkdir(&mut s, ROOT, "staging");
-            s.fsync(A, ROOT).unwrap();
-            let v = mkdir(&mut s, staging, "v.tmp");
-            let f = mkfile(&mut s, v, "f", b"payload");
-            s.fsync(A, f).unwrap();
-            s.fsync(A, v).unwrap();
-            s.rename(A, staging, name("v.tmp"), ROOT, name("step_1"), true)
-                .unwrap();
-            s.fsync(A, if sync_target { ROOT } else { staging })
-                .unwrap();
-            s.crash().unwrap();
-            // The creation of v.tmp in staging was never synced on its own: it
-            // commits with the rename that depends on it. Never two names.
-            assert_eq!(
-                tree(&s),
-                entries(&[("staging/", 0), ("step_1/", 0), ("step_1/f", 7)])
-            );
+    fn play(s: &mut Store, case: &str, steps: &[Step]) {
+        for (i, step) in steps.iter().enumerate() {
+            match *step {
+                Mkdir(path) => {
+                    let (dir, n) = entry(s, path);
+                    s.create(A, dir, n, Kind::Dir, 0o755, true).unwrap();
+                }
+                File(path, data) => {
+                    let (dir, n) = entry(s, path);
+                    let (ino, _) = s.create(A, dir, n, Kind::File, 0o644, true).unwrap();
+                    s.write(A, ino, 0, data, Instant::now()).unwrap();
+                }
+                Write(path, offset, data) => {
+                    let ino = find(s, path);
+                    s.write(A, ino, offset, data, Instant::now()).unwrap();
+                }
+                Fsync(path) => s.fsync(A, find(s, path)).unwrap(),
+                Rename(from, to) => {
+                    let ((from_dir, from_name), (to_dir, to_name)) = (entry(s, from), entry(s, to));
+                    s.rename(A, from_dir, from_name, to_dir, to_name, true)
+                        .unwrap();
+                }
+                Unlink(path) => {
+                    let (dir, n) = entry(s, path);
+                    s.remove(A, dir, n, false).unwrap();
+                }
+                Crash => s.crash().unwrap(),
+                Tree(expected) => assert_eq!(tree(s), entries(expected), "{case}, step {i}"),
+                Pending(n) => assert_eq!(s.pending_entry_ops(), n, "{case}, step {i}"),
+                Steps(shared) => play(s, case, shared),
+            }
         }
     }
 
     #[test]
-    fn an_unsynced_rename_leaves_the_old_name() {
-        let mut s = Store::new(1, true);
-        let f = mkfile(&mut s, ROOT, "tmp", b"m");
-        s.fsync(A, f).unwrap();
-        s.fsync(A, ROOT).unwrap();
-        s.rename(A, ROOT, name("tmp"), ROOT, name("final"), false)
-            .unwrap();
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[("tmp", 1)]));
-    }
-
-    #[test]
-    fn syncing_one_directory_leaves_unrelated_ones_pending() {
-        let mut s = Store::new(1, true);
-        let a = mkdir(&mut s, ROOT, "a");
-        let b = mkdir(&mut s, ROOT, "b");
-        s.fsync(A, ROOT).unwrap();
-        mkfile(&mut s, a, "x", b"");
-        mkfile(&mut s, b, "y", b"");
-        s.fsync(A, a).unwrap();
-        assert_eq!(s.pending_entry_ops(), 1);
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[("a/", 0), ("a/x", 0), ("b/", 0)]));
-    }
-
-    #[test]
-    fn unlink_is_durable_only_after_dir_fsync() {
-        let mut s = Store::new(1, true);
-        let f = mkfile(&mut s, ROOT, "STABLE", b"");
-        s.fsync(A, f).unwrap();
-        s.fsync(A, ROOT).unwrap();
-        s.remove(A, ROOT, name("STABLE"), false).unwrap();
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[("STABLE", 0)]));
-        s.remove(A, ROOT, name("STABLE"), false).unwrap();
-        s.fsync(A, ROOT).unwrap();
-        s.crash().unwrap();
-        assert_eq!(tree(&s), entries(&[]));
+    fn crash_cases() {
+        for (case, steps) in CRASH_CASES {
+            play(&mut Store::new(1, true), case, steps);
+        }
     }
 
     #[test]
@@ -1594,12 +1705,27 @@ mod tests {
         r.map(|a| a.ino)
     }
 
+    /// Node B looks up `f` in the root at `t`.
+    fn b_looks_up_f(s: &mut Store, intent: Intent, t: Instant) -> Res<Ino> {
+        ino(s.lookup(B, ROOT, name("f"), intent, t))
+    }
+
+    /// A store with positive and attribute caches (TTLs in ms) in which A
+    /// made file `f` holding `data` and B looked it up, with `intent`, at the
+    /// instant returned.
+    fn f_seen_by_b(positive: u64, attr: u64, data: &[u8], intent: Intent) -> (Store, Ino, Instant) {
+        let mut s = cached_nodes(0, positive, attr);
+        let t0 = Instant::now();
+        let f = mkfile(&mut s, ROOT, "f", data);
+        assert_eq!(b_looks_up_f(&mut s, intent, t0), Ok(f));
+        (s, f, t0)
+    }
+
     #[test]
     fn a_negative_entry_holds_for_stat_and_open_until_it_expires() {
         let mut s = cached_nodes(1000, 0, 0);
         let t0 = Instant::now();
-        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
-        assert_eq!(look(&mut s, Intent::Stat, t0), Err(libc::ENOENT));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Err(libc::ENOENT));
         let (f, _) = s
             .create(A, ROOT, name("f"), Kind::File, 0o644, true)
             .unwrap();
@@ -1607,13 +1733,13 @@ mod tests {
         s.fsync(A, ROOT).unwrap();
         // Whatever A synced, B answers from its negative entry.
         let t1 = t0 + ttl(500);
-        assert_eq!(look(&mut s, Intent::Stat, t1), Err(libc::ENOENT));
-        assert_eq!(look(&mut s, Intent::Open, t1), Err(libc::ENOENT));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t1), Err(libc::ENOENT));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Open, t1), Err(libc::ENOENT));
         assert_eq!(s.stats(B).negative_hits, 2);
         // An exclusive create asks the server.
-        assert_eq!(look(&mut s, Intent::Exclusive, t1), Ok(f));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Exclusive, t1), Ok(f));
         // Expired: the name shows.
-        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(1000)), Ok(f));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0 + ttl(1000)), Ok(f));
     }
 
     #[test]
@@ -1643,72 +1769,66 @@ mod tests {
 
     #[test]
     fn a_positive_entry_answers_stat_not_open() {
-        let mut s = cached_nodes(0, 1000, 300);
-        let t0 = Instant::now();
-        let f = mkfile(&mut s, ROOT, "f", b"x");
-        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
-        assert_eq!(look(&mut s, Intent::Stat, t0), Ok(f));
+        let (mut s, f, t0) = f_seen_by_b(1000, 300, b"x", Intent::Stat);
         s.remove(A, ROOT, name("f"), false).unwrap();
         // stat: B still has the name and its attributes.
         let t1 = t0 + ttl(100);
-        assert_eq!(look(&mut s, Intent::Stat, t1), Ok(f));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t1), Ok(f));
         assert_eq!(s.stats(B).stale_names, 1);
         // open resolves the name again: gone.
-        assert_eq!(look(&mut s, Intent::Open, t1), Err(libc::ENOENT));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Open, t1), Err(libc::ENOENT));
         // (and an open of the inode the kernel already holds fails too)
         assert_eq!(s.open(B, f, Instant::now()), Err(libc::ESTALE));
-        // Once the attributes expire, the freed inode is noticed (ESTALE
-        // from the server) and the name resolved again, within the TTL.
-        let mut s = cached_nodes(0, 1000, 300);
-        let f = mkfile(&mut s, ROOT, "f", b"x");
-        assert_eq!(look(&mut s, Intent::Stat, t0), Ok(f));
-        s.remove(A, ROOT, name("f"), false).unwrap();
-        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(400)), Err(libc::ENOENT));
     }
 
     #[test]
-    fn an_open_refreshes_the_attributes_a_later_stat_reuses() {
-        let mut s = cached_nodes(0, 1000, 300);
-        let t0 = Instant::now();
-        let f = mkfile(&mut s, ROOT, "f", b"x");
-        let look = |s: &mut Store, intent, t| ino(s.lookup(B, ROOT, name("f"), intent, t));
-        assert_eq!(look(&mut s, Intent::Open, t0), Ok(f));
-        s.open(B, f, t0 + ttl(200)).unwrap();
-        s.release(B, f);
-        s.remove(A, ROOT, name("f"), false).unwrap();
-        // Cached at the open, 200 ms after the look-up: still valid at 400.
-        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(400)), Ok(f));
-        assert_eq!(look(&mut s, Intent::Stat, t0 + ttl(600)), Err(libc::ENOENT));
+    fn attributes_hold_for_their_ttl_from_the_last_look_up_or_open() {
+        // B's look-up of f at 0 ms, its open of f (ms), then A removes f and
+        // B stats it (ms): found while the 300 ms attributes hold. Once they
+        // expire, the freed inode is noticed (ESTALE from the server) and
+        // the name resolved again, within the positive entry's TTL.
+        let cases = [
+            (Intent::Stat, None, 400, false),
+            (Intent::Open, Some(200), 400, true),
+            (Intent::Open, Some(200), 600, false),
+        ];
+        for (intent, opened_at, stat_at, found) in cases {
+            let (mut s, f, t0) = f_seen_by_b(1000, 300, b"x", intent);
+            if let Some(ms) = opened_at {
+                s.open(B, f, t0 + ttl(ms)).unwrap();
+                s.release(B, f);
+            }
+            s.remove(A, ROOT, name("f"), false).unwrap();
+            let expected = if found { Ok(f) } else { Err(libc::ENOENT) };
+            let stat = b_looks_up_f(&mut s, Intent::Stat, t0 + ttl(stat_at));
+            assert_eq!(stat, expected, "opened at {opened_at:?}, stat at {stat_at}");
+        }
     }
 
     #[test]
     fn a_positive_entry_outlives_a_replacement_until_open_or_listing() {
-        let mut s = cached_nodes(0, 1000, 0);
-        let t0 = Instant::now();
-        let old = mkfile(&mut s, ROOT, "f", b"old");
-        let look = |s: &mut Store, intent| ino(s.lookup(B, ROOT, name("f"), intent, t0));
-        assert_eq!(look(&mut s, Intent::Stat), Ok(old));
+        let (mut s, old, t0) = f_seen_by_b(1000, 0, b"old", Intent::Stat);
         // A moves the old file aside (it stays alive) and puts a new one there.
         s.rename(A, ROOT, name("f"), ROOT, name("aside"), false)
             .unwrap();
         let new = mkfile(&mut s, ROOT, "f", b"new");
-        assert_eq!(look(&mut s, Intent::Stat), Ok(old));
-        assert_eq!(look(&mut s, Intent::Open), Ok(new));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Ok(old));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Open, t0), Ok(new));
         // The open refreshed B's entry.
-        assert_eq!(look(&mut s, Intent::Stat), Ok(new));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Ok(new));
         // Again, revalidated by a listing this time.
         s.rename(A, ROOT, name("f"), ROOT, name("aside2"), false)
             .unwrap();
         let newer = mkfile(&mut s, ROOT, "f", b"newer");
-        assert_eq!(look(&mut s, Intent::Stat), Ok(new));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Ok(new));
         s.readdir(B, ROOT).unwrap();
-        assert_eq!(look(&mut s, Intent::Stat), Ok(newer));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Ok(newer));
         // And by expiry.
         s.rename(A, ROOT, name("f"), ROOT, name("aside3"), false)
             .unwrap();
-        assert_eq!(look(&mut s, Intent::Stat), Ok(newer));
+        assert_eq!(b_looks_up_f(&mut s, Intent::Stat, t0), Ok(newer));
         assert_eq!(
-            ino(s.lookup(B, ROOT, name("f"), Intent::Stat, t0 + ttl(1000))),
+            b_looks_up_f(&mut s, Intent::Stat, t0 + ttl(1000)),
             Err(libc::ENOENT)
         );
     }
@@ -1719,28 +1839,17 @@ mod tests {
         let step = mkdir(&mut s, ROOT, "step_1");
         let pins = mkdir(&mut s, step, "pins");
         let t1 = Instant::now();
-        assert_eq!(
-            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
-            Ok(pins)
-        );
-        assert_eq!(
-            ino(s.lookup(B, pins, name("p1"), Intent::Stat, t1)),
-            Err(libc::ENOENT)
-        );
+        let look = |s: &mut Store, dir, n, intent| ino(s.lookup(B, dir, name(n), intent, t1));
+        assert_eq!(look(&mut s, step, "pins", Intent::Stat), Ok(pins));
+        assert_eq!(look(&mut s, pins, "p1", Intent::Stat), Err(libc::ENOENT));
         // A pins: B does not see it (negative entry) and yet may neither
         // remove the directory nor create the same name.
         let (p1, _) = s
             .create(A, pins, name("p1"), Kind::File, 0o644, true)
             .unwrap();
-        assert_eq!(
-            ino(s.lookup(B, pins, name("p1"), Intent::Open, t1)),
-            Err(libc::ENOENT)
-        );
+        assert_eq!(look(&mut s, pins, "p1", Intent::Open), Err(libc::ENOENT));
         assert_eq!(s.remove(B, step, name("pins"), true), Err(libc::ENOTEMPTY));
-        assert_eq!(
-            ino(s.lookup(B, pins, name("p1"), Intent::Exclusive, t1)),
-            Ok(p1)
-        );
+        assert_eq!(look(&mut s, pins, "p1", Intent::Exclusive), Ok(p1));
         assert_eq!(
             s.create(B, pins, name("p1"), Kind::File, 0o644, true),
             Err(libc::EEXIST)
@@ -1748,25 +1857,19 @@ mod tests {
         // A unpins and removes the directory; B still caches it for stat.
         s.remove(A, pins, name("p1"), false).unwrap();
         s.remove(A, step, name("pins"), true).unwrap();
-        assert_eq!(
-            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
-            Ok(pins)
-        );
+        assert_eq!(look(&mut s, step, "pins", Intent::Stat), Ok(pins));
         // Creating in it fails: the exclusive create's look-up asks the
         // server (ENOENT); a create on the stale inode gets ESTALE, after
         // which B resolves the name again (the kernel's one retry): ENOENT.
         assert_eq!(
-            ino(s.lookup(B, step, name("pins"), Intent::Exclusive, t1)),
+            look(&mut s, step, "pins", Intent::Exclusive),
             Err(libc::ENOENT)
         );
         assert_eq!(
             s.create(B, pins, name("p2"), Kind::File, 0o644, true),
             Err(libc::ESTALE)
         );
-        assert_eq!(
-            ino(s.lookup(B, step, name("pins"), Intent::Stat, t1)),
-            Err(libc::ENOENT)
-        );
+        assert_eq!(look(&mut s, step, "pins", Intent::Stat), Err(libc::ENOENT));
         // Unlink, rmdir and rename of names B still sees are refused.
         assert_eq!(s.remove(B, step, name("pins"), true), Err(libc::ENOENT));
         assert_eq!(
@@ -1779,21 +1882,14 @@ mod tests {
     fn a_removed_directory_held_open_by_its_remover_takes_no_names() {
         let mut s = Store::new(2, false);
         let d = mkdir(&mut s, ROOT, "d");
+        let create_in_d =
+            |s: &mut Store, node| s.create(node, d, name("f"), Kind::File, 0o644, true);
         s.open(A, d, Instant::now()).unwrap();
         s.remove(A, ROOT, name("d"), true).unwrap();
-        assert_eq!(
-            s.create(A, d, name("f"), Kind::File, 0o644, true),
-            Err(libc::ENOENT)
-        );
-        assert_eq!(
-            s.create(B, d, name("f"), Kind::File, 0o644, true),
-            Err(libc::ENOENT)
-        );
+        assert_eq!(create_in_d(&mut s, A), Err(libc::ENOENT));
+        assert_eq!(create_in_d(&mut s, B), Err(libc::ENOENT));
         s.release(A, d);
-        assert_eq!(
-            s.create(A, d, name("f"), Kind::File, 0o644, true),
-            Err(libc::ESTALE)
-        );
+        assert_eq!(create_in_d(&mut s, A), Err(libc::ESTALE));
     }
 
     #[test]
@@ -1803,22 +1899,17 @@ mod tests {
         mkfile(&mut s, d, "f", b"x");
         mkdir(&mut s, ROOT, "e");
         mkfile(&mut s, ROOT, "g", b"");
-        assert_eq!(
-            s.rename(A, ROOT, name("e"), ROOT, name("d"), false),
-            Err(libc::ENOTEMPTY)
-        );
-        assert_eq!(
-            s.rename(A, ROOT, name("g"), ROOT, name("e"), false),
-            Err(libc::EISDIR)
-        );
-        assert_eq!(
-            s.rename(A, ROOT, name("e"), ROOT, name("g"), false),
-            Err(libc::ENOTDIR)
-        );
-        assert_eq!(
-            s.rename(A, ROOT, name("g"), ROOT, name("d"), true),
-            Err(libc::EEXIST)
-        );
+        // From, to, no-replace, and why the rename is refused.
+        let refused = [
+            ("e", "d", false, libc::ENOTEMPTY),
+            ("g", "e", false, libc::EISDIR),
+            ("e", "g", false, libc::ENOTDIR),
+            ("g", "d", true, libc::EEXIST),
+        ];
+        for (from, to, noreplace, errno) in refused {
+            let renamed = s.rename(A, ROOT, name(from), ROOT, name(to), noreplace);
+            assert_eq!(renamed, Err(errno), "{from} -> {to}");
+        }
         s.rename(A, ROOT, name("d"), ROOT, name("e"), false)
             .unwrap();
         assert_eq!(tree(&s), entries(&[("e/", 0), ("e/f", 1), ("g", 0)]));

@@ -14,13 +14,13 @@
 //! caches behave through a real mount as the crate's rules state.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff_faultfs::{Delays, Mode, SeededRng};
 
-use crate::util::{Payload, Rig, Tally, code, poll, run, seeds, serial, setup, stderr};
+use crate::util::{Payload, Rig, Tally, adapter, code, poll, run, seeds, serial, setup, stderr};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -59,19 +59,48 @@ pub fn two_nodes(label: &str, roots: &[String]) -> Rig {
     rig
 }
 
-fn run_handoff(op: Op) {
-    let Some(setup) = setup() else { return };
+/// The shared root as each node mounts it: A's for the writer, B's for the
+/// reader.
+struct Roots {
+    a: PathBuf,
+    b: PathBuf,
+}
+
+/// Runs `one` for each seed, on a rig of two nodes whose data lag is drawn
+/// from the seed, and reports the tally with node B's cache statistics as
+/// `tool`'s run of `op`.
+fn each_seed(
+    op: Op,
+    tool: &str,
+    label: &str,
+    mut one: impl FnMut(u64, &Rig, &Roots, &mut Tally),
+) -> Tally {
     let _serial = serial();
     let started = Instant::now();
-    let rig = two_nodes("nodes", &["root".to_owned()]);
-    let (root_a, root_b) = (rig.at(0).join("root"), rig.at(1).join("root"));
+    let rig = two_nodes(label, &["root".to_owned()]);
+    let roots = Roots {
+        a: rig.at(0).join("root"),
+        b: rig.at(1).join("root"),
+    };
     let mut tally = Tally::default();
     for seed in 0..seeds(50) {
         rig.fs.set_seed(seed);
+        one(seed, &rig, &roots, &mut tally);
+        tally.seeds += 1;
+    }
+    tally.add_stats("b", rig.fs.stats(1));
+    tally.report(scenario_name(op), tool, started.elapsed());
+    tally
+}
+
+fn run_handoff(op: Op) {
+    let Some(setup) = setup() else { return };
+    let tally = each_seed(op, "handoff", "nodes", |seed, rig, roots, tally| {
+        let (root_a, root_b) = (&roots.a, &roots.b);
         let mut rng = SeededRng::new(seed);
         let step = (seed + 1).to_string();
         let step_dir = format!("step_{step}");
-        let payload = Payload::new(&format!("{op:?}-{seed}"));
+        let payload = adapter(&format!("{op:?}-{seed}"));
         let src = rig.dir.join(format!("src{seed}"));
         payload.write_to(&src).unwrap();
         let verify = if rng.below(2) == 0 { "size" } else { "hash" };
@@ -89,23 +118,19 @@ fn run_handoff(op: Op) {
                     "--verify",
                     verify,
                 ];
-                run(setup.cmd("wait", &root_b, &args), DEADLINE)
+                run(setup.cmd("wait", root_b, &args), DEADLINE)
             });
             std::thread::sleep(Duration::from_millis(rng.below(40)));
             let out = match op {
                 Op::Publish => run(
-                    setup.cmd(
-                        "publish",
-                        &root_a,
-                        &["--step", &step, src.to_str().unwrap()],
-                    ),
+                    setup.cmd("publish", root_a, &["--step", &step, src.to_str().unwrap()]),
                     DEADLINE,
                 ),
                 Op::Seal => {
                     payload
                         .write_slowly(&root_a.join(&step_dir), 64 * 1024, Duration::from_millis(3))
                         .unwrap();
-                    run(setup.cmd("seal", &root_a, &["--step", &step]), DEADLINE)
+                    run(setup.cmd("seal", root_a, &["--step", &step]), DEADLINE)
                 }
             };
             assert!(
@@ -115,7 +140,6 @@ fn run_handoff(op: Op) {
             );
             reader.join().unwrap()
         });
-        tally.seeds += 1;
         if waited.status.success() {
             tally.count("accepted");
             if let Err(why) = payload.check(&root_b.join(&step_dir)) {
@@ -127,9 +151,7 @@ fn run_handoff(op: Op) {
             tally.count(&format!("wait_exit_{}", code(&waited)));
             eprintln!("seed {seed}: wait on B failed: {}", stderr(&waited));
         }
-    }
-    tally.add_stats("b", rig.fs.stats(1));
-    tally.report(scenario_name(op), "handoff", started.elapsed());
+    });
     assert_eq!(
         tally.accepted_broken, 0,
         "handoff wait accepted a broken version: {:?}",
@@ -147,24 +169,17 @@ fn run_naive(op: Op) {
     if setup().is_none() {
         return;
     }
-    let _serial = serial();
-    let started = Instant::now();
-    let rig = two_nodes("nodes-naive", &["root".to_owned()]);
-    let (root_a, root_b) = (rig.at(0).join("root"), rig.at(1).join("root"));
-    let mut tally = Tally::default();
-    for seed in 0..seeds(50) {
-        rig.fs.set_seed(seed);
+    let tally = each_seed(op, "naive", "nodes-naive", |seed, _, roots, tally| {
         let step_dir = format!("step_{}", seed + 1);
-        let payload = Payload::new(&format!("naive-{op:?}-{seed}"));
+        let payload = adapter(&format!("naive-{op:?}-{seed}"));
         let done = AtomicBool::new(false);
         let seen = std::thread::scope(|scope| {
             scope.spawn(|| {
-                naive_write(op, &payload, &root_a, &step_dir);
+                naive_write(op, &payload, &roots.a, &step_dir);
                 done.store(true, Ordering::SeqCst);
             });
-            naive_read(&payload, &root_b.join(&step_dir), &done)
+            naive_read(&payload, &roots.b.join(&step_dir), &done)
         });
-        tally.seeds += 1;
         match seen {
             Some(Ok(())) => tally.count("accepted"),
             Some(Err(why)) => {
@@ -173,9 +188,7 @@ fn run_naive(op: Op) {
             }
             None => tally.count("never_seen"),
         }
-    }
-    tally.add_stats("b", rig.fs.stats(1));
-    tally.report(scenario_name(op), "naive", started.elapsed());
+    });
     assert!(
         tally.accepted_broken >= 1,
         "the naive reader never hit a missing or short file: the test cannot fail ({:?})",
@@ -225,24 +238,15 @@ fn naive_read(
     .flatten()
 }
 
+/// Each scenario with its control: handoff's `wait` on node B accepts only
+/// complete versions, and the naive reader, in the same scenario, is caught
+/// (so the scenario can fail).
 #[test]
-fn nodes_publish_wait_returns_only_complete_versions() {
-    run_handoff(Op::Publish);
-}
-
-#[test]
-fn nodes_seal_wait_returns_only_complete_versions() {
-    run_handoff(Op::Seal);
-}
-
-#[test]
-fn nodes_naive_publish_reader_is_caught() {
-    run_naive(Op::Publish);
-}
-
-#[test]
-fn nodes_naive_seal_reader_is_caught() {
-    run_naive(Op::Seal);
+fn nodes_wait_returns_only_complete_versions_where_a_naive_reader_is_caught() {
+    for op in [Op::Publish, Op::Seal] {
+        run_handoff(op);
+        run_naive(op);
+    }
 }
 
 fn kind<T>(r: std::io::Result<T>) -> Result<(), std::io::ErrorKind> {

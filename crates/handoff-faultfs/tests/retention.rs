@@ -20,8 +20,8 @@ use handoff_faultfs::{Delays, Mode};
 
 use crate::nodes::two_nodes;
 use crate::util::{
-    Payload, Rig, Setup, Tally, copy_tree, fsck_state, poll, report_line, run, seeds, serial,
-    setup, stderr,
+    Payload, Rig, Setup, Tally, adapter, copy_tree, fsck_state, poll, report_line, run, seeds,
+    serial, setup, stderr,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -67,7 +67,7 @@ fn run_gc(pin: bool) {
             rig.at(1).join(&roots[seed as usize]),
         );
         let payloads: Vec<Payload> = (1..=ROUNDS)
-            .map(|step| Payload::new(&format!("gc-{seed}-{step}")))
+            .map(|step| adapter(&format!("gc-{seed}-{step}")))
             .collect();
         let srcs: Vec<PathBuf> = (1..=ROUNDS)
             .map(|step| rig.dir.join(format!("gc-src-{seed}-{step}")))
@@ -273,7 +273,7 @@ fn pin_during_gc(stalled: &str, gc_negative_ttl: Duration) -> Option<PinRace> {
     let _ = std::fs::remove_dir_all(&work);
     let template = work.join("root");
     std::fs::create_dir_all(&template).unwrap();
-    let payload = Payload::new("pin-race");
+    let payload = adapter("pin-race");
     for step in ["1", "2"] {
         let src = work.join(format!("src{step}"));
         payload.write_to(&src).unwrap();

@@ -6,11 +6,15 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use handoff_faultfs::{FaultFs, Mode, Mount, Stats, fuse_available, owned_dir, sweep_stale_mounts};
+pub use handoff_testkit::Payload;
+use handoff_testkit::Rng;
+use handoff_testkit::proc::{self, run_within};
+pub use handoff_testkit::proc::{code, stderr};
 
 /// Where every mount point and backing store of these tests lives.
 pub fn base() -> PathBuf {
@@ -65,33 +69,16 @@ pub fn setup() -> Option<&'static Setup> {
 /// profile (built now, so a `cargo test -p handoff-faultfs` never runs a
 /// stale binary).
 fn handoff_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("HANDOFF_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("handoff");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "-p", "handoff"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let out = build.output().expect("cargo runs");
-    if !out.status.success() {
+    let bin = proc::handoff_binary();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if let Err(why) = proc::build_handoff(&workspace) {
         assert!(
             bin.exists(),
-            "cannot build handoff and none is built:\n{}",
-            stderr(&out)
+            "cannot build handoff and none is built:\n{why}"
         );
         report_line(&format!(
-            "faultfs: WARNING: `cargo build -p handoff` failed; testing the existing {}:\n{}",
-            bin.display(),
-            stderr(&out)
+            "faultfs: WARNING: testing the existing {}: {why}",
+            bin.display()
         ));
     }
     bin
@@ -223,116 +210,23 @@ impl Tally {
     }
 }
 
-/// A model-weights payload: `adapter_model.safetensors` (256 KiB) and
-/// `adapter_config.json` (1 KiB), contents derived from a tag.
-#[derive(Debug, Clone)]
-pub struct Payload {
-    pub files: Vec<(&'static str, Vec<u8>)>,
-}
-
-impl Payload {
-    pub fn new(tag: &str) -> Payload {
-        let mut x: u64 = tag.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
-            h.rotate_left(5) ^ u64::from(b)
-        }) | 1;
-        let mut bytes = |n: usize| {
-            let mut out = Vec::with_capacity(n);
-            while out.len() < n {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-            out.truncate(n);
-            out
-        };
-        Payload {
-            files: vec![
-                ("adapter_config.json", bytes(1024)),
-                ("adapter_model.safetensors", bytes(256 * 1024)),
-            ],
-        }
-    }
-
-    /// Writes the files into `dir` (created), the way a trainer does: no fsync.
-    pub fn write_to(&self, dir: &Path) -> std::io::Result<()> {
-        fs::create_dir_all(dir)?;
-        for (name, data) in &self.files {
-            fs::write(dir.join(name), data)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the files in `chunk`-byte writes with a pause between them, so
-    /// a reader on another node can catch them half-written.
-    pub fn write_slowly(&self, dir: &Path, chunk: usize, pause: Duration) -> std::io::Result<()> {
-        fs::create_dir_all(dir)?;
-        for (name, data) in &self.files {
-            let mut f = fs::File::create(dir.join(name))?;
-            for part in data.chunks(chunk) {
-                f.write_all(part)?;
-                std::thread::sleep(pause);
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `dir` holds exactly these files' bytes; `Err` says what differs.
-    pub fn check(&self, dir: &Path) -> Result<(), String> {
-        for (name, data) in &self.files {
-            match fs::read(dir.join(name)) {
-                Err(e) => return Err(format!("{name}: {e}")),
-                Ok(got) if got.len() != data.len() => {
-                    return Err(format!(
-                        "{name}: {} bytes, expected {}",
-                        got.len(),
-                        data.len()
-                    ));
-                }
-                Ok(got) if got != *data => {
-                    return Err(format!("{name}: same size, different bytes"));
-                }
-                Ok(_) => {}
-            }
-        }
-        Ok(())
-    }
+/// A model-weights payload: `adapter_config.json` (1 KiB) and
+/// `adapter_model.safetensors` (256 KiB), contents derived from `tag`.
+pub fn adapter(tag: &str) -> Payload {
+    let mut rng = Rng::from_tag(tag);
+    Payload::new()
+        .with("adapter_config.json", rng.bytes(1024))
+        .with("adapter_model.safetensors", rng.bytes(256 * 1024))
 }
 
 /// Runs a command to completion, SIGKILLing it past `deadline`.
 pub fn run(mut cmd: Command, deadline: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(deadline) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            // Our own child, by its pid: it is still unreaped, so the pid is its.
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let out = rx.recv().expect("child reaped").expect("wait");
-            panic!(
-                "{cmd:?} did not finish within {deadline:?}; killed. stderr: {}",
-                stderr(&out)
-            );
-        }
-    }
-}
-
-pub fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    run_within(&mut cmd, deadline).unwrap_or_else(|out| {
+        panic!(
+            "{cmd:?} did not finish within {deadline:?}; killed. stderr: {}",
+            stderr(&out)
+        )
+    })
 }
 
 /// The state `handoff fsck --json` gives entry `name`, or "absent".

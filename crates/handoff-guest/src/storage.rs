@@ -7,17 +7,17 @@
 use std::io;
 use std::sync::OnceLock;
 
-use handoff_wasi::{DescriptorSync, Host};
+use handoff_wasi::{DescriptorSync, Offload};
 use wasip2::filesystem::types::Descriptor;
 
 use crate::bindings::handoff::protocol::bulk::{self, BulkError, BulkSupport};
 use crate::bindings::handoff::protocol::durability::{self, SyncError};
 
-/// The host's `durability` and `bulk` interfaces as a [`Host`].
+/// The host's `durability` and `bulk` interfaces as an [`Offload`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HostImports;
+pub struct Imports;
 
-impl Host for HostImports {
+impl Offload for Imports {
     fn sync_file(&self, file: &Descriptor) -> io::Result<()> {
         match durability::sync_file(file) {
             Ok(()) => Ok(()),
@@ -82,4 +82,4 @@ fn declined<T>(error: BulkError) -> io::Result<Option<T>> {
 }
 
 /// A root or source directory of the component.
-pub type WasiDir = handoff_wasi::WasiDir<HostImports>;
+pub type WasiDir = handoff_wasi::WasiDir<Imports>;

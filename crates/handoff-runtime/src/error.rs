@@ -3,41 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::bindings::wit_types;
-
-/// An operation of [`Runtime`](crate::Runtime) that did not succeed.
-///
-/// The first seven variants are protocol outcomes reported by the component
-/// (the WIT `error`); their text comes from the component and names the file
-/// concerned and what was seen. The others arise in the host: a component
-/// that cannot be used, a component that failed while running, or a root
-/// that cannot be given to it.
+/// An operation of [`Runtime`](crate::Runtime) that did not succeed: the
+/// protocol's own outcome, or one that arose in the host (a component that
+/// cannot be used, one that failed while running, a root that cannot be
+/// given to it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The deadline passed and the step was never committed.
-    #[error("{0}")]
-    TimedOut(String),
-    /// The step is committed but a file is missing, short, differs from its
-    /// hash, or the manifest is unsafe or unreadable.
-    #[error("{0}")]
-    Integrity(String),
-    /// The step is already published; the existing version is intact.
-    #[error("{0}")]
-    Conflict(String),
-    /// A step, pin or path the call names does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The arguments are invalid (a bad prefix, holder, source entry).
-    #[error("{0}")]
-    InvalidInput(String),
-    /// A flush failed; nothing was announced.
-    #[error("{0}")]
-    Durability(String),
-    /// Any other filesystem error met by the component.
-    #[error("{0}")]
-    Io(String),
-
+    /// The protocol's outcome, as the component reported it: its kind, the
+    /// file concerned, what was seen, and whether a retry can help.
+    #[error(transparent)]
+    Protocol(#[from] handoff_core::Error),
     /// The component file cannot be used: missing, not WebAssembly, a core
     /// module instead of a component, or a component of another world.
     #[error("bad component {path}: {reason}")]
@@ -83,17 +59,17 @@ pub enum Error {
     Setup(String),
 }
 
-impl From<wit_types::Error> for Error {
-    fn from(e: wit_types::Error) -> Error {
-        use wit_types::Error as W;
-        match e {
-            W::TimedOut(m) => Error::TimedOut(m),
-            W::Integrity(m) => Error::Integrity(m),
-            W::Conflict(m) => Error::Conflict(m),
-            W::NotFound(m) => Error::NotFound(m),
-            W::InvalidInput(m) => Error::InvalidInput(m),
-            W::Durability(m) => Error::Durability(m),
-            W::Io(m) => Error::Io(m),
+impl Error {
+    /// The protocol's outcome, if this is one.
+    pub fn protocol(&self) -> Option<&handoff_core::Error> {
+        match self {
+            Error::Protocol(e) => Some(e),
+            _ => None,
         }
+    }
+
+    /// The protocol outcome's kind, if this is one.
+    pub fn kind(&self) -> Option<handoff_core::ErrorKind> {
+        self.protocol().map(handoff_core::Error::kind)
     }
 }

@@ -9,16 +9,16 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use handoff_runtime::{Runtime, Target, WaitOptions, WriteOptions};
+//! use handoff_runtime::{Backend, Runtime, Target, WaitOptions, WriteOptions, default_writer_id};
 //!
 //! # fn main() -> Result<(), handoff_runtime::Error> {
 //! let runtime = Runtime::new()?;
-//! let report = runtime.publish(Path::new("/shared/adapters"), 7, Path::new("out/step7"), &WriteOptions::default())?;
-//! println!("published {} with {} fsyncs", report.version.path.display(), report.fsyncs);
+//! let report = runtime.publish(Path::new("/shared/adapters"), 7, Path::new("out/step7"), &WriteOptions::new(default_writer_id()))?;
+//! println!("published {} with {} fsyncs", report.version.path, report.fsyncs);
 //!
 //! // Elsewhere, a reader:
 //! let version = runtime.wait(Path::new("/shared/adapters"), Target::Step(7), &WaitOptions::default())?;
-//! println!("{} files ready in {}", version.files.len(), version.path.display());
+//! println!("{} files ready in {}", version.files.len(), version.path);
 //! # Ok(())
 //! # }
 //! ```
@@ -26,16 +26,17 @@
 //! A [`Runtime`] compiles (or loads from its on-disk cache) the component
 //! once; every call then gets a fresh, isolated instance that sees only the
 //! root (read-write) and, for `publish`, the source (read-only), each at its
-//! canonical absolute path.
+//! canonical absolute path. Its operations are the core's [`Backend`] trait,
+//! and every value they take and return is the core's (re-exported here).
 #![deny(missing_docs)]
 
 mod bindings;
 mod cache;
 mod component;
+mod convert;
 mod error;
-mod host;
+mod imports;
 mod progress;
-mod types;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,15 +47,29 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::bindings::{Handoff, HandoffPre, wit};
-use crate::host::HostState;
+use crate::imports::CallState;
 
 pub use crate::component::LoadInfo;
 pub use crate::error::Error;
 pub use crate::progress::{BulkWork, Progress};
-pub use crate::types::{
-    DEFAULT_PREFIX, FileEntry, FsckEntry, GcOptions, GcReport, PinInfo, PinRequest, PublishReport,
-    StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, default_writer_id,
+// The protocol's types are the core's: one set from the component to the CLI.
+pub use handoff_core::{
+    Backend, DEFAULT_PREFIX, ErrorKind, FileEntry, FsckEntry, GcOptions, GcReport, PinInfo,
+    PinRequest, PublishReport, StepInfo, StepState, Target, Verify, Version, WaitOptions,
+    WriteOptions,
 };
+
+/// A writer id naming this process: `<hostname>:<pid>`.
+pub fn default_writer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}", std::process::id())
+}
 
 /// The handoff component built from this workspace, embedded at build time.
 pub const DEFAULT_COMPONENT: &[u8] =
@@ -68,15 +83,15 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Limits {
     /// Time limit of every call. `None` applies the defaults: for `wait`,
     /// its timeout plus [`Limits::WAIT_MARGIN`] (no limit when it waits
-    /// without a timeout); for everything else [`Limits::DEFAULT_DEADLINE`].
-    pub deadline: Option<Duration>,
+    /// without a timeout); for everything else [`Limits::DEFAULT_TIME_LIMIT`].
+    pub time_limit: Option<Duration>,
     /// Largest linear memory the component may grow to, in bytes.
     pub memory: usize,
 }
 
 impl Limits {
     /// Default time limit of a call other than `wait`.
-    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(3600);
     /// Extra time a `wait` call gets beyond its own timeout.
     pub const WAIT_MARGIN: Duration = Duration::from_secs(60);
     /// Default memory limit: 512 MiB.
@@ -86,7 +101,7 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            deadline: None,
+            time_limit: None,
             memory: Limits::DEFAULT_MEMORY,
         }
     }
@@ -181,15 +196,15 @@ impl RuntimeBuilder {
             path: name.clone(),
             reason: format!("it does not implement the handoff world: {e:#}"),
         };
-        let mut linker = Linker::<HostState>::new(&engine);
+        let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::Setup(format!("{e:#}")))?;
-        bindings::durability::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+        bindings::durability::add_to_linker::<_, wasmtime::component::HasSelf<CallState>>(
             &mut linker,
             |s| s,
         )
         .map_err(|e| Error::Setup(format!("{e:#}")))?;
-        bindings::bulk::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+        bindings::bulk::add_to_linker::<_, wasmtime::component::HasSelf<CallState>>(
             &mut linker,
             |s| s,
         )
@@ -231,7 +246,7 @@ fn start_epoch_ticker(engine: &Engine) -> Result<(), Error> {
 /// any number of times, from any number of threads.
 pub struct Runtime {
     engine: Engine,
-    pre: HandoffPre<HostState>,
+    pre: HandoffPre<CallState>,
     limits: Limits,
     bulk: bool,
     progress: Option<progress::Hook>,
@@ -258,7 +273,7 @@ struct Preopen {
 
 /// What one call produced besides its result.
 struct CallStats {
-    fsync: host::FsyncStats,
+    fsync: imports::FsyncStats,
 }
 
 impl Runtime {
@@ -284,10 +299,100 @@ impl Runtime {
         &self.load
     }
 
+    fn time_limit(&self, call: CallKind) -> Option<Duration> {
+        call_time_limit(&self.limits, call)
+    }
+
+    /// Run one call in a fresh store and instance that sees only
+    /// `preopens`, mapping traps, deadlines and the WIT error.
+    fn call<R>(
+        &self,
+        preopens: &[Preopen],
+        time_limit: Option<Duration>,
+        f: impl FnOnce(
+            &Handoff,
+            &mut Store<CallState>,
+        ) -> wasmtime::Result<Result<R, bindings::wit_types::Error>>,
+    ) -> Result<(R, CallStats), Error> {
+        let mut wasi = WasiCtx::builder();
+        // Blocking on this thread avoids a round trip through a thread pool
+        // for every file operation; calls are synchronous anyway. Stderr is
+        // inherited so a panicking component can say why.
+        wasi.allow_blocking_current_thread(true).inherit_stderr();
+        for p in preopens {
+            wasi.preopened_dir(&p.path, &p.path, p.perms)
+                .map_err(|e| Error::Setup(format!("cannot open {}: {e:#}", p.path)))?;
+        }
+        let mut store = Store::new(
+            &self.engine,
+            CallState::new(
+                wasi.build(),
+                self.limits.memory,
+                time_limit.and_then(|d| Instant::now().checked_add(d)),
+                self.bulk,
+                self.progress.clone(),
+            ),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(time_limit.map_or(u64::MAX / 2, epoch_ticks));
+
+        let outcome = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| f(&instance, &mut store));
+        match outcome {
+            Ok(Ok(value)) => Ok((
+                value,
+                CallStats {
+                    fsync: store.data().fsync,
+                },
+            )),
+            Ok(Err(protocol)) => Err(Error::Protocol(protocol.into())),
+            Err(e) => Err(self.host_failure(e, &store, time_limit)),
+        }
+    }
+
+    /// Turn a trap or host error into the most telling [`Error`].
+    fn host_failure(
+        &self,
+        e: wasmtime::Error,
+        store: &Store<CallState>,
+        time_limit: Option<Duration>,
+    ) -> Error {
+        if store.data().limiter.exceeded {
+            return Error::MemoryExceeded {
+                limit: self.limits.memory,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Error::DeadlineExceeded {
+                limit: time_limit.unwrap_or(Duration::MAX),
+            },
+            Some(trap) => Error::Trap(trap.to_string()),
+            None => Error::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+/// The protocol's operations, each run in a fresh instance of the component
+/// that sees only the directories the call names.
+impl Backend for Runtime {
+    type Error = Error;
+
+    fn protocol_error(error: &Error) -> Option<&handoff_core::Error> {
+        error.protocol()
+    }
+
+    /// `<hostname>:<pid>` ([`default_writer_id`]).
+    fn default_writer(&self) -> String {
+        default_writer_id()
+    }
+
     /// Copy the payload under `source` into staging under `root`, seal it
     /// and rename it to `<root>/<prefix><step>`. Durable and visible once
     /// `Ok` is returned; on error earlier versions are untouched.
-    pub fn publish(
+    fn publish(
         &self,
         root: &Path,
         step: u64,
@@ -301,7 +406,7 @@ impl Runtime {
         let guest_source = source.path.clone();
         let (report, stats) = self.call(
             &[root, source],
-            self.deadline(CallKind::Other),
+            self.time_limit(CallKind::Other),
             |h, store| {
                 h.handoff_protocol_protocol().call_publish(
                     store,
@@ -317,32 +422,23 @@ impl Runtime {
 
     /// Seal a payload already written in `<root>/<prefix><step>`: flush it,
     /// write the manifest and `STABLE`, flush the directories.
-    pub fn seal(
-        &self,
-        root: &Path,
-        step: u64,
-        options: &WriteOptions,
-    ) -> Result<PublishReport, Error> {
+    fn seal(&self, root: &Path, step: u64, options: &WriteOptions) -> Result<PublishReport, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (report, stats) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
-            h.handoff_protocol_protocol()
-                .call_seal(store, &guest_root, step, &options.into())
-        })?;
+        let (report, stats) =
+            self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
+                h.handoff_protocol_protocol()
+                    .call_seal(store, &guest_root, step, &options.into())
+            })?;
         Ok(publish_report(report, stats))
     }
 
     /// Wait until `target` is committed under `root` and validates.
-    pub fn wait(
-        &self,
-        root: &Path,
-        target: Target,
-        options: &WaitOptions,
-    ) -> Result<Version, Error> {
+    fn wait(&self, root: &Path, target: Target, options: &WaitOptions) -> Result<Version, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let deadline = self.deadline(CallKind::Wait(options.timeout));
-        let (version, _) = self.call(&[root], deadline, |h, store| {
+        let time_limit = self.time_limit(CallKind::Wait(options.timeout));
+        let (version, _) = self.call(&[root], time_limit, |h, store| {
             h.handoff_protocol_protocol().call_wait(
                 store,
                 &guest_root,
@@ -354,15 +450,10 @@ impl Runtime {
     }
 
     /// The highest committed step that validates, in one attempt.
-    pub fn latest(
-        &self,
-        root: &Path,
-        prefix: &str,
-        verify: Verify,
-    ) -> Result<Option<Version>, Error> {
+    fn latest(&self, root: &Path, prefix: &str, verify: Verify) -> Result<Option<Version>, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (version, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        let (version, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol()
                 .call_latest(store, &guest_root, prefix, verify.into())
         })?;
@@ -370,10 +461,10 @@ impl Runtime {
     }
 
     /// Every step directory under `root`, in step order, with its state.
-    pub fn list(&self, root: &Path, prefix: &str) -> Result<Vec<StepInfo>, Error> {
+    fn list(&self, root: &Path, prefix: &str) -> Result<Vec<StepInfo>, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (steps, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        let (steps, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol()
                 .call_list(store, &guest_root, prefix)
         })?;
@@ -382,7 +473,7 @@ impl Runtime {
 
     /// Pin a committed step for `holder` for `ttl`; pinning again renews the
     /// pin (a reader loading for longer than `ttl` pins again in time).
-    pub fn pin(
+    fn pin(
         &self,
         root: &Path,
         prefix: &str,
@@ -392,24 +483,24 @@ impl Runtime {
     ) -> Result<PinInfo, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (pin, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        let (pin, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol().call_pin(
                 store,
                 &guest_root,
                 prefix,
                 step,
                 holder,
-                types::millis(ttl),
+                handoff_core::millis(ttl),
             )
         })?;
         Ok(pin.into())
     }
 
     /// Release `holder`'s pin on `step`.
-    pub fn unpin(&self, root: &Path, prefix: &str, step: u64, holder: &str) -> Result<(), Error> {
+    fn unpin(&self, root: &Path, prefix: &str, step: u64, holder: &str) -> Result<(), Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol()
                 .call_unpin(store, &guest_root, prefix, step, holder)
         })?;
@@ -418,10 +509,10 @@ impl Runtime {
 
     /// Remove committed steps beyond the newest `keep` that no pin holds,
     /// and abandoned staging directories.
-    pub fn gc(&self, root: &Path, options: &GcOptions) -> Result<GcReport, Error> {
+    fn gc(&self, root: &Path, options: &GcOptions) -> Result<GcReport, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (report, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        let (report, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol()
                 .call_gc(store, &guest_root, &options.into())
         })?;
@@ -430,96 +521,22 @@ impl Runtime {
 
     /// Classify every entry under `root`; with `repair`, finish or undo what
     /// a crash left.
-    pub fn fsck(&self, root: &Path, prefix: &str, repair: bool) -> Result<Vec<FsckEntry>, Error> {
+    fn fsck(&self, root: &Path, prefix: &str, repair: bool) -> Result<Vec<FsckEntry>, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (entries, _) = self.call(&[root], self.deadline(CallKind::Other), |h, store| {
+        let (entries, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
             h.handoff_protocol_protocol()
                 .call_fsck(store, &guest_root, prefix, repair)
         })?;
         Ok(entries.into_iter().map(FsckEntry::from).collect())
     }
-
-    fn deadline(&self, call: CallKind) -> Option<Duration> {
-        call_deadline(&self.limits, call)
-    }
-
-    /// Run one call in a fresh store and instance that sees only
-    /// `preopens`, mapping traps, deadlines and the WIT error.
-    fn call<R>(
-        &self,
-        preopens: &[Preopen],
-        deadline: Option<Duration>,
-        f: impl FnOnce(
-            &Handoff,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<Result<R, bindings::wit_types::Error>>,
-    ) -> Result<(R, CallStats), Error> {
-        let mut wasi = WasiCtx::builder();
-        // Blocking on this thread avoids a round trip through a thread pool
-        // for every file operation; calls are synchronous anyway. Stderr is
-        // inherited so a panicking component can say why.
-        wasi.allow_blocking_current_thread(true).inherit_stderr();
-        for p in preopens {
-            wasi.preopened_dir(&p.path, &p.path, p.perms)
-                .map_err(|e| Error::Setup(format!("cannot open {}: {e:#}", p.path)))?;
-        }
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(
-                wasi.build(),
-                self.limits.memory,
-                deadline.and_then(|d| Instant::now().checked_add(d)),
-                self.bulk,
-                self.progress.clone(),
-            ),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline.map_or(u64::MAX / 2, epoch_ticks));
-
-        let outcome = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(&instance, &mut store));
-        match outcome {
-            Ok(Ok(value)) => Ok((
-                value,
-                CallStats {
-                    fsync: store.data().fsync,
-                },
-            )),
-            Ok(Err(protocol)) => Err(protocol.into()),
-            Err(e) => Err(self.host_failure(e, &store, deadline)),
-        }
-    }
-
-    /// Turn a trap or host error into the most telling [`Error`].
-    fn host_failure(
-        &self,
-        e: wasmtime::Error,
-        store: &Store<HostState>,
-        deadline: Option<Duration>,
-    ) -> Error {
-        if store.data().limiter.exceeded {
-            return Error::MemoryExceeded {
-                limit: self.limits.memory,
-            };
-        }
-        match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Error::DeadlineExceeded {
-                limit: deadline.unwrap_or(Duration::MAX),
-            },
-            Some(trap) => Error::Trap(trap.to_string()),
-            None => Error::Trap(format!("{e:#}")),
-        }
-    }
 }
 
+/// The component's report, with the flushes as this host made and timed
+/// them.
 fn publish_report(report: wit::PublishReport, stats: CallStats) -> PublishReport {
     PublishReport {
         version: report.version.into(),
-        syncs: report.syncs,
         fsyncs: stats.fsync.count,
         fsync_ms: stats.fsync.time.as_secs_f64() * 1000.0,
         warnings: report.warnings,
@@ -538,12 +555,12 @@ enum CallKind {
 /// The time limit of a call: the configured one, else for `wait` its
 /// timeout plus a margin (none without a timeout: waiting forever was
 /// asked for), else the general default.
-fn call_deadline(limits: &Limits, call: CallKind) -> Option<Duration> {
-    match (limits.deadline, call) {
+fn call_time_limit(limits: &Limits, call: CallKind) -> Option<Duration> {
+    match (limits.time_limit, call) {
         (Some(d), _) => Some(d),
         (None, CallKind::Wait(Some(timeout))) => Some(timeout.saturating_add(Limits::WAIT_MARGIN)),
         (None, CallKind::Wait(None)) => None,
-        (None, CallKind::Other) => Some(Limits::DEFAULT_DEADLINE),
+        (None, CallKind::Other) => Some(Limits::DEFAULT_TIME_LIMIT),
     }
 }
 
@@ -660,27 +677,30 @@ mod tests {
     }
 
     #[test]
-    fn deadline_defaults() {
-        let limits = |deadline| Limits {
-            deadline,
+    fn time_limit_defaults() {
+        let limits = |time_limit| Limits {
+            time_limit,
             memory: Limits::DEFAULT_MEMORY,
         };
         let secs = |s| Some(Duration::from_secs(s));
-        assert_eq!(call_deadline(&limits(None), CallKind::Other), secs(3600));
+        assert_eq!(call_time_limit(&limits(None), CallKind::Other), secs(3600));
         assert_eq!(
-            call_deadline(&limits(None), CallKind::Wait(secs(5))),
+            call_time_limit(&limits(None), CallKind::Wait(secs(5))),
             secs(65)
         );
-        assert_eq!(call_deadline(&limits(None), CallKind::Wait(None)), None);
+        assert_eq!(call_time_limit(&limits(None), CallKind::Wait(None)), None);
         assert_eq!(
-            call_deadline(&limits(secs(1)), CallKind::Wait(None)),
+            call_time_limit(&limits(secs(1)), CallKind::Wait(None)),
             secs(1)
         );
-        assert_eq!(call_deadline(&limits(secs(1)), CallKind::Other), secs(1));
+        assert_eq!(call_time_limit(&limits(secs(1)), CallKind::Other), secs(1));
     }
 
     /// These run the embedded guest component.
     mod with_guest {
+        use handoff_testkit::Payload;
+        use handoff_testkit::proc::assert_within;
+
         use super::*;
 
         fn runtime(limits: Limits) -> Runtime {
@@ -693,9 +713,11 @@ mod tests {
         }
 
         fn payload(dir: &Path) {
-            std::fs::create_dir_all(dir.join("sub")).unwrap();
-            std::fs::write(dir.join("a.bin"), vec![7u8; 10_000]).unwrap();
-            std::fs::write(dir.join("sub/b.json"), b"{}").unwrap();
+            Payload::new()
+                .with("a.bin", vec![7u8; 10_000])
+                .with("sub/b.json", "{}")
+                .write_to(dir)
+                .unwrap();
         }
 
         #[test]
@@ -706,11 +728,11 @@ mod tests {
             payload(&src);
             let rt = runtime(Limits::default());
             let report = rt
-                .publish(&root, 3, &src, &WriteOptions::default())
+                .publish(&root, 3, &src, &WriteOptions::new(default_writer_id()))
                 .unwrap();
             assert_eq!(report.version.step, 3);
             assert_eq!(
-                report.version.path,
+                Path::new(&report.version.path),
                 root.canonicalize().unwrap().join("step_3")
             );
             assert!(report.fsyncs >= 6, "{report:?}");
@@ -723,9 +745,9 @@ mod tests {
             let version = rt.wait(&root, Target::Step(3), &options).unwrap();
             assert_eq!(version, report.version);
             let again = rt
-                .publish(&root, 3, &src, &WriteOptions::default())
+                .publish(&root, 3, &src, &WriteOptions::new(default_writer_id()))
                 .unwrap_err();
-            assert!(matches!(again, Error::Conflict(_)), "{again}");
+            assert_eq!(again.kind(), Some(ErrorKind::Conflict), "{again}");
         }
 
         #[test]
@@ -737,7 +759,7 @@ mod tests {
             std::fs::create_dir(&outside).unwrap();
             payload(&src);
             let rt = runtime(Limits::default());
-            rt.publish(&outside, 1, &src, &WriteOptions::default())
+            rt.publish(&outside, 1, &src, &WriteOptions::new(default_writer_id()))
                 .unwrap();
             // A committed step elsewhere, linked into the root: valid on
             // disk, but outside the only directory the guest was given.
@@ -754,7 +776,7 @@ mod tests {
         fn a_call_past_its_deadline_is_stopped() {
             let tmp = tempfile::tempdir().unwrap();
             let rt = runtime(Limits {
-                deadline: Some(Duration::from_millis(100)),
+                time_limit: Some(Duration::from_millis(100)),
                 ..Limits::default()
             });
             let start = Instant::now();
@@ -771,11 +793,7 @@ mod tests {
                 err.to_string(),
                 "component exceeded its time limit of 100ms"
             );
-            assert!(
-                start.elapsed() < Duration::from_secs(2),
-                "{:?}",
-                start.elapsed()
-            );
+            assert_within(start, Duration::from_secs(2));
         }
 
         #[test]

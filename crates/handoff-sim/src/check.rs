@@ -40,15 +40,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use handoff_core::layout::parse_step;
-use handoff_core::{Clock, Error, Storage, Target};
+use handoff_core::{Error, ErrorKind, Platform, Storage, Target};
 
 use crate::model::{
-    CrashOptions, FsState, Model, Node, Recording, Rng, SimClock, Tree, mix, show_bytes, show_tree,
+    CrashOptions, FsState, Model, Node, Recording, Rng, SimPlatform, Tree, mix, show_bytes,
+    show_tree,
 };
 use crate::node::{NodeCaches, NodeView};
 use crate::protocols::{
-    Files, GcParams, Handoff, HandoffV1, Naive, Operation, PREFIX, Protocol, Read, SETTLE_MS,
-    StableReader, Written,
+    Commit, Files, GcParams, Handoff, HandoffV1, Naive, Operation, PREFIX, Pin, Protocol, Read,
+    SETTLE_MS, StableReader, Written,
 };
 use crate::view::{LaggingView, Lags, Timeline};
 
@@ -87,7 +88,7 @@ fn caches(seed: u64, node: u64) -> NodeCaches {
 /// seed): the step directory and its payload and manifest are cached as
 /// present. Names starting with `.` are the protocol's own, which a reader
 /// does not look up.
-fn reader_node(name: &str, model: &Model, clock: &SimClock, seed: u64, step: u64) -> NodeView {
+fn reader_node(name: &str, model: &Model, clock: &SimPlatform, seed: u64, step: u64) -> NodeView {
     let node = NodeView::new(name, model, clock, caches(seed, step ^ 0x9ead));
     let dir = handoff_core::layout::step_name(PREFIX, step);
     let age = Rng::new(mix(seed ^ 0xa9e)).below(WARM_MS + 1);
@@ -95,6 +96,16 @@ fn reader_node(name: &str, model: &Model, clock: &SimClock, seed: u64, step: u64
         !path.split('/').skip(1).any(|part| part.starts_with('.'))
     });
     node
+}
+
+/// A trace's first words: whether it shows a violation, and of what.
+fn trace_head<P: Protocol>(op: Operation, problems: &[String]) -> String {
+    let verdict = if problems.is_empty() {
+        "STATE"
+    } else {
+        "VIOLATION"
+    };
+    format!("{verdict} protocol={} operation={}", P::NAME, op.name())
 }
 
 /// The nodes of a race or a crash case and what they answered from their
@@ -212,10 +223,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new<P: Protocol>(p: P, operation: Operation) -> Outcome {
+    fn new<P: Protocol>(operation: Operation) -> Outcome {
         Outcome {
-            protocol: p.name(),
-            reference: p.reference(),
+            protocol: P::NAME,
+            reference: P::REFERENCE,
             operation,
             states: 0,
             violations: 0,
@@ -295,7 +306,7 @@ struct Expect {
 /// A root set up for an operation.
 struct Scenario {
     model: Model,
-    clock: SimClock,
+    clock: SimPlatform,
     /// What was done before the operation, for traces.
     setup: Vec<String>,
     known: BTreeMap<u64, Vec<Written>>,
@@ -307,13 +318,13 @@ impl Scenario {
     /// A root where `p` published `steps` (as [`WRITER`]), then everything
     /// was synced.
     fn new<P: Protocol>(p: P, steps: &[u64]) -> Scenario {
-        let clock = SimClock::new(T0_MS, mix(0x5eed));
+        let clock = SimPlatform::new(T0_MS, mix(0x5eed));
         let model = Model::new(&clock);
         let mut known = BTreeMap::new();
         for &step in steps {
             let written = Written::new(step, WRITER);
-            if let Err(e) = p.publish(&model, &clock, &written) {
-                panic!("setup: {} could not publish step {step}: {e}", p.name());
+            if let Err(e) = p.write(&model, &clock, Commit::Publish(&written)) {
+                panic!("setup: {} could not publish step {step}: {e}", P::NAME);
             }
             known.insert(step, vec![written]);
         }
@@ -323,7 +334,7 @@ impl Scenario {
             clock,
             setup: vec![format!(
                 "{} published steps {steps:?} as {WRITER}, then everything was synced",
-                p.name()
+                P::NAME
             )],
             known,
             committed: steps.iter().copied().collect(),
@@ -339,8 +350,16 @@ impl Scenario {
     }
 
     fn pin_in_setup<P: Protocol>(&mut self, p: P, step: u64, ttl_ms: u64) -> Result<(), String> {
-        match p.pin(&self.model, &self.clock, step, HOLDER, ttl_ms) {
-            None => Err(format!("{} has no pin", p.name())),
+        match p.pin(
+            &self.model,
+            &self.clock,
+            Pin {
+                step,
+                holder: HOLDER,
+                ttl_ms,
+            },
+        ) {
+            None => Err(format!("{} has no pin", P::NAME)),
             Some(Err(e)) => panic!("setup: pin of step {step} failed: {e}"),
             Some(Ok(())) => {
                 self.model.sync_all();
@@ -353,7 +372,7 @@ impl Scenario {
     }
 }
 
-type Action = Box<dyn FnOnce(&Model, &SimClock) -> Option<Result<(), Error>>>;
+type Action = Box<dyn FnOnce(&Model, &SimPlatform) -> Option<Result<(), Error>>>;
 
 /// One operation, crashed at every call.
 struct CrashCase {
@@ -393,7 +412,7 @@ fn crash_cases<P: Protocol>(
                 if !seen.insert(state.fs.tree()) {
                     continue;
                 }
-                let clock = SimClock::new(sc.clock.now_ms() + RECOVERY_GAP_MS, mix(k as u64));
+                let clock = SimPlatform::new(sc.clock.now_ms() + RECOVERY_GAP_MS, mix(k as u64));
                 let model = Model::from_state(state.fs, &clock);
                 // Repair must keep every version a reader accepts here.
                 let readable: BTreeSet<u64> = sc
@@ -456,11 +475,11 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
                 ));
                 action = format!("seal step 2 as {WRITER}");
                 let w = written.clone();
-                Box::new(move |m, c| Some(p.seal(m, c, &w)))
+                Box::new(move |m, c| Some(p.write(m, c, Commit::Seal(&w))))
             } else {
                 action = format!("publish step 2 as {WRITER}");
                 let w = written.clone();
-                Box::new(move |m, c| Some(p.publish(m, c, &w)))
+                Box::new(move |m, c| Some(p.write(m, c, Commit::Publish(&w))))
             };
             sc.known.insert(2, vec![written]);
             let during = sc.expect();
@@ -483,7 +502,17 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
             CrashCase {
                 scenario: sc,
                 action: format!("{HOLDER} pins step 1 for {PIN_TTL_MS} ms"),
-                run: Box::new(move |m, c| p.pin(m, c, 1, HOLDER, PIN_TTL_MS)),
+                run: Box::new(move |m, c| {
+                    p.pin(
+                        m,
+                        c,
+                        Pin {
+                            step: 1,
+                            holder: HOLDER,
+                            ttl_ms: PIN_TTL_MS,
+                        },
+                    )
+                }),
                 during,
                 after,
             }
@@ -509,9 +538,10 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
                     let waited = p.wait_pin(node, c, Target::Latest, HOLDER, PIN_TTL_MS)?;
                     match waited {
                         Ok(2) => p.unpin(node, c, 1, HOLDER),
-                        Ok(step) => Some(Err(Error::Io(format!(
-                            "the wait returned step {step}, not 2"
-                        )))),
+                        Ok(step) => Some(Err(Error::new(
+                            ErrorKind::Io,
+                            format!("the wait returned step {step}, not 2"),
+                        ))),
                         Err(e) => Some(Err(e)),
                     }
                 }),
@@ -532,10 +562,8 @@ fn crash_case<P: Protocol>(p: P, op: Operation) -> Result<CrashCase, String> {
             }
         }
         Operation::Gc => {
-            let mut sc = gc_scenario(p)?;
-            sc.committed.remove(&2);
-            let mut during = sc.expect();
-            during.protected.insert(1);
+            let sc = gc_scenario(p)?;
+            let during = gc_expect(&sc);
             let mut after = during.clone();
             after.must_not_read.insert(2);
             CrashCase {
@@ -578,8 +606,21 @@ fn gc_scenario<P: Protocol>(p: P) -> Result<Scenario, String> {
     Ok(sc)
 }
 
+/// What gc of a [`gc_scenario`] may do: remove step 2 (no reader need find
+/// it), never step 1 (its pin is within the skew allowance).
+fn gc_expect(sc: &Scenario) -> Expect {
+    let mut expect = sc.expect();
+    expect.must_read.remove(&2);
+    expect.protected.insert(1);
+    expect
+}
+
 /// `fsck --repair` on a node of its own (whose cache starts empty).
-fn fsck_on_node<P: Protocol>(p: P, model: &Model, clock: &SimClock) -> Option<Result<(), Error>> {
+fn fsck_on_node<P: Protocol>(
+    p: P,
+    model: &Model,
+    clock: &SimPlatform,
+) -> Option<Result<(), Error>> {
     let node = NodeView::new("fsck-node", model, clock, caches(0, 0xf5c));
     p.fsck_repair(&node, clock).map(|r| r.map(|_| ()))
 }
@@ -589,7 +630,7 @@ fn gc_on_node<P: Protocol>(
     p: P,
     node: &str,
     model: &Model,
-    clock: &SimClock,
+    clock: &SimPlatform,
     seed: u64,
 ) -> Option<Result<(), Error>> {
     let node = NodeView::new(node, model, clock, caches(seed, 0x9c));
@@ -611,7 +652,7 @@ fn untidy_scenario<P: Protocol>(p: P) -> Scenario {
     let mut sc = Scenario::new(p, &[1]);
     let w2 = Written::new(2, WRITER);
     sc.model.start_recording();
-    p.publish(&sc.model, &sc.clock, &w2)
+    p.write(&sc.model, &sc.clock, Commit::Publish(&w2))
         .expect("setup: publish of step 2");
     let recording = sc.model.take_recording();
     let halfway = recording.points[recording.points.len() / 2].clone();
@@ -721,15 +762,10 @@ fn show_problems(problems: &[String]) -> String {
     problems.iter().map(|p| format!("  - {p}\n")).collect()
 }
 
-fn replay_command<P: Protocol>(
-    p: P,
-    op: Operation,
-    budget: &Budget,
-    at: &[(&str, usize)],
-) -> String {
+fn replay_command<P: Protocol>(op: Operation, budget: &Budget, at: &[(&str, usize)]) -> String {
     let mut cmd = format!(
         "cargo run --release -p handoff-sim -- replay --protocol {} --op {}",
-        p.name(),
+        P::NAME,
         op.name()
     );
     for (flag, value) in at {
@@ -751,7 +787,7 @@ pub fn run<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
 }
 
 fn crash<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Outcome {
-    let mut out = Outcome::new(p, op);
+    let mut out = Outcome::new::<P>(op);
     let cases = match crash_cases(p, op, budget) {
         Ok(cases) => cases,
         Err(why) => {
@@ -786,23 +822,14 @@ fn crash_root<P: Protocol>(
     let result = (case.run)(&sc.model, &sc.clock);
     let recording = sc.model.take_recording();
     let Some(result) = result else {
-        return Err(format!("{} has no {}", p.name(), op.name()));
+        return Err(format!("{} has no {}", P::NAME, op.name()));
     };
     let mut at = Vec::new();
     if op == Operation::FsckRepair {
         at.push(("root", root));
     }
     let title = |problems: &[String], extra: &str| {
-        let mut t = format!(
-            "{} protocol={} operation={}",
-            if problems.is_empty() {
-                "STATE"
-            } else {
-                "VIOLATION"
-            },
-            p.name(),
-            op.name()
-        );
+        let mut t = trace_head::<P>(op, problems);
         for (flag, value) in &at {
             let _ = write!(t, " {flag}={value}");
         }
@@ -813,7 +840,7 @@ fn crash_root<P: Protocol>(
         t
     };
     if let Err(e) = &result
-        && !p.reference()
+        && !P::REFERENCE
         && focus.crash_at.is_none()
     {
         let problems = [format!("the operation failed: {e}")];
@@ -886,7 +913,7 @@ fn crash_root<P: Protocol>(
                 let _ = write!(t, "problems:\n{}", show_problems(problems));
                 let mut flags = at.clone();
                 flags.extend([("crash-at", k), ("state", i)]);
-                let _ = writeln!(t, "replay: {}", replay_command(p, op, budget, &flags));
+                let _ = writeln!(t, "replay: {}", replay_command::<P>(op, budget, &flags));
                 t
             });
         }
@@ -902,7 +929,7 @@ fn check_state<P: Protocol>(
     now_ms: u64,
     seed: u64,
 ) -> Vec<String> {
-    let clock = SimClock::new(now_ms, seed);
+    let clock = SimPlatform::new(now_ms, seed);
     let model = Model::from_state(fs, &clock);
     let mut problems = Vec::new();
     check_reads(p, &model, &clock, expect, "after the crash", &mut problems);
@@ -964,7 +991,7 @@ fn compare(writes: &[Written], writer: &Option<String>, files: &Files) -> Result
 fn check_reads<P: Protocol, S: Storage>(
     p: P,
     fs: &S,
-    clock: &SimClock,
+    clock: &SimPlatform,
     expect: &Expect,
     when: &str,
     problems: &mut Vec<String>,
@@ -1100,7 +1127,7 @@ fn check_protected(tree: &Tree, expect: &Expect, when: &str, problems: &mut Vec<
 fn check_repair<P: Protocol>(
     p: P,
     model: &Model,
-    clock: &SimClock,
+    clock: &SimPlatform,
     expect: &Expect,
     problems: &mut Vec<String>,
 ) {
@@ -1213,7 +1240,7 @@ struct RaceCase {
     first: Action,
     second_name: String,
     second: Action,
-    second_clock: SimClock,
+    second_clock: SimPlatform,
     /// The nodes the processes run on (none: both on the model itself).
     nodes: Vec<NodeView>,
 }
@@ -1237,9 +1264,9 @@ fn race_case<P: Protocol>(
                 scenario: sc,
                 swapped,
                 first_name: format!("{WRITER} publishes step 2"),
-                first: Box::new(move |m, c| Some(p.publish(m, c, &a))),
+                first: Box::new(move |m, c| Some(p.write(m, c, Commit::Publish(&a)))),
                 second_name: format!("{RIVAL} publishes step 2"),
-                second: Box::new(move |m, c| Some(p.publish(m, c, &b))),
+                second: Box::new(move |m, c| Some(p.write(m, c, Commit::Publish(&b)))),
                 second_clock,
                 nodes: Vec::new(),
             })
@@ -1253,7 +1280,17 @@ fn race_case<P: Protocol>(
             let gc_name = format!("{} on gc-node", gc_action());
             let gc: Action = Box::new(move |_, c| p.gc(&gc_node, c, GC).map(|r| r.map(|_| ())));
             let pin_name = format!("{LATE_HOLDER} pins step 2 for {PIN_TTL_MS} ms on pin-node");
-            let pin: Action = Box::new(move |_, c| p.pin(&pin_node, c, 2, LATE_HOLDER, PIN_TTL_MS));
+            let pin: Action = Box::new(move |_, c| {
+                p.pin(
+                    &pin_node,
+                    c,
+                    Pin {
+                        step: 2,
+                        holder: LATE_HOLDER,
+                        ttl_ms: PIN_TTL_MS,
+                    },
+                )
+            });
             let ((first_name, first), (second_name, second)) = if swapped {
                 ((pin_name, pin), (gc_name, gc))
             } else {
@@ -1345,7 +1382,7 @@ fn interleave(case: RaceCase, at: usize) -> Option<Raced> {
 }
 
 fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Outcome {
-    let mut out = Outcome::new(p, op);
+    let mut out = Outcome::new::<P>(op);
     let orders: &[bool] = if op == Operation::GcPinRace {
         &[false, true]
     } else {
@@ -1366,7 +1403,7 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
             Ok(case) => {
                 let before = case.scenario.model.calls_done();
                 if (case.first)(&case.scenario.model, &case.scenario.clock).is_none() {
-                    out.skipped = Some(format!("{} has no {}", p.name(), op.name()));
+                    out.skipped = Some(format!("{} has no {}", P::NAME, op.name()));
                     return out;
                 }
                 case.scenario.model.calls_done() - before
@@ -1398,16 +1435,8 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
             let sc = &raced.scenario;
             let calls = &raced.second_calls;
             let trace = |problems: &[String], crash: Option<(usize, usize, usize, &str, &Tree)>| {
-                let mut t = format!(
-                    "{} protocol={} operation={} interleave-at={at}",
-                    if problems.is_empty() {
-                        "STATE"
-                    } else {
-                        "VIOLATION"
-                    },
-                    p.name(),
-                    op.name()
-                );
+                let mut t = trace_head::<P>(op, problems);
+                let _ = write!(t, " interleave-at={at}");
                 if let Some((k, i, _, _, _)) = crash {
                     let _ = write!(t, " crash-at={k} state={i}");
                 }
@@ -1449,7 +1478,7 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
                 if let Some((k, i, _, _, _)) = crash {
                     at_flags.extend([("crash-at", k), ("state", i)]);
                 }
-                let _ = writeln!(t, "replay: {}", replay_command(p, op, budget, &at_flags));
+                let _ = writeln!(t, "replay: {}", replay_command::<P>(op, budget, &at_flags));
                 t
             };
 
@@ -1542,7 +1571,8 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
     match op {
         Operation::PublishRace => {
             let (a, b) = (Written::new(2, WRITER), Written::new(2, RIVAL));
-            let conflict = |r: &Result<(), Error>| matches!(r, Err(Error::Conflict(_)));
+            let conflict =
+                |r: &Result<(), Error>| matches!(r, Err(e) if e.kind() == ErrorKind::Conflict);
             let winner = match (&raced.first, &raced.second) {
                 (Ok(()), r) if conflict(r) => Some(a.clone()),
                 (r, Ok(())) if conflict(r) => Some(b.clone()),
@@ -1584,15 +1614,13 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
             }
             let pinned = pin.is_ok();
             if let Err(e) = pin
-                && !matches!(e, Error::NotFound(_))
+                && e.kind() != ErrorKind::NotFound
             {
                 problems.push(format!(
                     "a pin of a step being removed must succeed or say not-found, not: {e}"
                 ));
             }
-            let mut base = sc.expect();
-            base.must_read.remove(&2);
-            base.protected.insert(1);
+            let base = gc_expect(sc);
             let mut after_second = base.clone();
             if pinned {
                 // The reader was told it holds step 2: gc must keep it whole.
@@ -1625,9 +1653,7 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
                     ));
                 }
             }
-            let mut base = sc.expect();
-            base.must_read.remove(&2);
-            base.protected.insert(1);
+            let base = gc_expect(sc);
             let mut end = base.clone();
             if raced.first.is_ok() || raced.second.is_ok() {
                 end.must_not_read.insert(2);
@@ -1646,17 +1672,17 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
 
 /// A reader on a lagging node while the writer publishes (or seals) step 2.
 fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Outcome {
-    let mut out = Outcome::new(p, op);
+    let mut out = Outcome::new::<P>(op);
     let sc = Scenario::new(p, &[1]);
     let written = Written::new(2, WRITER);
     sc.model.start_recording();
     let result = if op == Operation::ReadLaggingSeal {
         written
             .write_in(&sc.model, &written.dir())
-            .map_err(|e| Error::Io(e.to_string()))
-            .and_then(|()| p.seal(&sc.model, &sc.clock, &written))
+            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
+            .and_then(|()| p.write(&sc.model, &sc.clock, Commit::Seal(&written)))
     } else {
-        p.publish(&sc.model, &sc.clock, &written)
+        p.write(&sc.model, &sc.clock, Commit::Publish(&written))
     };
     let recording = sc.model.take_recording();
     if let Err(e) = &result {
@@ -1683,7 +1709,7 @@ fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
         let mut problems = Vec::new();
         let mut views = Vec::new();
         for target in [Target::Step(2), Target::Latest] {
-            let clock = SimClock::new(start, seed);
+            let clock = SimPlatform::new(start, seed);
             let view = LaggingView::new(Rc::clone(&timeline), lags.clone(), &clock);
             let what = match target {
                 Target::Step(_) => "wait for step 2",
@@ -1709,7 +1735,7 @@ fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
                     }
                 },
                 Read::Absent(why) => {
-                    if !p.reference() {
+                    if !P::REFERENCE {
                         problems.push(format!(
                             "{what} gave up although everything is visible {} ms after the \
                              writer finished: {why}",
@@ -1721,12 +1747,8 @@ fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
             views.push((what, view));
         }
         out.record(&problems, focus.verbose, |problems| {
-            let mut t = format!(
-                "{} protocol={} operation={} run={run}\nsetup:\n",
-                if problems.is_empty() { "STATE" } else { "VIOLATION" },
-                p.name(),
-                op.name()
-            );
+            let mut t = trace_head::<P>(op, problems);
+            let _ = write!(t, " run={run}\nsetup:\n");
             for line in &sc.setup {
                 let _ = writeln!(t, "  {line}");
             }
@@ -1747,7 +1769,7 @@ fn lagging<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> 
             let _ = writeln!(
                 t,
                 "replay: {}",
-                replay_command(p, op, budget, &[("state", run as usize)])
+                replay_command::<P>(op, budget, &[("state", run as usize)])
             );
             t
         });
@@ -1762,26 +1784,26 @@ pub const PROTOCOLS: [&str; 4] = ["handoff", "naive", "stable-reader", "handoff-
 /// such operation.
 pub fn run_named(protocol: &str, op: Operation, budget: &Budget, focus: &Focus) -> Option<Outcome> {
     fn go<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Option<Outcome> {
-        p.operations()
+        P::OPERATIONS
             .contains(&op)
             .then(|| run(p, op, budget, focus))
     }
     match protocol {
         "handoff" => go(Handoff, op, budget, focus),
-        "naive" => go(Naive, op, budget, focus),
-        "stable-reader" => go(StableReader, op, budget, focus),
+        "naive" => go(Naive {}, op, budget, focus),
+        "stable-reader" => go(StableReader {}, op, budget, focus),
         "handoff-v1" => go(HandoffV1, op, budget, focus),
         _ => None,
     }
 }
 
-fn operations_of(protocol: &str) -> Vec<Operation> {
+fn operations_of(protocol: &str) -> &'static [Operation] {
     match protocol {
-        "handoff" => Handoff.operations(),
-        "naive" => Naive.operations(),
-        "stable-reader" => StableReader.operations(),
-        "handoff-v1" => HandoffV1.operations(),
-        _ => Vec::new(),
+        "handoff" => Handoff::OPERATIONS,
+        "naive" => Naive::OPERATIONS,
+        "stable-reader" => StableReader::OPERATIONS,
+        "handoff-v1" => HandoffV1::OPERATIONS,
+        _ => &[],
     }
 }
 
@@ -1790,7 +1812,7 @@ fn operations_of(protocol: &str) -> Vec<Operation> {
 pub fn run_all(budget: &Budget, threads: usize) -> Vec<Outcome> {
     let jobs: Vec<(&str, Operation)> = PROTOCOLS
         .iter()
-        .flat_map(|&p| operations_of(p).into_iter().map(move |op| (p, op)))
+        .flat_map(|&p| operations_of(p).iter().map(move |&op| (p, op)))
         .collect();
     let next = AtomicUsize::new(0);
     let results = Mutex::new(vec![None; jobs.len()]);
@@ -2034,49 +2056,18 @@ mod tests {
     }
 
     impl Protocol for SkipSync {
-        fn name(&self) -> &'static str {
-            "handoff-skipping-a-sync"
-        }
-        fn reference(&self) -> bool {
-            false
-        }
-        fn operations(&self) -> Vec<Operation> {
-            vec![Operation::Publish, Operation::Seal]
-        }
-        fn publish<S: Storage>(
+        const NAME: &'static str = "handoff-skipping-a-sync";
+        const REFERENCE: bool = false;
+        const OPERATIONS: &'static [Operation] = &[Operation::Publish, Operation::Seal];
+        const RETAINS: bool = true;
+
+        fn write<S: Storage>(
             &self,
             fs: &S,
-            clock: &SimClock,
-            written: &Written,
+            clock: &SimPlatform,
+            commit: Commit,
         ) -> Result<(), Error> {
-            Handoff.publish(&self.wrap(fs), clock, written)
-        }
-        fn seal<S: Storage>(
-            &self,
-            fs: &S,
-            clock: &SimClock,
-            written: &Written,
-        ) -> Result<(), Error> {
-            Handoff.seal(&self.wrap(fs), clock, written)
-        }
-        fn read<S: Storage>(
-            &self,
-            fs: &S,
-            clock: &SimClock,
-            target: Target,
-            timeout_ms: u64,
-        ) -> Read {
-            Handoff.read(fs, clock, target, timeout_ms)
-        }
-        fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
-            Handoff.committed(fs)
-        }
-        fn fsck_repair<S: Storage>(
-            &self,
-            fs: &S,
-            clock: &SimClock,
-        ) -> Option<Result<usize, Error>> {
-            Handoff.fsck_repair(fs, clock)
+            Handoff.write(&self.wrap(fs), clock, commit)
         }
     }
 

@@ -9,99 +9,124 @@ mod check;
 mod model;
 mod node;
 mod protocols;
+mod trace;
 mod view;
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use check::{Budget, Focus};
+use clap::{Parser, Subcommand};
 use protocols::Operation;
 
-const USAGE: &str = "\
-handoff-sim: crash-state and lagging-reader model checker for handoff
+/// Crash-state and lagging-reader model checker for handoff.
+#[derive(Debug, Parser)]
+#[command(
+    name = "handoff-sim",
+    after_help = "\
+Exit status: 0 if handoff has no violation and every reference protocol (naive,
+stable-reader, handoff-v1) has at least one (replay: if the selected states show
+no violation); 1 otherwise; 2 for a usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-usage:
-  handoff-sim report [--quick] [--seed S] [--exhaustive-limit N] [--samples N] [--view-runs N]
-                     [--threads N]
-  handoff-sim replay --protocol P --op O [--root R] [--interleave-at I] [--crash-at K]
-                     [--state N] [--seed S] [--exhaustive-limit N] [--samples N] [--view-runs N]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check every (protocol, operation) pair.
+    ///
+    /// Prints `protocol=<name> operation=<op> states=<n> violations=<n>` per
+    /// pair, the trace of each pair's first violation, and ends with
+    /// `N passed, M failed` over handoff's pairs.
+    Report {
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// Worker threads [default: the available parallelism]
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+    /// Re-run the states of one pair a violation names, and print their traces.
+    ///
+    /// A violation's trace ends with the replay command that selects it;
+    /// leave a selector out to see all its values.
+    Replay {
+        /// The protocol: handoff, naive, stable-reader, handoff-v1
+        #[arg(long, value_name = "P")]
+        protocol: String,
+        /// The operation: seal, publish, publish-race, read-lagging,
+        /// read-lagging-seal, pin, wait-pin, unpin, gc, gc-pin-race, gc-race,
+        /// fsck-repair
+        #[arg(long, value_name = "O", value_parser = parse_operation)]
+        op: Operation,
+        /// fsck-repair: only this starting root
+        #[arg(long, value_name = "R")]
+        root: Option<usize>,
+        /// Races: only this interleaving
+        #[arg(long, value_name = "I")]
+        interleave_at: Option<usize>,
+        /// Only this crash point
+        #[arg(long, value_name = "K")]
+        crash_at: Option<usize>,
+        /// Only this state of the crash point (or lagging-reader run)
+        #[arg(long, value_name = "N")]
+        state: Option<usize>,
+        #[command(flatten)]
+        budget: BudgetArgs,
+    },
+}
 
-report prints `protocol=<name> operation=<op> states=<n> violations=<n>` per pair, the
-trace of each pair's first violation, and ends with `N passed, M failed` over handoff's
-pairs. Exit status: 0 if handoff has no violation and every reference protocol (naive,
-stable-reader, handoff-v1) has at least one; 1 otherwise; 2 for a usage error.
+/// How much to check. `--quick` picks the base budget; the other flags
+/// override its values, in any order.
+#[derive(Debug, clap::Args)]
+struct BudgetArgs {
+    /// The small budget of `cargo test` instead of CI's
+    #[arg(long)]
+    quick: bool,
+    /// Seed of every random choice (fixed by default, so CI is reproducible)
+    #[arg(long, value_name = "S", default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Enumerate every crash state of a crash point up to this many
+    #[arg(long, value_name = "N")]
+    exhaustive_limit: Option<usize>,
+    /// Otherwise sample this many
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    /// Lagging-reader runs per operation
+    #[arg(long, value_name = "N")]
+    view_runs: Option<u64>,
+}
 
---quick uses the small budget of `cargo test` (set it before the other budget flags).
+impl BudgetArgs {
+    fn budget(&self) -> Budget {
+        let mut budget = if self.quick {
+            Budget::reduced(self.seed)
+        } else {
+            Budget::full(self.seed)
+        };
+        budget.exhaustive_limit = self.exhaustive_limit.unwrap_or(budget.exhaustive_limit);
+        budget.samples = self.samples.unwrap_or(budget.samples);
+        budget.view_runs = self.view_runs.unwrap_or(budget.view_runs);
+        budget
+    }
+}
 
-replay prints the trace of every state selected (a violation's trace ends with the replay
-command that selects it; leave a selector out to see all its values). Protocols: handoff,
-naive, stable-reader, handoff-v1. Operations: seal, publish, publish-race, read-lagging,
-read-lagging-seal, pin, wait-pin, unpin, gc, gc-pin-race, gc-race, fsck-repair.
-";
+fn parse_operation(name: &str) -> Result<Operation, String> {
+    Operation::parse(name).ok_or_else(|| format!("unknown operation {name:?}"))
+}
 
-/// Default seed of `report`: fixed, so CI is reproducible; pass `--seed` to
-/// explore further.
+/// Default seed: fixed, so CI is reproducible; pass `--seed` to explore
+/// further.
 const DEFAULT_SEED: u64 = 1;
 
-struct Args {
-    budget: Budget,
-    focus: Focus,
-    protocol: Option<String>,
-    op: Option<Operation>,
-    threads: usize,
-}
-
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut parsed = Args {
-        budget: Budget::full(DEFAULT_SEED),
-        focus: Focus::default(),
-        protocol: None,
-        op: None,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        if flag == "--quick" {
-            parsed.budget = Budget::reduced(parsed.budget.seed);
-            continue;
-        }
-        let value = rest.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || -> Result<u64, String> {
-            value
-                .parse()
-                .map_err(|_| format!("{flag}: {value:?} is not a number"))
-        };
-        match flag.as_str() {
-            "--seed" => parsed.budget.seed = number()?,
-            "--exhaustive-limit" => parsed.budget.exhaustive_limit = number()? as usize,
-            "--samples" => parsed.budget.samples = number()? as usize,
-            "--view-runs" => parsed.budget.view_runs = number()?,
-            "--threads" => parsed.threads = number()? as usize,
-            "--root" => parsed.focus.root = Some(number()? as usize),
-            "--interleave-at" => parsed.focus.interleave_at = Some(number()? as usize),
-            "--crash-at" => parsed.focus.crash_at = Some(number()? as usize),
-            "--state" => parsed.focus.state = Some(number()? as usize),
-            "--protocol" => parsed.protocol = Some(value.clone()),
-            "--op" => {
-                parsed.op = Some(
-                    Operation::parse(value)
-                        .ok_or_else(|| format!("unknown operation {value:?}"))?,
-                );
-            }
-            _ => return Err(format!("unknown flag {flag:?}")),
-        }
-    }
-    Ok(parsed)
-}
-
-fn report(args: Args) -> ExitCode {
+fn report(budget: &Budget, threads: usize) -> ExitCode {
     let started = Instant::now();
-    let budget = &args.budget;
     println!(
         "handoff-sim report: seed={} exhaustive-limit={} samples={} view-runs={}",
         budget.seed, budget.exhaustive_limit, budget.samples, budget.view_runs
     );
-    let outcomes = check::run_all(budget, args.threads);
+    let outcomes = check::run_all(budget, threads);
     for outcome in &outcomes {
         println!("{}", outcome.line());
     }
@@ -141,13 +166,8 @@ fn report(args: Args) -> ExitCode {
     }
 }
 
-fn replay(mut args: Args) -> ExitCode {
-    let (Some(protocol), Some(op)) = (args.protocol.clone(), args.op) else {
-        eprintln!("replay needs --protocol and --op\n\n{USAGE}");
-        return ExitCode::from(2);
-    };
-    args.focus.verbose = true;
-    let Some(outcome) = check::run_named(&protocol, op, &args.budget, &args.focus) else {
+fn replay(protocol: &str, op: Operation, budget: &Budget, focus: &Focus) -> ExitCode {
+    let Some(outcome) = check::run_named(protocol, op, budget, focus) else {
         eprintln!("protocol {protocol:?} has no operation {}", op.name());
         return ExitCode::from(2);
     };
@@ -163,28 +183,64 @@ fn replay(mut args: Args) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    if matches!(command.as_str(), "-h" | "--help" | "help") {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let parsed = match parse(&args[1..]) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+    match Cli::parse().command {
+        Command::Report { budget, threads } => {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            report(&budget.budget(), threads)
         }
-    };
-    match command.as_str() {
-        "report" => report(parsed),
-        "replay" => replay(parsed),
-        other => {
-            eprintln!("error: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
+        Command::Replay {
+            protocol,
+            op,
+            root,
+            interleave_at,
+            crash_at,
+            state,
+            budget,
+        } => {
+            let focus = Focus {
+                root,
+                interleave_at,
+                crash_at,
+                state,
+                verbose: true,
+            };
+            replay(&protocol, op, &budget.budget(), &focus)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn quick_picks_the_base_budget_and_other_flags_override_it_in_any_order() {
+        let quick = Budget::reduced(DEFAULT_SEED);
+        for args in [["--quick", "--samples", "9"], ["--samples", "9", "--quick"]] {
+            let cli =
+                Cli::try_parse_from(["handoff-sim", "report"].into_iter().chain(args)).unwrap();
+            let Command::Report { budget, .. } = cli.command else {
+                panic!("not a report: {cli:?}");
+            };
+            let budget = budget.budget();
+            assert_eq!(
+                (
+                    budget.seed,
+                    budget.exhaustive_limit,
+                    budget.samples,
+                    budget.view_runs
+                ),
+                (DEFAULT_SEED, quick.exhaustive_limit, 9, quick.view_runs),
+                "{args:?}"
+            );
         }
     }
 }

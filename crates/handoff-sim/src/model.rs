@@ -1,40 +1,32 @@
 //! The storage model: an in-memory directory tree that can crash.
 //!
-//! # The rules (all of them are here)
+//! # The rules
+//!
+//! The crash rules are listed, with ids, in `docs/FILESYSTEM.md`; this model
+//! implements F1–F7 and the code below cites them. faultfs follows the same
+//! list.
 //!
 //! The model keeps, for every inode, what the running process sees (*live*)
 //! and what would survive a crash now (*synced*), plus a log of the directory
 //! entry operations that are not yet durable (*pending*, in issue order).
 //!
-//! 1. **File data** is durable only after [`StorageFile::sync`] of that file.
-//!    After a crash a file with unsynced data holds one of: its synced content
-//!    (*lost*), its live content (*kept*), or the first half of its live content
-//!    (*torn*, a prefix: what a short write-back leaves). Syncing a file makes
-//!    its data durable, never its name (ext4 practice: the name needs the
-//!    parent's fsync).
-//! 2. **Directory entries.** `create_dir`, `create_new`, `remove_file`,
-//!    `remove_dir` and `rename` each append one operation to the pending log.
-//!    [`Storage::sync_dir`] of a directory D makes durable every pending
-//!    operation whose *resulting* entry lies in D: creates and removals in D,
-//!    and renames whose destination is in D. A rename is NOT made durable by a
-//!    sync of its source directory alone (POSIX promises nothing there, so the
-//!    model takes the weaker reading).
-//! 3. **Order per entry.** Two pending operations that touch the same entry
-//!    (directory, name) keep their order: a later one is never durable (nor
-//!    kept by a crash) without the earlier one. Making an operation durable
-//!    therefore also makes durable the earlier ones it depends on; e.g. the
-//!    rename of `staging/x` to `step_2` carries the `mkdir staging/x` with it.
-//! 4. **Rename is atomic**: it is kept or lost whole, its source entry
-//!    disappearing exactly when its destination appears. A directory rename
-//!    carries its subtree; onto an empty directory it replaces it, onto a
-//!    non-empty one it fails with `DirectoryNotEmpty`; a file rename replaces
-//!    a file.
-//! 5. **A crash state** is the synced state plus any subset of the pending log
-//!    that is closed under rule 3, replayed in order, plus one of the rule-1
-//!    choices for every reachable file with unsynced data. Only what is
-//!    reachable from the root survives: a file created in a directory whose
-//!    own entry was lost is gone with it (unless a kept rename links that
-//!    directory elsewhere, as a staged publish does).
+//! - **F1, F2** File data is durable only after [`StorageFile::sync`] of that
+//!   file, which makes no name durable. After a crash a file with unsynced
+//!   data holds its synced content (*lost*), its live content (*kept*), or
+//!   the first half of its live content (*torn*, a prefix).
+//! - **F3** `create_dir`, `create_new`, `remove_file`, `remove_dir` and
+//!   `rename` each append one operation to the pending log;
+//!   [`Storage::sync_dir`] of D makes durable every pending operation whose
+//!   *resulting* entry lies in D.
+//! - **F4** A rename is atomic and durable by a sync of its destination only;
+//!   a directory rename carries its subtree; onto a non-empty directory it
+//!   fails with `DirectoryNotEmpty`.
+//! - **F5** Two pending operations on the same entry (directory, name) keep
+//!   their order: making one durable makes the earlier ones durable too.
+//! - **F6, F7** A crash state is the synced state plus any subset of the
+//!   pending log closed under F5, replayed in order, plus one F1 choice for
+//!   every reachable file with unsynced data; only what the root reaches
+//!   survives.
 //!
 //! Enumeration is exhaustive while the number of candidate states is at most
 //! [`CrashOptions::exhaustive_limit`], and a seeded random sample otherwise.
@@ -50,50 +42,22 @@ use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
 
-use handoff_core::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+use handoff_core::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 
-/// A small deterministic generator (splitmix64): the same seed gives the same
-/// states on every machine, so a printed seed replays.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
-/// The splitmix64 finalizer: a cheap, well-spread hash of a u64.
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use handoff_testkit::{Rng, mix};
 
 /// Virtual time and seeded randomness. `sleep_ms` advances time instantly, so
 /// a `wait` with a deadline finishes at once. Clones share the same time.
 #[derive(Clone, Debug)]
-pub struct SimClock {
+pub struct SimPlatform {
     now: Rc<Cell<u64>>,
     rng: Rc<RefCell<Rng>>,
 }
 
-impl SimClock {
+impl SimPlatform {
     /// A clock at `start_ms` whose randomness starts from `seed`.
-    pub fn new(start_ms: u64, seed: u64) -> SimClock {
-        SimClock {
+    pub fn new(start_ms: u64, seed: u64) -> SimPlatform {
+        SimPlatform {
             now: Rc::new(Cell::new(start_ms)),
             rng: Rc::new(RefCell::new(Rng::new(seed))),
         }
@@ -101,8 +65,8 @@ impl SimClock {
 
     /// A clock sharing this one's time but with its own randomness (a second
     /// process on the same machine).
-    pub fn fork(&self, seed: u64) -> SimClock {
-        SimClock {
+    pub fn fork(&self, seed: u64) -> SimPlatform {
+        SimPlatform {
             now: Rc::clone(&self.now),
             rng: Rc::new(RefCell::new(Rng::new(seed))),
         }
@@ -114,7 +78,7 @@ impl SimClock {
     }
 }
 
-impl Clock for SimClock {
+impl Platform for SimPlatform {
     fn now_ms(&self) -> u64 {
         self.now.get()
     }
@@ -126,6 +90,15 @@ impl Clock for SimClock {
     fn random_u64(&self) -> u64 {
         self.rng.borrow_mut().next_u64()
     }
+}
+
+/// The prefixes of a relative path, shortest first: `a`, `a/b`, `a/b/c` for
+/// `a/b/c`, the names a client looks up in turn.
+pub fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(|(end, _)| &path[..end])
+        .chain(std::iter::once(path))
+        .filter(|prefix| !prefix.is_empty() && !prefix.ends_with('/'))
 }
 
 /// One object of a [`Tree`].
@@ -200,44 +173,38 @@ struct EntryOp {
     desc: String,
 }
 
+/// A name in a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    dir: Ino,
+    name: String,
+}
+
 #[derive(Clone, Debug)]
 enum Change {
     /// A name created: `create_dir` or `create_new`.
-    Link { dir: Ino, name: String, ino: Ino },
+    Link { at: Entry, ino: Ino },
     /// A name removed: `remove_file` or `remove_dir`.
-    Unlink { dir: Ino, name: String, ino: Ino },
+    Unlink { at: Entry, ino: Ino },
     /// A name moved, replacing whatever the destination held.
-    Rename {
-        from_dir: Ino,
-        from_name: String,
-        to_dir: Ino,
-        to_name: String,
-        ino: Ino,
-    },
+    Rename { from: Entry, to: Entry, ino: Ino },
 }
 
 impl Change {
-    /// The entries this operation reads or writes (rule 3).
-    fn entries(&self) -> Vec<(Ino, &str)> {
+    /// The entries this operation reads or writes (F5).
+    fn entries(&self) -> Vec<&Entry> {
         match self {
-            Change::Link { dir, name, .. } | Change::Unlink { dir, name, .. } => {
-                vec![(*dir, name.as_str())]
-            }
-            Change::Rename {
-                from_dir,
-                from_name,
-                to_dir,
-                to_name,
-                ..
-            } => vec![(*from_dir, from_name.as_str()), (*to_dir, to_name.as_str())],
+            Change::Link { at, .. } | Change::Unlink { at, .. } => vec![at],
+            Change::Rename { from, to, .. } => vec![from, to],
         }
     }
 
-    /// The directory whose fsync makes this operation durable (rule 2).
+    /// The directory whose fsync makes this operation durable (F3): the one
+    /// holding the entry it leaves, so a rename's destination (F4).
     fn durable_by(&self) -> Ino {
         match self {
-            Change::Link { dir, .. } | Change::Unlink { dir, .. } => *dir,
-            Change::Rename { to_dir, .. } => *to_dir,
+            Change::Link { at, .. } | Change::Unlink { at, .. } => at.dir,
+            Change::Rename { to, .. } => to.dir,
         }
     }
 }
@@ -345,7 +312,7 @@ impl FsState {
     }
 
     /// The live parent directory of `path` and the final name.
-    fn parent(&self, path: &str) -> io::Result<(Ino, String)> {
+    fn parent(&self, path: &str) -> io::Result<Entry> {
         let mut parts = components(path)?;
         let Some(name) = parts.pop() else {
             return Err(err(
@@ -360,8 +327,16 @@ impl FsState {
             Some(ino) if !self.is_dir(ino) => {
                 Err(err(io::ErrorKind::NotADirectory, path, "not a directory"))
             }
-            Some(ino) => Ok((ino, name.to_string())),
+            Some(dir) => Ok(Entry {
+                dir,
+                name: name.to_string(),
+            }),
         }
+    }
+
+    /// What `at` names in the live tree.
+    fn named(&self, at: &Entry) -> Option<Ino> {
+        self.dir(at.dir, Side::Live).unwrap().get(&at.name).copied()
     }
 
     fn touch(&mut self, ino: Ino, now: u64) {
@@ -371,35 +346,32 @@ impl FsState {
     /// Apply one entry operation to the live or the synced side.
     fn apply(&mut self, change: &Change, side: Side) {
         match change {
-            Change::Link { dir, name, ino } => {
-                self.dir_mut(*dir, side).insert(name.clone(), *ino);
+            Change::Link { at, ino } => self.link(at, *ino, side),
+            Change::Unlink { at, ino } => self.unlink(at, *ino, side),
+            Change::Rename { from, to, ino } => {
+                self.unlink(from, *ino, side);
+                self.link(to, *ino, side);
             }
-            Change::Unlink { dir, name, ino } => {
-                let entries = self.dir_mut(*dir, side);
-                if entries.get(name) == Some(ino) {
-                    entries.remove(name);
-                }
-            }
-            Change::Rename {
-                from_dir,
-                from_name,
-                to_dir,
-                to_name,
-                ino,
-            } => {
-                let from = self.dir_mut(*from_dir, side);
-                if from.get(from_name) == Some(ino) {
-                    from.remove(from_name);
-                }
-                self.dir_mut(*to_dir, side).insert(to_name.clone(), *ino);
-            }
+        }
+    }
+
+    /// Make `at` name `ino`, replacing whatever it named.
+    fn link(&mut self, at: &Entry, ino: Ino, side: Side) {
+        self.dir_mut(at.dir, side).insert(at.name.clone(), ino);
+    }
+
+    /// Remove `at` if it still names `ino`.
+    fn unlink(&mut self, at: &Entry, ino: Ino, side: Side) {
+        let entries = self.dir_mut(at.dir, side);
+        if entries.get(&at.name) == Some(&ino) {
+            entries.remove(&at.name);
         }
     }
 
     fn log(&mut self, change: Change, desc: String, now: u64) {
         self.apply(&change, Side::Live);
-        for (dir, _) in change.entries() {
-            self.touch(dir, now);
+        for at in change.entries() {
+            self.touch(at.dir, now);
         }
         self.pending.push(EntryOp { change, desc });
     }
@@ -413,8 +385,8 @@ impl FsState {
     }
 
     fn create(&mut self, path: &str, dir: bool, now: u64) -> io::Result<Ino> {
-        let (parent, name) = self.parent(path)?;
-        if self.dir(parent, Side::Live).unwrap().contains_key(&name) {
+        let at = self.parent(path)?;
+        if self.named(&at).is_some() {
             return Err(err(io::ErrorKind::AlreadyExists, path, "already exists"));
         }
         let content = if dir {
@@ -430,15 +402,7 @@ impl FsState {
         };
         let ino = self.new_inode(content, now);
         let verb = if dir { "mkdir" } else { "create" };
-        self.log(
-            Change::Link {
-                dir: parent,
-                name,
-                ino,
-            },
-            format!("{verb} {path}"),
-            now,
-        );
+        self.log(Change::Link { at, ino }, format!("{verb} {path}"), now);
         Ok(ino)
     }
 
@@ -451,47 +415,31 @@ impl FsState {
             .is_some_and(|entries| entries.values().any(|&c| self.contains(c, inner)))
     }
 
+    /// F4, and V6: the checks are the server's, on what it holds.
     fn rename(&mut self, from: &str, to: &str, now: u64) -> io::Result<()> {
-        let (from_dir, from_name) = self.parent(from)?;
-        let Some(&ino) = self.dir(from_dir, Side::Live).unwrap().get(&from_name) else {
+        let source = self.parent(from)?;
+        let Some(ino) = self.named(&source) else {
             return Err(not_found(from));
         };
-        let (to_dir, to_name) = self.parent(to)?;
-        if from_dir == to_dir && from_name == to_name {
+        let dest = self.parent(to)?;
+        if source == dest {
             return Ok(());
         }
         let moving_dir = self.is_dir(ino);
-        if moving_dir && self.contains(ino, to_dir) {
+        if moving_dir && self.contains(ino, dest.dir) {
             return Err(err(
                 io::ErrorKind::InvalidInput,
                 to,
                 "inside the directory being moved",
             ));
         }
-        if let Some(&target) = self.dir(to_dir, Side::Live).unwrap().get(&to_name) {
-            match (moving_dir, self.dir(target, Side::Live)) {
-                (false, Some(_)) => {
-                    return Err(err(io::ErrorKind::IsADirectory, to, "is a directory"));
-                }
-                (true, None) => {
-                    return Err(err(io::ErrorKind::NotADirectory, to, "not a directory"));
-                }
-                (true, Some(entries)) if !entries.is_empty() => {
-                    return Err(err(
-                        io::ErrorKind::DirectoryNotEmpty,
-                        to,
-                        "directory not empty",
-                    ));
-                }
-                _ => {}
-            }
+        if let Some(target) = self.named(&dest) {
+            self.replaceable(target, moving_dir, to)?;
         }
         self.log(
             Change::Rename {
-                from_dir,
-                from_name,
-                to_dir,
-                to_name,
+                from: source,
+                to: dest,
                 ino,
             },
             format!("rename {from} -> {to}"),
@@ -500,39 +448,34 @@ impl FsState {
         Ok(())
     }
 
+    /// Whether inode `ino` (at `path`) may be removed, or replaced by a
+    /// rename, as a directory (`dir`) or a file: `rmdir` and a directory
+    /// rename need an empty directory, `unlink` and a file rename a file (V6).
+    fn replaceable(&self, ino: Ino, dir: bool, path: &str) -> io::Result<()> {
+        match (dir, self.dir(ino, Side::Live)) {
+            (false, Some(_)) => Err(err(io::ErrorKind::IsADirectory, path, "is a directory")),
+            (true, None) => Err(err(io::ErrorKind::NotADirectory, path, "not a directory")),
+            (true, Some(entries)) if !entries.is_empty() => Err(err(
+                io::ErrorKind::DirectoryNotEmpty,
+                path,
+                "directory not empty",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn remove(&mut self, path: &str, dir: bool, now: u64) -> io::Result<()> {
-        let (parent, name) = self.parent(path)?;
-        let Some(&ino) = self.dir(parent, Side::Live).unwrap().get(&name) else {
+        let at = self.parent(path)?;
+        let Some(ino) = self.named(&at) else {
             return Err(not_found(path));
         };
-        match (dir, self.dir(ino, Side::Live)) {
-            (false, Some(_)) => {
-                return Err(err(io::ErrorKind::IsADirectory, path, "is a directory"));
-            }
-            (true, None) => return Err(err(io::ErrorKind::NotADirectory, path, "not a directory")),
-            (true, Some(entries)) if !entries.is_empty() => {
-                return Err(err(
-                    io::ErrorKind::DirectoryNotEmpty,
-                    path,
-                    "directory not empty",
-                ));
-            }
-            _ => {}
-        }
+        self.replaceable(ino, dir, path)?;
         let verb = if dir { "rmdir" } else { "unlink" };
-        self.log(
-            Change::Unlink {
-                dir: parent,
-                name,
-                ino,
-            },
-            format!("{verb} {path}"),
-            now,
-        );
+        self.log(Change::Unlink { at, ino }, format!("{verb} {path}"), now);
         Ok(())
     }
 
-    /// Direct dependencies (rule 3): for each pending op, the earlier ones
+    /// Direct dependencies (F5): for each pending op, the earlier ones
     /// touching one of its entries.
     fn dependencies(&self) -> Vec<Vec<usize>> {
         let entries: Vec<_> = self.pending.iter().map(|op| op.change.entries()).collect();
@@ -557,7 +500,7 @@ impl FsState {
         }
     }
 
-    /// Rule 2: make durable what an fsync of directory `ino` covers.
+    /// F3: make durable what an fsync of directory `ino` covers.
     fn sync_dir(&mut self, ino: Ino) {
         let mut durable: Vec<bool> = self
             .pending
@@ -575,7 +518,7 @@ impl FsState {
         }
     }
 
-    /// Rule 1: make a file's data durable.
+    /// F1, F2: make a file's data durable, and nothing else.
     fn sync_file(&mut self, ino: Ino) {
         if let Content::File { live, synced } = &mut self.inodes[ino].content {
             synced.clone_from(live);
@@ -606,7 +549,7 @@ impl FsState {
         self.pending.clear();
     }
 
-    /// Reachable inodes of one side with their paths, parents first.
+    /// Reachable inodes of one side with their paths, parents first (F6).
     fn reachable(&self, side: Side) -> Vec<(Ino, String)> {
         let mut out = Vec::new();
         let mut seen = HashSet::from([ROOT]);
@@ -646,7 +589,7 @@ impl FsState {
     }
 
     /// The directories after a crash that kept the pending operations marked
-    /// in `keep` (closed under rule 3): synced entries plus the kept ones,
+    /// in `keep` (closed under F5): synced entries plus the kept ones,
     /// replayed in order, on the live side of a copy. File data is untouched.
     fn entries_after(&self, keep: &[bool]) -> FsState {
         let mut image = self.clone();
@@ -665,7 +608,7 @@ impl FsState {
     }
 
     /// Reachable files of `image` whose data is not durable, with the
-    /// contents a crash may leave them (rule 1).
+    /// contents a crash may leave them (F1).
     fn data_choices(image: &FsState) -> Vec<DataChoice> {
         let mut out = Vec::new();
         for (ino, path) in image.reachable(Side::Live) {
@@ -695,7 +638,7 @@ impl FsState {
         image
     }
 
-    /// The states a crash right now may leave (rule 5).
+    /// The states a crash right now may leave (F7).
     pub fn crash_states(&self, options: &CrashOptions) -> Enumeration {
         let n = self.pending.len();
         let deps = self.dependencies();
@@ -772,7 +715,7 @@ impl FsState {
             }
         }
 
-        // Otherwise a seeded sample: a random subset closed under rule 3, and
+        // Otherwise a seeded sample: a random subset closed under F5, and
         // a random fate for each dirty file.
         let mut rng = Rng::new(options.seed);
         for _ in 0..options.samples {
@@ -810,7 +753,7 @@ fn next_pick(picks: &mut [usize], data: &[DataChoice]) -> bool {
     false
 }
 
-/// What a crash did to one file's unsynced data (rule 1).
+/// What a crash did to one file's unsynced data (F1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
     Kept,
@@ -895,7 +838,7 @@ struct Inner {
 struct Shared {
     inner: RefCell<Inner>,
     hook: RefCell<Option<Hook>>,
-    clock: SimClock,
+    clock: SimPlatform,
 }
 
 /// The model as a [`Storage`]: what the running process sees. Clones share
@@ -907,12 +850,12 @@ pub struct Model {
 
 impl Model {
     /// An empty, durable root.
-    pub fn new(clock: &SimClock) -> Model {
+    pub fn new(clock: &SimPlatform) -> Model {
         Model::from_state(FsState::new(), clock)
     }
 
     /// A model starting from `fs` (e.g. a crash state).
-    pub fn from_state(fs: FsState, clock: &SimClock) -> Model {
+    pub fn from_state(fs: FsState, clock: &SimPlatform) -> Model {
         Model {
             shared: Rc::new(Shared {
                 inner: RefCell::new(Inner {
@@ -997,15 +940,10 @@ impl Model {
     /// directory.
     pub fn first_missing(&self, path: &str) -> Option<String> {
         let inner = self.shared.inner.borrow();
-        let mut prefix = String::new();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            match inner.fs.resolve(&prefix) {
+        for prefix in prefixes(path) {
+            match inner.fs.resolve(prefix) {
                 Ok(Some(_)) => {}
-                Ok(None) => return Some(prefix),
+                Ok(None) => return Some(prefix.to_string()),
                 Err(_) => return None,
             }
         }
@@ -1319,7 +1257,7 @@ mod tests {
     use super::*;
 
     fn model() -> Model {
-        Model::new(&SimClock::new(1_000, 7))
+        Model::new(&SimPlatform::new(1_000, 7))
     }
 
     fn write(m: &Model, path: &str, data: &[u8]) -> ModelFile {
@@ -1415,7 +1353,7 @@ mod tests {
         f.sync().unwrap();
         m.sync_dir("stage/x").unwrap();
         m.rename("stage/x", "step_1").unwrap();
-        // Syncing the source directory does not make the rename durable.
+        // F4: syncing the source directory does not make the rename durable.
         m.sync_dir("stage").unwrap();
         assert!(all_states(&m).iter().any(|t| !t.contains_key("step_1")));
         m.sync_dir("").unwrap();

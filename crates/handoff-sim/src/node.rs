@@ -1,22 +1,23 @@
 //! A process on one node of a shared filesystem: a [`Storage`] over the
 //! shared [`Model`] (the server) through that node's client caches, which
-//! follow what the Linux NFS client was measured to do:
+//! follow what the Linux NFS client was measured to do (the V rules of
+//! `docs/FILESYSTEM.md`):
 //!
-//! - **`stat` may be answered from the cache**: a node that holds an entry for
+//! - **V3 `stat` may be answered from the cache**: a node that holds an entry for
 //!   the path younger than `attr_ttl_ms` answers from it, without asking the
 //!   server; that includes "present, with these attributes" for a name the
 //!   server has removed since;
-//! - **failed look-ups are cached**: a look-up that finds nothing leaves a
+//! - **V2 failed look-ups are cached**: a look-up that finds nothing leaves a
 //!   negative entry on the first missing component for `negative_ttl_ms`;
 //!   while it lives, `stat` of that path or of any path under it says
 //!   "nothing", and `open`, `read_dir`, `remove_file`, `remove_dir` and
 //!   `sync_dir` fail with `NotFound`, all without asking the server;
-//! - **`open` revalidates** (close-to-open): unless a negative entry is live it
+//! - **V1 `open` revalidates** (close-to-open): unless a negative entry is live it
 //!   goes to the server, and the node caches what the server answered;
-//! - **listing revalidates the directory**: `read_dir` goes to the server,
+//! - **V4 listing revalidates the directory**: `read_dir` goes to the server,
 //!   shows the current names, and drops the node's negative entries for the
 //!   directory's children (positive entries are left as they are);
-//! - **the server decides names**: `create_dir`, `create_new` and `rename` go
+//! - **V6 the server decides names**: `create_dir`, `create_new` and `rename` go
 //!   to the server even over a negative entry, and so do `remove_file` and
 //!   `remove_dir` when no negative entry is live; whatever the server answers
 //!   about a name replaces the node's entry for it: a name created (or found
@@ -34,13 +35,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
 
-use handoff_core::{Clock, DirEntry, Kind, Metadata, Storage};
+use handoff_core::{DirEntry, Kind, Metadata, Platform, Storage};
 
-use crate::model::{Model, ModelFile, Rng, SimClock};
+use crate::model::{Model, ModelFile, Rng, SimPlatform, prefixes};
+use crate::trace::TraceLog;
 
 /// How long a node's cache entries live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,13 +75,11 @@ enum Entry {
 struct NodeInner {
     name: String,
     model: Model,
-    clock: SimClock,
+    clock: SimPlatform,
     caches: NodeCaches,
-    /// When the node was made: the log's times are counted from it.
-    origin: u64,
     entries: RefCell<HashMap<String, Entry>>,
-    /// The answers given from the cache, for traces.
-    log: RefCell<Vec<String>>,
+    /// The answers given from the cache, timed from when the node was made.
+    log: TraceLog,
 }
 
 /// One node's view of the shared model. Clones share the cache.
@@ -109,16 +108,15 @@ fn not_found(path: &str) -> io::Error {
 
 impl NodeView {
     /// Node `name` over `model`, with an empty cache.
-    pub fn new(name: &str, model: &Model, clock: &SimClock, caches: NodeCaches) -> NodeView {
+    pub fn new(name: &str, model: &Model, clock: &SimPlatform, caches: NodeCaches) -> NodeView {
         NodeView {
             inner: Rc::new(NodeInner {
                 name: name.to_string(),
                 model: model.clone(),
                 clock: clock.clone(),
                 caches,
-                origin: clock.now_ms(),
                 entries: RefCell::new(HashMap::new()),
-                log: RefCell::new(Vec::new()),
+                log: TraceLog::new(clock, clock.now_ms()),
             }),
         }
     }
@@ -159,15 +157,7 @@ impl NodeView {
 
     /// The answers this node gave from its cache, for traces.
     pub fn show_log(&self) -> String {
-        let log = self.inner.log.borrow();
-        let mut out = String::new();
-        for line in log.iter() {
-            let _ = writeln!(out, "    {line}");
-        }
-        if log.is_empty() {
-            out.push_str("    (none)\n");
-        }
-        out
+        self.inner.log.show(usize::MAX)
     }
 
     fn now(&self) -> u64 {
@@ -175,11 +165,7 @@ impl NodeView {
     }
 
     fn note(&self, line: String) {
-        let t = self.now() - self.inner.origin;
-        self.inner
-            .log
-            .borrow_mut()
-            .push(format!("t=+{t} ms  {line}"));
+        self.inner.log.note(line);
     }
 
     /// A live negative entry on `path` or one of its prefixes: the prefix and
@@ -187,16 +173,11 @@ impl NodeView {
     fn negative(&self, path: &str) -> Option<(String, u64)> {
         let now = self.now();
         let entries = self.inner.entries.borrow();
-        let mut prefix = String::new();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            if let Some(Entry::Absent { at }) = entries.get(&prefix)
+        for prefix in prefixes(path) {
+            if let Some(Entry::Absent { at }) = entries.get(prefix)
                 && now < at + self.inner.caches.negative_ttl_ms
             {
-                return Some((prefix, now - at));
+                return Some((prefix.to_string(), now - at));
             }
         }
         None
@@ -439,8 +420,8 @@ mod tests {
         negative_ttl_ms: 30_000,
     };
 
-    fn setup() -> (Model, SimClock) {
-        let clock = SimClock::new(1_000_000, 1);
+    fn setup() -> (Model, SimPlatform) {
+        let clock = SimPlatform::new(1_000_000, 1);
         let m = Model::new(&clock);
         m.create_dir("d").unwrap();
         m.create_new("d/STABLE").unwrap();

@@ -3,25 +3,26 @@
 //!
 //! - `handoff`: `handoff_core`'s publish/seal, wait/latest/list, and (when
 //!   core has them) pin/unpin/gc/fsck.
-//! - `naive`: what trainers did before handoff (prime-rl): write the files in
+//! - `naive` ([`Naive`]): what trainers did before handoff (prime-rl): write the files in
 //!   `step_N/`, touch `STABLE`, no fsync; the reader polls for `STABLE` and
 //!   loads whatever the directory holds.
-//! - `stable-reader`: handoff's writer with the naive reader, which trusts
+//! - `stable-reader` ([`StableReader`]): handoff's writer with the naive reader, which trusts
 //!   `STABLE` without a manifest.
 //! - `handoff-v1`: handoff as released in v1, whose pin re-checked `STABLE`
 //!   with a `stat` (which a node's cache may answer) after writing the pin.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::time::Duration;
 
 use handoff_core::layout::{MANIFEST_TMP_NAME, join, parse_step, step_name};
 use handoff_core::manifest::{MANIFEST_NAME, STABLE_NAME};
 use handoff_core::{
-    Clock, Error, GcOptions, Kind, PinRequest, StepState, Storage, StorageFile, Target, Verify,
-    WaitOptions, WriteOptions,
+    Error, ErrorKind, GcOptions, Kind, PinRequest, Platform, StepState, Storage, StorageFile,
+    Target, Verify, WaitOptions, WriteOptions,
 };
 
-use crate::model::{Model, SimClock};
+use crate::model::{Model, SimPlatform};
 
 /// The step directory prefix every scenario uses.
 pub const PREFIX: &str = "step_";
@@ -68,7 +69,7 @@ impl Written {
 
     /// A separate, durable storage holding just the payload: publish's source.
     pub fn source(&self) -> Model {
-        let source = Model::new(&SimClock::new(0, 0));
+        let source = Model::new(&SimPlatform::new(0, 0));
         self.write_in(&source, "")
             .expect("writing a payload into an empty model");
         source.sync_all();
@@ -198,154 +199,77 @@ impl Operation {
     }
 }
 
+/// A pin to take: [`Protocol::pin`]'s arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct Pin<'a> {
+    /// The step to pin.
+    pub step: u64,
+    /// Who holds the pin.
+    pub holder: &'a str,
+    /// How long the pin lasts.
+    pub ttl_ms: u64,
+}
+
+/// A step for a writer to commit, and how.
+#[derive(Clone, Copy, Debug)]
+pub enum Commit<'a> {
+    /// Stage the payload and rename it into place.
+    Publish(&'a Written),
+    /// Seal a payload a trainer already wrote in place.
+    Seal(&'a Written),
+}
+
 /// A protocol: a writer, a reader, and optionally retention.
 ///
-/// Retention methods return `None` when the protocol has no such operation;
-/// the checker then reports the operation as not checked.
+/// Every method is handoff's own unless a protocol says otherwise. The
+/// retention methods (pin, wait-pin, unpin, gc, fsck) return `None` unless
+/// [`Protocol::RETAINS`]; the checker then reports the operation as not
+/// checked.
 pub trait Protocol: Copy + Send + Sync + 'static {
     /// The name in the report.
-    fn name(&self) -> &'static str;
-
+    const NAME: &'static str;
     /// Whether this is a reference protocol that must show a violation.
-    fn reference(&self) -> bool;
-
+    const REFERENCE: bool;
     /// The operations the report checks for this protocol.
-    fn operations(&self) -> Vec<Operation>;
+    const OPERATIONS: &'static [Operation];
+    /// Whether the protocol has handoff's retention operations.
+    const RETAINS: bool = false;
+    /// Whether the reader, and the listing, trust `STABLE` alone, with no
+    /// manifest: the naive reader's [`Protocol::read`] and
+    /// [`Protocol::committed`].
+    const TRUSTS_STABLE: bool = false;
 
-    /// Publish `written` as its step.
-    fn publish<S: Storage>(&self, fs: &S, clock: &SimClock, written: &Written)
-    -> Result<(), Error>;
-
-    /// Seal `written`, already written in place by a trainer.
-    fn seal<S: Storage>(&self, fs: &S, clock: &SimClock, written: &Written) -> Result<(), Error> {
-        let _ = (fs, clock);
-        Err(Error::InvalidInput(format!(
-            "{} has no seal of step {}",
-            self.name(),
-            written.step
-        )))
+    /// Publish a step, or seal one a trainer already wrote in place.
+    fn write<S: Storage>(&self, fs: &S, clock: &SimPlatform, commit: Commit) -> Result<(), Error> {
+        let (Commit::Publish(written) | Commit::Seal(written)) = commit;
+        let options = WriteOptions {
+            prefix: PREFIX.to_string(),
+            writer: written.writer.clone(),
+            created_ms: None,
+        };
+        match commit {
+            Commit::Publish(_) => {
+                let source = written.source();
+                handoff_core::publish(fs, &source, clock, written.step, &options).map(|_| ())
+            }
+            Commit::Seal(_) => handoff_core::seal(fs, clock, written.step, &options).map(|_| ()),
+        }
     }
 
     /// Wait for `target` for up to `timeout_ms` and load it.
-    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read;
-
-    /// The steps the protocol's listing calls committed.
-    fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String>;
-
-    /// Pin `step` for `holder`.
-    fn pin<S: Storage>(
-        &self,
-        _fs: &S,
-        _clock: &SimClock,
-        _step: u64,
-        _holder: &str,
-        _ttl_ms: u64,
-    ) -> Option<Result<(), Error>> {
-        None
-    }
-
-    /// Wait for `target` and pin it for `holder` (its other pins stay); the
-    /// step returned.
-    fn wait_pin<S: Storage>(
-        &self,
-        _fs: &S,
-        _clock: &SimClock,
-        _target: Target,
-        _holder: &str,
-        _ttl_ms: u64,
-    ) -> Option<Result<u64, Error>> {
-        None
-    }
-
-    /// Release `holder`'s pin on `step`.
-    fn unpin<S: Storage>(
-        &self,
-        _fs: &S,
-        _clock: &SimClock,
-        _step: u64,
-        _holder: &str,
-    ) -> Option<Result<(), Error>> {
-        None
-    }
-
-    /// Remove old unpinned steps; the steps removed.
-    fn gc<S: Storage>(
-        &self,
-        _fs: &S,
-        _clock: &SimClock,
-        _params: GcParams,
-    ) -> Option<Result<Vec<u64>, Error>> {
-        None
-    }
-
-    /// `fsck --repair`; how many entries it acted on.
-    fn fsck_repair<S: Storage>(&self, _fs: &S, _clock: &SimClock) -> Option<Result<usize, Error>> {
-        None
-    }
-}
-
-/// How long a committed step that does not validate is retried before it is
-/// an integrity error.
-pub const SETTLE_MS: u64 = 30;
-
-/// The handoff protocol, as `handoff_core` implements it.
-#[derive(Clone, Copy, Debug)]
-pub struct Handoff;
-
-fn write_options(writer: &str) -> WriteOptions {
-    WriteOptions {
-        prefix: PREFIX.to_string(),
-        writer: writer.to_string(),
-        created_ms: None,
-    }
-}
-
-impl Protocol for Handoff {
-    fn name(&self) -> &'static str {
-        "handoff"
-    }
-
-    fn reference(&self) -> bool {
-        false
-    }
-
-    fn operations(&self) -> Vec<Operation> {
-        Operation::ALL.to_vec()
-    }
-
-    fn publish<S: Storage>(
+    fn read<S: Storage>(
         &self,
         fs: &S,
-        clock: &SimClock,
-        written: &Written,
-    ) -> Result<(), Error> {
-        let source = written.source();
-        handoff_core::publish(
-            fs,
-            &source,
-            clock,
-            written.step,
-            &write_options(&written.writer),
-        )
-        .map(|_| ())
-    }
-
-    fn seal<S: Storage>(&self, fs: &S, clock: &SimClock, written: &Written) -> Result<(), Error> {
-        handoff_core::seal(fs, clock, written.step, &write_options(&written.writer)).map(|_| ())
-    }
-
-    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
+        clock: &SimPlatform,
+        target: Target,
+        timeout_ms: u64,
+    ) -> Read {
+        if Self::TRUSTS_STABLE {
+            return naive_read(fs, clock, target, timeout_ms);
+        }
         // Size checks only, the default: the harness compares the bytes
         // itself, so a weak check that lets a bad version through shows up.
-        let options = WaitOptions {
-            prefix: PREFIX.to_string(),
-            verify: Verify::Size,
-            timeout_ms: Some(timeout_ms),
-            settle_ms: SETTLE_MS,
-            poll_ms: 10,
-            pin: None,
-        };
-        match handoff_core::wait(fs, clock, target, &options) {
+        match handoff_core::wait(fs, clock, target, &wait_options(timeout_ms, None)) {
             Ok(version) => {
                 let dir = step_name(PREFIX, version.step);
                 let mut files = Files::new();
@@ -364,7 +288,11 @@ impl Protocol for Handoff {
         }
     }
 
+    /// The steps the protocol's listing calls committed.
     fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
+        if Self::TRUSTS_STABLE {
+            return naive_committed(fs);
+        }
         let steps = handoff_core::list(fs, PREFIX).map_err(|e| e.to_string())?;
         Ok(steps
             .into_iter()
@@ -373,70 +301,107 @@ impl Protocol for Handoff {
             .collect())
     }
 
-    fn pin<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        step: u64,
-        holder: &str,
-        ttl_ms: u64,
-    ) -> Option<Result<(), Error>> {
-        Some(handoff_core::pin(fs, clock, PREFIX, step, holder, ttl_ms).map(|_| ()))
+    /// Take `pin`.
+    fn pin<S: Storage>(&self, fs: &S, clock: &SimPlatform, pin: Pin) -> Option<Result<(), Error>> {
+        Self::RETAINS.then(|| {
+            handoff_core::pin(fs, clock, PREFIX, pin.step, pin.holder, ms(pin.ttl_ms)).map(|_| ())
+        })
     }
 
+    /// Wait for `target` and pin it for `holder` (its other pins stay); the
+    /// step returned.
     fn wait_pin<S: Storage>(
         &self,
         fs: &S,
-        clock: &SimClock,
+        clock: &SimPlatform,
         target: Target,
         holder: &str,
         ttl_ms: u64,
     ) -> Option<Result<u64, Error>> {
-        let options = WaitOptions {
-            prefix: PREFIX.to_string(),
-            verify: Verify::Size,
-            timeout_ms: Some(100),
-            settle_ms: SETTLE_MS,
-            poll_ms: 10,
-            pin: Some(PinRequest {
-                holder: holder.to_string(),
-                ttl_ms,
-            }),
+        let pin = PinRequest {
+            holder: holder.to_string(),
+            ttl: ms(ttl_ms),
         };
-        Some(handoff_core::wait(fs, clock, target, &options).map(|v| v.step))
+        Self::RETAINS.then(|| {
+            handoff_core::wait(fs, clock, target, &wait_options(100, Some(pin))).map(|v| v.step)
+        })
     }
 
+    /// Release `holder`'s pin on `step`.
     fn unpin<S: Storage>(
         &self,
         fs: &S,
-        _clock: &SimClock,
+        _clock: &SimPlatform,
         step: u64,
         holder: &str,
     ) -> Option<Result<(), Error>> {
-        Some(handoff_core::unpin(fs, PREFIX, step, holder))
+        Self::RETAINS.then(|| handoff_core::unpin(fs, PREFIX, step, holder))
     }
 
+    /// Remove old unpinned steps; the steps removed.
     fn gc<S: Storage>(
         &self,
         fs: &S,
-        clock: &SimClock,
+        clock: &SimPlatform,
         params: GcParams,
     ) -> Option<Result<Vec<u64>, Error>> {
         let options = GcOptions {
             prefix: PREFIX.to_string(),
             keep: params.keep,
-            grace_ms: params.grace_ms,
-            skew_ms: params.skew_ms,
+            grace: ms(params.grace_ms),
+            skew: ms(params.skew_ms),
         };
-        Some(handoff_core::gc(fs, clock, &options).map(|report| report.removed))
+        Self::RETAINS.then(|| handoff_core::gc(fs, clock, &options).map(|report| report.removed))
     }
 
-    fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimClock) -> Option<Result<usize, Error>> {
-        Some(
+    /// `fsck --repair`; how many entries it acted on.
+    fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimPlatform) -> Option<Result<usize, Error>> {
+        Self::RETAINS.then(|| {
             handoff_core::fsck(fs, clock, PREFIX, true)
-                .map(|entries| entries.iter().filter(|e| e.action.is_some()).count()),
-        )
+                .map(|entries| entries.iter().filter(|e| e.action.is_some()).count())
+        })
     }
+}
+
+/// How long a committed step that does not validate is retried before it is
+/// an integrity error.
+pub const SETTLE_MS: u64 = 30;
+
+/// A reader's options: size checks, polls every 10 ms.
+fn wait_options(timeout_ms: u64, pin: Option<PinRequest>) -> WaitOptions {
+    WaitOptions {
+        prefix: PREFIX.to_string(),
+        verify: Verify::Size,
+        timeout: Some(ms(timeout_ms)),
+        settle: ms(SETTLE_MS),
+        poll: ms(10),
+        pin,
+    }
+}
+
+/// Model milliseconds as the core's durations.
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// The error of a protocol that has no in-place seal.
+fn no_seal(name: &str, step: u64) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{name} has no seal of step {step}"),
+    )
+}
+
+/// The handoff protocol, as `handoff_core` implements it: every default of
+/// [`Protocol`].
+#[derive(Clone, Copy, Debug)]
+pub struct Handoff;
+
+impl Protocol for Handoff {
+    const NAME: &'static str = "handoff";
+    const REFERENCE: bool = false;
+    const OPERATIONS: &'static [Operation] = &Operation::ALL;
+    const RETAINS: bool = true;
 }
 
 /// Read a whole file.
@@ -455,7 +420,7 @@ fn read_file<S: Storage>(fs: &S, path: &str) -> io::Result<Vec<u8>> {
 
 /// The naive reader: poll for `STABLE`, then load every file the directory
 /// lists (a loader that meets a missing file loads what it could).
-fn naive_read<S: Storage>(fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
+fn naive_read<S: Storage>(fs: &S, clock: &SimPlatform, target: Target, timeout_ms: u64) -> Read {
     let deadline = clock.now_ms() + timeout_ms;
     loop {
         let step = match target {
@@ -534,81 +499,46 @@ fn naive_committed<S: Storage>(fs: &S) -> Result<Vec<u64>, String> {
         .collect())
 }
 
-/// prime-rl's protocol before handoff: files in place, then `STABLE`, no
-/// fsync at all. Must fail: a crash loses a "published" step, or keeps
-/// `STABLE` without the data; a lagging reader sees `STABLE` first.
+/// The reference protocols whose reader trusts `STABLE`: it polls for the
+/// sentinel and loads whatever the step directory holds, with no manifest.
+///
+/// - [`Naive`] is prime-rl's protocol before handoff: files in
+///   place, then `STABLE`, no fsync at all. Must fail: a crash loses a
+///   "published" step, or keeps `STABLE` without the data; a lagging reader
+///   sees `STABLE` first.
+/// - [`StableReader`] is handoff's writer with that reader.
+///   Must fail on a lagging node, where `STABLE` can be visible before the
+///   data.
 #[derive(Clone, Copy, Debug)]
-pub struct Naive;
+pub struct TrustsStable<const HANDOFF_WRITER: bool>;
 
-impl Protocol for Naive {
-    fn name(&self) -> &'static str {
+/// `naive`: the naive writer and reader.
+pub type Naive = TrustsStable<false>;
+
+/// `stable-reader`: handoff's writer, the naive reader.
+pub type StableReader = TrustsStable<true>;
+
+impl<const HANDOFF_WRITER: bool> Protocol for TrustsStable<HANDOFF_WRITER> {
+    const NAME: &'static str = if HANDOFF_WRITER {
+        "stable-reader"
+    } else {
         "naive"
-    }
+    };
+    const REFERENCE: bool = true;
+    const OPERATIONS: &'static [Operation] = &[Operation::Publish, Operation::ReadLagging];
+    const TRUSTS_STABLE: bool = true;
 
-    fn reference(&self) -> bool {
-        true
-    }
-
-    fn operations(&self) -> Vec<Operation> {
-        vec![Operation::Publish, Operation::ReadLagging]
-    }
-
-    fn publish<S: Storage>(
-        &self,
-        fs: &S,
-        _clock: &SimClock,
-        written: &Written,
-    ) -> Result<(), Error> {
-        let io = |e: io::Error| Error::Io(e.to_string());
+    fn write<S: Storage>(&self, fs: &S, clock: &SimPlatform, commit: Commit) -> Result<(), Error> {
+        let written = match commit {
+            Commit::Publish(_) if HANDOFF_WRITER => return Handoff.write(fs, clock, commit),
+            Commit::Publish(written) => written,
+            Commit::Seal(written) => return Err(no_seal(Self::NAME, written.step)),
+        };
+        let io = |e: io::Error| Error::new(ErrorKind::Io, e.to_string());
         written.write_in(fs, &written.dir()).map_err(io)?;
         fs.create_new(&join(&written.dir(), STABLE_NAME))
             .map_err(io)?;
         Ok(())
-    }
-
-    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
-        naive_read(fs, clock, target, timeout_ms)
-    }
-
-    fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
-        naive_committed(fs)
-    }
-}
-
-/// handoff's writer with a reader that trusts `STABLE` and ignores the
-/// manifest. Must fail on a lagging node, where `STABLE` can be visible
-/// before the data.
-#[derive(Clone, Copy, Debug)]
-pub struct StableReader;
-
-impl Protocol for StableReader {
-    fn name(&self) -> &'static str {
-        "stable-reader"
-    }
-
-    fn reference(&self) -> bool {
-        true
-    }
-
-    fn operations(&self) -> Vec<Operation> {
-        vec![Operation::Publish, Operation::ReadLagging]
-    }
-
-    fn publish<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        written: &Written,
-    ) -> Result<(), Error> {
-        Handoff.publish(fs, clock, written)
-    }
-
-    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
-        naive_read(fs, clock, target, timeout_ms)
-    }
-
-    fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
-        naive_committed(fs)
     }
 }
 
@@ -620,73 +550,27 @@ impl Protocol for StableReader {
 pub struct HandoffV1;
 
 impl Protocol for HandoffV1 {
-    fn name(&self) -> &'static str {
-        "handoff-v1"
-    }
+    const NAME: &'static str = "handoff-v1";
+    const REFERENCE: bool = true;
+    const OPERATIONS: &'static [Operation] = &[Operation::Pin, Operation::GcPinRace];
+    const RETAINS: bool = true;
 
-    fn reference(&self) -> bool {
-        true
-    }
-
-    fn operations(&self) -> Vec<Operation> {
-        vec![Operation::Pin, Operation::GcPinRace]
-    }
-
-    fn publish<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        written: &Written,
-    ) -> Result<(), Error> {
-        Handoff.publish(fs, clock, written)?;
+    fn write<S: Storage>(&self, fs: &S, clock: &SimPlatform, commit: Commit) -> Result<(), Error> {
+        let written = match commit {
+            Commit::Publish(written) => written,
+            Commit::Seal(written) => return Err(no_seal(Self::NAME, written.step)),
+        };
+        Handoff.write(fs, clock, commit)?;
         as_version_1(fs, &written.dir()).map_err(|e| {
-            Error::Io(format!(
-                "cannot make {} a version 1 step: {e}",
-                written.dir()
-            ))
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot make {} a version 1 step: {e}", written.dir()),
+            )
         })
     }
 
-    fn read<S: Storage>(&self, fs: &S, clock: &SimClock, target: Target, timeout_ms: u64) -> Read {
-        Handoff.read(fs, clock, target, timeout_ms)
-    }
-
-    fn committed<S: Storage>(&self, fs: &S) -> Result<Vec<u64>, String> {
-        Handoff.committed(fs)
-    }
-
-    fn pin<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        step: u64,
-        holder: &str,
-        ttl_ms: u64,
-    ) -> Option<Result<(), Error>> {
-        Some(pin_v1(fs, clock, step, holder, ttl_ms))
-    }
-
-    fn unpin<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        step: u64,
-        holder: &str,
-    ) -> Option<Result<(), Error>> {
-        Handoff.unpin(fs, clock, step, holder)
-    }
-
-    fn gc<S: Storage>(
-        &self,
-        fs: &S,
-        clock: &SimClock,
-        params: GcParams,
-    ) -> Option<Result<Vec<u64>, Error>> {
-        Handoff.gc(fs, clock, params)
-    }
-
-    fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimClock) -> Option<Result<usize, Error>> {
-        Handoff.fsck_repair(fs, clock)
+    fn pin<S: Storage>(&self, fs: &S, clock: &SimPlatform, pin: Pin) -> Option<Result<(), Error>> {
+        Some(pin_v1(fs, clock, pin))
     }
 }
 
@@ -719,34 +603,39 @@ fn pin_dir_v1(step: u64) -> String {
 /// `.handoff/pins/step_N/<holder>` whole (temporary name, fsync, rename,
 /// fsync of the directory), then `stat` `STABLE`; if it is gone, drop the
 /// pin and report the step not found.
-fn pin_v1<S: Storage>(
-    fs: &S,
-    clock: &SimClock,
-    step: u64,
-    holder: &str,
-    ttl_ms: u64,
-) -> Result<(), Error> {
+fn pin_v1<S: Storage>(fs: &S, clock: &SimPlatform, pin: Pin) -> Result<(), Error> {
+    let Pin {
+        step,
+        holder,
+        ttl_ms,
+    } = pin;
     let failed = |what: &str, path: &str, e: io::Error| {
         let msg = format!("failed to {what} {}: {e}", fs.display(path));
         if e.kind() == io::ErrorKind::NotFound {
-            Error::NotFound(msg)
+            Error::new(ErrorKind::NotFound, msg)
         } else {
-            Error::Io(msg)
+            Error::new(ErrorKind::Io, msg)
         }
     };
     // The step must be committed and whole: one look, as a reader's.
     let once = WaitOptions {
-        prefix: PREFIX.to_string(),
-        verify: Verify::Size,
-        timeout_ms: Some(0),
-        settle_ms: 0,
-        poll_ms: 1,
-        pin: None,
+        settle: Duration::ZERO,
+        poll: ms(1),
+        ..wait_options(0, None)
     };
     match handoff_core::wait(fs, clock, Target::Step(step), &once) {
         Ok(_) => {}
-        Err(Error::TimedOut(why) | Error::Integrity(why) | Error::NotFound(why)) => {
-            return Err(Error::NotFound(format!("cannot pin step {step}: {why}")));
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::TimedOut | ErrorKind::Integrity | ErrorKind::NotFound
+            ) =>
+        {
+            let why = e.message();
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("cannot pin step {step}: {why}"),
+            ));
         }
         Err(e) => return Err(e),
     }
@@ -797,10 +686,13 @@ fn pin_v1<S: Storage>(
         Ok(Some(_)) => Ok(()),
         Ok(None) => {
             let _ = fs.remove_file(&path);
-            Err(Error::NotFound(format!(
-                "cannot pin step {step}: it was removed while pinning: no {}",
-                fs.display(&stable)
-            )))
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "cannot pin step {step}: it was removed while pinning: no {}",
+                    fs.display(&stable)
+                ),
+            ))
         }
         Err(e) => Err(failed("inspect", &stable, e)),
     }

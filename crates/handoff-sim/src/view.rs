@@ -3,17 +3,18 @@
 //! The writer runs first against a [`Model`](crate::model::Model) that records
 //! its live tree after every call; call `i` happens at `i * op_ms` on the
 //! shared virtual clock. The reader then sees that timeline through a client
-//! cache whose staleness is drawn per path from a seed:
+//! cache whose staleness is drawn per path from a seed (the V rules of
+//! `docs/FILESYSTEM.md`):
 //!
-//! - **names** appear late and in any order: a lookup of path `p` at time `t`
+//! - **V2 names** appear late and in any order: a lookup of path `p` at time `t`
 //!   sees the writer's tree at `t - name_lag(p)`, so `STABLE` can be visible
 //!   before the data files are (each component of a path is looked up in turn,
 //!   as a client does);
-//! - **negative look-ups are cached**: once a lookup of `p` failed at `t`, it
+//! - **V2 negative look-ups are cached**: once a lookup of `p` failed at `t`, it
 //!   keeps failing until `t + negative_ttl_ms`, whatever the writer did;
-//! - **sizes are stale until open**: `stat` reports the size at
+//! - **V3 sizes are stale until open**: `stat` reports the size at
 //!   `t - attr_lag(p)`;
-//! - **data appears late**: an open file's size and bytes are those at
+//! - **V1, V5 data appears late**: an open file's size and bytes are those at
 //!   `t - data_lag(p)`, read afresh on each call (close-to-open consistency,
 //!   lagging).
 //!
@@ -27,9 +28,10 @@ use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
 
-use handoff_core::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+use handoff_core::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 
-use crate::model::{Node, Recording, SimClock, Tree, mix};
+use crate::model::{Node, Recording, SimPlatform, Tree, mix};
+use crate::trace::TraceLog;
 
 /// The writer's live tree over time.
 pub struct Timeline {
@@ -114,10 +116,10 @@ impl Lags {
 struct ViewInner {
     timeline: Rc<Timeline>,
     lags: Lags,
-    clock: SimClock,
+    clock: SimPlatform,
     negative: RefCell<HashMap<String, u64>>,
-    /// What the reader saw, for traces.
-    log: RefCell<Vec<String>>,
+    /// What the reader saw, timed as the writer's calls are.
+    log: TraceLog,
 }
 
 /// The reader's view: a read-only [`Storage`]. Clones share the cache.
@@ -136,14 +138,14 @@ fn read_only(path: &str) -> io::Error {
 impl LaggingView {
     /// A reader of `timeline` with `lags`, on `clock` (whose time is the
     /// timeline's).
-    pub fn new(timeline: Rc<Timeline>, lags: Lags, clock: &SimClock) -> LaggingView {
+    pub fn new(timeline: Rc<Timeline>, lags: Lags, clock: &SimPlatform) -> LaggingView {
         LaggingView {
             inner: Rc::new(ViewInner {
                 timeline,
                 lags,
                 clock: clock.clone(),
                 negative: RefCell::new(HashMap::new()),
-                log: RefCell::new(Vec::new()),
+                log: TraceLog::new(clock, 0),
             }),
         }
     }
@@ -167,16 +169,7 @@ impl LaggingView {
 
     /// The reader's calls and what it saw, last `n` of them.
     pub fn show_log(&self, n: usize) -> String {
-        let log = self.inner.log.borrow();
-        let skip = log.len().saturating_sub(n);
-        let mut out = String::new();
-        if skip > 0 {
-            let _ = writeln!(out, "    ... {skip} earlier calls");
-        }
-        for line in &log[skip..] {
-            let _ = writeln!(out, "    {line}");
-        }
-        out
+        self.inner.log.show(n)
     }
 
     fn now(&self) -> u64 {
@@ -184,11 +177,7 @@ impl LaggingView {
     }
 
     fn note(&self, line: String) {
-        let now = self.now();
-        self.inner
-            .log
-            .borrow_mut()
-            .push(format!("t={now:>4} ms  {line}"));
+        self.inner.log.note(line);
     }
 
     /// The writer's node at `path` as seen through `aspect`'s lag.
@@ -414,7 +403,7 @@ mod tests {
 
     /// A writer that creates `d/a` with data, then `d/STABLE`.
     fn timeline() -> Rc<Timeline> {
-        let clock = SimClock::new(0, 1);
+        let clock = SimPlatform::new(0, 1);
         let m = Model::new(&clock);
         m.start_recording();
         m.create_dir("d").unwrap();
@@ -429,7 +418,7 @@ mod tests {
         let t = timeline();
         let mut stable_first = false;
         for seed in 0..200 {
-            let clock = SimClock::new(t.end_ms(), seed);
+            let clock = SimPlatform::new(t.end_ms(), seed);
             let lags = Lags {
                 seed,
                 max_ms: 10,
@@ -450,7 +439,7 @@ mod tests {
     #[test]
     fn negative_lookups_are_cached() {
         let t = timeline();
-        let clock = SimClock::new(0, 1);
+        let clock = SimPlatform::new(0, 1);
         let lags = Lags {
             seed: 3,
             max_ms: 0,

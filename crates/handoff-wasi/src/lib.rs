@@ -1,11 +1,11 @@
-//! handoff's [`Storage`] and [`Clock`] over `wasi:filesystem` descriptors.
+//! handoff's [`Storage`] and [`Platform`] over `wasi:filesystem` descriptors.
 //!
 //! Both WebAssembly builds of handoff run the protocol through this crate:
 //! the component (`handoff-guest`, working through its host's `durability`
 //! and `bulk` imports) and the plain WASI command (`handoff-command`,
 //! flushing with `descriptor.sync()`). What differs between them is only
 //! what the host does for them (flushes, and optionally native hashing and
-//! copying), so that is the [`Host`] parameter of [`WasiDir`].
+//! copying), so that is the [`Offload`] parameter of [`WasiDir`].
 //!
 //! Everything here uses `wasip2` descriptors rather than `std::fs`: the same
 //! code then runs under jco, whose `std::fs` writes fail. Directories are
@@ -14,19 +14,19 @@
 //! read access (`O_PATH` in wasmtime) and jco refuses to sync a preopen.
 //!
 //! ```no_run
-//! use handoff_wasi::{DescriptorSync, WasiClock, WasiDir};
+//! use handoff_wasi::{DescriptorSync, WasiPlatform, WasiDir};
 //!
 //! // `/root` is a preopen: `wasmtime run --dir HOST_ROOT::/root ...`.
 //! let root = WasiDir::open("/root", DescriptorSync)?;
 //! let steps = handoff_core::list(&root, "step_")?;
-//! # let _ = (steps, WasiClock);
+//! # let _ = (steps, WasiPlatform);
 //! # Ok::<(), handoff_core::Error>(())
 //! ```
 #![deny(missing_docs)]
 
 use std::io;
 
-use handoff_core::{Clock, DirEntry, Kind, Metadata, Storage, StorageFile};
+use handoff_core::{DirEntry, Error, ErrorKind, Kind, Metadata, Platform, Storage, StorageFile};
 use wasip2::filesystem::preopens;
 use wasip2::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
@@ -41,14 +41,14 @@ use wasip2::filesystem::types::{
 /// loss of the storage. Any error means it may not; the protocol then stops
 /// the operation (it never retries a failed flush). The one tolerated
 /// refusal is [`io::ErrorKind::Unsupported`] from
-/// [`sync_dir`](Host::sync_dir): the filesystem refuses directory flushes
+/// [`sync_dir`](Offload::sync_dir): the filesystem refuses directory flushes
 /// (Linux's `EINVAL` on some network and FUSE filesystems), which the
 /// protocol reports once as a warning.
 ///
 /// The bulk methods have defaults that decline (`Ok(None)`, or nothing for
 /// writeback): the protocol then does the same work through the
 /// descriptors itself.
-pub trait Host: Clone + 'static {
+pub trait Offload: Clone + 'static {
     /// Make a file's data and metadata durable (`fsync`). `file` is a
     /// regular file the protocol opened or created.
     fn sync_file(&self, file: &Descriptor) -> io::Result<()>;
@@ -82,7 +82,7 @@ pub trait Host: Clone + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DescriptorSync;
 
-impl Host for DescriptorSync {
+impl Offload for DescriptorSync {
     fn sync_file(&self, file: &Descriptor) -> io::Result<()> {
         file.sync().map_err(error)
     }
@@ -100,14 +100,14 @@ impl Host for DescriptorSync {
 }
 
 /// A directory the program was given: a preopen, or a directory beneath one.
-pub struct WasiDir<H: Host = DescriptorSync> {
+pub struct WasiDir<H: Offload = DescriptorSync> {
     base: Descriptor,
     /// The directory's guest path, for messages.
     shown: String,
     host: H,
 }
 
-impl<H: Host> WasiDir<H> {
+impl<H: Offload> WasiDir<H> {
     /// Open `path`, the guest path of a preopen or of a directory beneath
     /// one, flushing and copying through `host`. The longest matching
     /// preopen wins.
@@ -133,20 +133,28 @@ impl<H: Host> WasiDir<H> {
             }
         }
         let Some((preopen, _, rest)) = best else {
-            return Err(handoff_core::Error::NotFound(format!(
-                "no directory {path}: it is not beneath a directory this program was given \
-                 (a preopen)"
-            )));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no directory {path}: it is not beneath a directory this program was \
+                     given (a preopen)"
+                ),
+            )
+            .at(path));
         };
         let mut parts = Vec::new();
         for part in rest.split('/') {
             match part {
                 "" | "." => {}
                 ".." => {
-                    return Err(handoff_core::Error::InvalidInput(format!(
-                        "refusing {path}: `..` would lead out of the directories this \
-                         program was given"
-                    )));
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "refusing {path}: `..` would lead out of the directories this \
+                             program was given"
+                        ),
+                    )
+                    .at(path));
                 }
                 part => parts.push(part),
             }
@@ -167,12 +175,16 @@ impl<H: Host> WasiDir<H> {
             )
             .map_err(|code| {
                 let e = error(code);
-                match e.kind() {
+                let (kind, message) = match e.kind() {
                     io::ErrorKind::NotFound => {
-                        handoff_core::Error::NotFound(format!("no directory {path}: {e}"))
+                        (ErrorKind::NotFound, format!("no directory {path}: {e}"))
                     }
-                    _ => handoff_core::Error::Io(format!("failed to open directory {path}: {e}")),
-                }
+                    _ => (
+                        ErrorKind::Io,
+                        format!("failed to open directory {path}: {e}"),
+                    ),
+                };
+                Error::new(kind, message).at(path)
             })?;
         Ok(WasiDir {
             base,
@@ -210,7 +222,7 @@ fn beneath(name: &str, wanted: &str) -> Option<String> {
     }
 }
 
-impl<H: Host> Storage for WasiDir<H> {
+impl<H: Offload> Storage for WasiDir<H> {
     type File = WasiFile<H>;
 
     fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
@@ -336,12 +348,12 @@ impl<H: Host> Storage for WasiDir<H> {
 }
 
 /// An open file of a [`WasiDir`].
-pub struct WasiFile<H: Host = DescriptorSync> {
+pub struct WasiFile<H: Offload = DescriptorSync> {
     file: Descriptor,
     host: H,
 }
 
-impl<H: Host> StorageFile for WasiFile<H> {
+impl<H: Offload> StorageFile for WasiFile<H> {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let (data, _eof) = self.file.read(buf.len() as u64, offset).map_err(error)?;
         let n = data.len().min(buf.len());
@@ -389,9 +401,9 @@ impl<H: Host> StorageFile for WasiFile<H> {
 /// Time and randomness from WASI: `wall-clock`, `monotonic-clock` and
 /// `random`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WasiClock;
+pub struct WasiPlatform;
 
-impl Clock for WasiClock {
+impl Platform for WasiPlatform {
     fn now_ms(&self) -> u64 {
         let now = wasip2::clocks::wall_clock::now();
         now.seconds * 1000 + u64::from(now.nanoseconds) / 1_000_000

@@ -29,25 +29,9 @@ from typing import List, Optional, Union
 
 from wasmtime.component import Variant
 
-from . import _runtime
+from . import _runtime, _types
 from ._runtime import field, record
-from ._types import (
-    ComponentError,
-    ConflictError,
-    DurabilityError,
-    FileEntry,
-    FsckEntry,
-    GcReport,
-    HandoffError,
-    IntegrityError,
-    InvalidInputError,
-    NotFoundError,
-    PinInfo,
-    PublishReport,
-    StepInfo,
-    TimedOutError,
-    Version,
-)
+from ._types import *  # noqa: F403 (the result and error types, listed in _types.__all__)
 
 __all__ = [
     "publish",
@@ -60,27 +44,32 @@ __all__ = [
     "gc",
     "fsck",
     "default_writer_id",
-    "FileEntry",
-    "Version",
-    "PublishReport",
-    "GcReport",
-    "StepInfo",
-    "PinInfo",
-    "FsckEntry",
-    "HandoffError",
-    "TimedOutError",
-    "IntegrityError",
-    "ConflictError",
-    "NotFoundError",
-    "InvalidInputError",
-    "DurabilityError",
-    "ComponentError",
+    "DEFAULT_PREFIX",
+    "DEFAULT_SETTLE",
+    "DEFAULT_POLL",
+    "DEFAULT_TTL",
+    "DEFAULT_GRACE",
+    "DEFAULT_SKEW",
+    *_types.__all__,
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Seconds = Union[float, int, datetime.timedelta]
 
+# The protocol core's defaults (crates/handoff-core/src/types.rs), in
+# seconds; tests/defaults.rs checks that they match.
 DEFAULT_PREFIX = "step_"
+"""Prefix of step directory names."""
+DEFAULT_SETTLE = 30.0
+"""How long ``wait`` retries a committed step that does not validate yet."""
+DEFAULT_POLL = 0.1
+"""The first interval between ``wait``'s attempts."""
+DEFAULT_TTL = 600.0
+"""How long a pin holds a step."""
+DEFAULT_GRACE = 3600.0
+"""How long ``gc`` leaves an untouched staging directory."""
+DEFAULT_SKEW = 120.0
+"""The clock-skew allowance ``gc`` adds to a pin's expiry."""
 _VERIFY = ("size", "hash")
 
 
@@ -109,14 +98,7 @@ def publish(
     now); the same input with the same values gives the same manifest bytes.
     With ``keep``, :func:`gc` runs afterwards keeping the newest ``keep``.
     """
-    root_path = _dir(root, "root")
-    source_path = _dir(source, "source")
-    report = _runtime.call(
-        "publish",
-        [(root_path, True), (source_path, False)],
-        [root_path, _u64(step, "step"), source_path, _write_options(writer, created_ms, prefix)],
-    )
-    return _after_write(root_path, report, prefix, keep, "published")
+    return _write("publish", root, step, source, writer, created_ms, prefix, keep)
 
 
 def seal(
@@ -137,13 +119,7 @@ def seal(
     before anything is written; a step that already has ``STABLE`` raises
     :class:`ConflictError`.
     """
-    root_path = _dir(root, "root")
-    report = _runtime.call(
-        "seal",
-        [(root_path, True)],
-        [root_path, _u64(step, "step"), _write_options(writer, created_ms, prefix)],
-    )
-    return _after_write(root_path, report, prefix, keep, "sealed")
+    return _write("seal", root, step, None, writer, created_ms, prefix, keep)
 
 
 def wait(
@@ -154,10 +130,10 @@ def wait(
     after: Optional[int] = None,
     timeout: Optional[Seconds] = None,
     verify: str = "size",
-    settle: Seconds = 30.0,
-    poll: Seconds = 0.1,
+    settle: Seconds = DEFAULT_SETTLE,
+    poll: Seconds = DEFAULT_POLL,
     pin: Optional[str] = None,
-    ttl: Seconds = 600.0,
+    ttl: Seconds = DEFAULT_TTL,
     prefix: str = DEFAULT_PREFIX,
 ) -> Version:
     """Wait until a step is committed and validates; return it.
@@ -218,7 +194,7 @@ def pin(
     root: PathLike,
     step: int,
     holder: str,
-    ttl: Seconds = 600.0,
+    ttl: Seconds = DEFAULT_TTL,
     *,
     prefix: str = DEFAULT_PREFIX,
 ) -> PinInfo:
@@ -247,8 +223,8 @@ def gc(
     root: PathLike,
     keep: int,
     *,
-    grace: Seconds = 3600.0,
-    skew: Seconds = 120.0,
+    grace: Seconds = DEFAULT_GRACE,
+    skew: Seconds = DEFAULT_SKEW,
     prefix: str = DEFAULT_PREFIX,
 ) -> GcReport:
     """Remove committed steps beyond the newest ``keep`` (at least 1) that no
@@ -276,28 +252,51 @@ def fsck(root: PathLike, repair: bool = False, *, prefix: str = DEFAULT_PREFIX) 
     return [FsckEntry(e.name, e.state, e.detail, e.action) for e in entries]
 
 
-def _after_write(root: str, report, prefix: str, keep: Optional[int], verb: str) -> PublishReport:
+def _write(
+    op: str,
+    root: PathLike,
+    step: int,
+    source: Optional[PathLike],
+    writer: Optional[str],
+    created_ms: Optional[int],
+    prefix: str,
+    keep: Optional[int],
+) -> PublishReport:
+    """``publish`` (with a source, preopened read-only) or ``seal`` (without),
+    then the gc of ``keep``."""
+    root_path = _dir(root, "root")
+    preopens = [(root_path, True)]
+    args = [root_path, _u64(step, "step")]
+    if source is not None:
+        source_path = _dir(source, "source")
+        preopens.append((source_path, False))
+        args.append(source_path)
+    args.append(
+        record(
+            prefix=prefix,
+            writer=default_writer_id() if writer is None else writer,
+            created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
+        )
+    )
+    report = _runtime.call(op, preopens, args)
     version = _version(report.version)
     gc_report = None
     if keep is not None:
         try:
-            gc_report = gc(root, keep, prefix=prefix)
+            gc_report = gc(root_path, keep, prefix=prefix)
         except HandoffError as e:
-            raise type(e)(f"step {version.step} was {verb}, but the gc after it failed: {e}", e.kind) from e
-    return PublishReport(version, report.syncs, tuple(report.warnings), gc_report)
+            raise type(e)(
+                f"step {version.step} was {op}ed, but the gc after it failed: {e}",
+                e.kind,
+                path=e.path,
+                retryable=e.retryable,
+            ) from e
+    return PublishReport(version, report.fsyncs, tuple(report.warnings), gc_report)
 
 
 def _version(v) -> Version:
     files = tuple(FileEntry(f.path, f.size, f.blake3) for f in v.files)
     return Version(v.step, v.path, v.writer, field(v, "created_ms"), files)
-
-
-def _write_options(writer: Optional[str], created_ms: Optional[int], prefix: str):
-    return record(
-        prefix=prefix,
-        writer=default_writer_id() if writer is None else writer,
-        created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
-    )
 
 
 def _dir(path: PathLike, what: str) -> str:
@@ -306,9 +305,9 @@ def _dir(path: PathLike, what: str) -> str:
     try:
         canonical = os.path.realpath(os.fspath(path), strict=True)
     except OSError as e:
-        raise HandoffError(f"{what} {os.fspath(path)}: {e.strerror or e}", what) from None
+        raise HandoffError(f"{what} {os.fspath(path)}: {e.strerror or e}", what, path=os.fspath(path)) from None
     if not os.path.isdir(canonical):
-        raise HandoffError(f"{what} {os.fspath(path)}: not a directory", what)
+        raise HandoffError(f"{what} {os.fspath(path)}: not a directory", what, path=canonical)
     return canonical
 
 

@@ -263,8 +263,21 @@ def call(
                 f"component exceeded its time limit of {deadline:g}s", "component"
             ) from None
         raise ComponentError(f"component trapped: {text}", "component") from None
-    # No export's `ok` type is a variant, so a Variant here is always the
-    # WIT `error`.
+    return _ok(result)
+
+
+def _ok(result: Any) -> Any:
+    """The ``ok`` value of an export's ``result<T, error>``, or its ``error``
+    raised.
+
+    wasmtime-py tags a result only when its two cases could be confused: a
+    ``T`` that is a record or an option comes as ``Variant("ok" | "err", ...)``;
+    a list or no value comes bare, and then a bare ``Record`` is the error.
+    """
     if isinstance(result, Variant):
-        raise error_from(result.tag, result.payload)
+        if result.tag == "err":
+            raise error_from(result.payload)
+        return result.payload
+    if isinstance(result, Record):
+        raise error_from(result)
     return result

@@ -7,7 +7,7 @@ The dataclasses mirror the WIT records of `wit/types.wit` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class PublishReport:
     """What ``publish`` or ``seal`` did. The version is durable and visible."""
 
     version: Version
-    syncs: int
+    fsyncs: int
     """Flushes issued (each a real ``fsync`` through WASI's ``descriptor.sync``)."""
     warnings: Tuple[str, ...]
     """Things that did not stop the operation, e.g. "directory fsync unsupported"."""
@@ -106,15 +106,31 @@ class FsckEntry:
 
 
 class HandoffError(Exception):
-    """Any handoff failure. ``kind`` names it (the WIT error case, or
-    ``root``, ``source``, ``component``); ``exit_code`` is the CLI's code for
-    the same failure. The message names the file concerned and what was seen."""
+    """Any handoff failure. The message names the file concerned and what was
+    seen; ``exit_code`` is the CLI's code for the same failure.
+
+    ``kind`` names it: the WIT ``error-kind`` (``timed-out``, ``integrity``,
+    ``conflict``, ``not-found``, ``invalid-input``, ``durability``, ``io``),
+    or ``root``, ``source``, ``component`` for failures found outside the
+    component. ``path`` is the file or directory concerned, where there is
+    one, else ``None``. ``retryable`` says whether the same call may succeed
+    later with nothing changed (a timeout, a step that did not validate yet,
+    a transient filesystem error)."""
 
     exit_code = 1
 
-    def __init__(self, message: str, kind: str = "io"):
+    def __init__(
+        self,
+        message: str,
+        kind: str = "io",
+        *,
+        path: Optional[str] = None,
+        retryable: bool = False,
+    ):
         super().__init__(message)
         self.kind = kind
+        self.path = path
+        self.retryable = retryable
 
 
 class TimedOutError(HandoffError, TimeoutError):
@@ -163,9 +179,12 @@ _BY_KIND = {
 }
 
 
-def error_from(kind: str, message: str) -> HandoffError:
-    """The exception for a WIT ``error`` case."""
-    return _BY_KIND.get(kind, HandoffError)(message, kind)
+def error_from(error: Any) -> HandoffError:
+    """The exception for the WIT ``error`` record, as wasmtime lifts it."""
+    kind = error.kind
+    return _BY_KIND.get(kind, HandoffError)(
+        error.message, kind, path=error.path, retryable=error.retryable
+    )
 
 
 __all__ = [

@@ -13,25 +13,73 @@
 //! `umount -l`) on the mount point's parent.
 
 use std::io::{self, BufRead};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{CommandFactory, Parser, Subcommand};
 use handoff_faultfs::{Delays, FaultFs, Mode, sweep_stale_mounts};
 
-const USAGE: &str = "usage:
-  handoff-faultfs mount --backing DIR --lazy MOUNTPOINT
-  handoff-faultfs mount --backing DIR --nodes MOUNTPOINT MOUNTPOINT...
-  handoff-faultfs sweep BASE
-commands on stdin while mounted:
-  crash | writeback SEED | seed N | delays DATA_MS NEGATIVE_MS POSITIVE_MS ATTR_MS | persist | quit";
+/// The control commands read on stdin while mounted.
+const CONTROL: &str = "crash | writeback SEED | seed N | delays DATA_MS NEGATIVE_MS POSITIVE_MS ATTR_MS | persist | quit";
+
+/// Mount the fault-injecting filesystem by hand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "handoff-faultfs",
+    after_help = format!(
+        "Commands on stdin while mounted:\n  {CONTROL}\n\n\
+         Exit status: 0 on success, 1 if loading or mounting fails, 2 for a usage error."
+    )
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount a backing directory: one lazy mount point, or one per node.
+    Mount {
+        /// The directory whose files the filesystem serves
+        #[arg(long, value_name = "DIR")]
+        backing: PathBuf,
+        /// One mount point that loses unsynced data and names on `crash`
+        #[arg(long, conflicts_with = "nodes")]
+        lazy: bool,
+        /// One mount point per node, each with its own lagging view (the default)
+        #[arg(long)]
+        nodes: bool,
+        /// Where to mount: one with --lazy, one per node otherwise
+        #[arg(value_name = "MOUNTPOINT", required = true)]
+        points: Vec<PathBuf>,
+    },
+    /// Detach every stale mount below BASE.
+    Sweep {
+        #[arg(value_name = "BASE")]
+        base: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("mount") => mount(&args[1..]),
-        Some("sweep") if args.len() == 2 => sweep(&args[1]),
-        _ => Err(USAGE.to_owned()),
+    let result = match Cli::parse().command {
+        Command::Mount {
+            backing,
+            lazy,
+            nodes: _,
+            points,
+        } => {
+            if lazy && points.len() != 1 {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::WrongNumberOfValues,
+                        "--lazy takes exactly one MOUNTPOINT",
+                    )
+                    .exit();
+            }
+            mount(&backing, lazy, &points)
+        }
+        Command::Sweep { base } => sweep(&base),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,41 +90,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn sweep(base: &str) -> Result<(), String> {
-    for point in
-        sweep_stale_mounts(base.as_ref()).map_err(|e| format!("sweep of {base} failed: {e}"))?
-    {
+fn sweep(base: &Path) -> Result<(), String> {
+    let points =
+        sweep_stale_mounts(base).map_err(|e| format!("sweep of {} failed: {e}", base.display()))?;
+    for point in points {
         println!("detached {}", point.display());
     }
     Ok(())
 }
 
-fn mount(args: &[String]) -> Result<(), String> {
-    let mut backing = None;
-    let mut lazy = false;
-    let mut points = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--backing" => backing = Some(PathBuf::from(iter.next().ok_or(USAGE)?)),
-            "--lazy" => lazy = true,
-            "--nodes" => lazy = false,
-            other if other.starts_with("--") => {
-                return Err(format!("unknown option {other}\n{USAGE}"));
-            }
-            point => points.push(PathBuf::from(point)),
-        }
-    }
-    let backing = backing.ok_or(USAGE)?;
-    if points.is_empty() || (lazy && points.len() != 1) {
-        return Err(USAGE.to_owned());
-    }
+fn mount(backing: &Path, lazy: bool, points: &[PathBuf]) -> Result<(), String> {
     let mode = if lazy {
         Mode::Lazy
     } else {
         Mode::Nodes(points.len())
     };
-    let fs = FaultFs::open(&backing, mode)
+    let fs = FaultFs::open(backing, mode)
         .map_err(|e| format!("cannot load {}: {e}", backing.display()))?;
     let mut mounts = Vec::new();
     for (node, point) in points.iter().enumerate() {
@@ -116,7 +145,39 @@ fn control(fs: &FaultFs, words: &[&str]) -> Result<bool, String> {
         }),
         ["persist"] => fs.persist().map_err(|e| e.to_string())?,
         [] => {}
-        _ => return Err(format!("unknown command\n{USAGE}")),
+        _ => return Err(format!("unknown command; commands: {CONTROL}")),
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_takes_its_flags_in_any_order() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["handoff-faultfs", "mount"].iter().chain(args));
+            match cli.map(|cli| cli.command) {
+                Ok(Command::Mount { lazy, points, .. }) => Ok((lazy, points.len())),
+                Ok(other) => panic!("not a mount: {other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(parse(&["--backing", "b", "--lazy", "p"]), Ok((true, 1)));
+        assert_eq!(
+            parse(&["p", "q", "--backing", "b", "--nodes"]),
+            Ok((false, 2))
+        );
+        assert_eq!(parse(&["p", "q", "--backing", "b"]), Ok((false, 2)));
+        assert_eq!(
+            parse(&["--backing", "b", "--lazy", "--nodes", "p"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&["--lazy", "p"]),
+            Err(clap::error::ErrorKind::MissingRequiredArgument)
+        );
+    }
 }

@@ -22,7 +22,7 @@ const EBADF: i32 = 9;
 const EINVAL: i32 = 22;
 
 /// The data of one call's `Store`.
-pub(crate) struct HostState {
+pub(crate) struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
@@ -37,15 +37,15 @@ pub(crate) struct HostState {
     progress: Option<Hook>,
 }
 
-impl HostState {
+impl CallState {
     pub(crate) fn new(
         wasi: WasiCtx,
         memory_limit: usize,
         deadline: Option<Instant>,
         bulk: bool,
         progress: Option<Hook>,
-    ) -> HostState {
-        HostState {
+    ) -> CallState {
+        CallState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -61,7 +61,7 @@ impl HostState {
     }
 }
 
-impl WasiView for HostState {
+impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -88,7 +88,7 @@ impl FsyncStats {
     }
 }
 
-impl durability::Host for HostState {
+impl durability::Host for CallState {
     fn sync_file(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<Result<(), SyncError>> {
         let file = match self.table.get(&file)? {
             Descriptor::File(f) => Arc::clone(&f.file),
@@ -122,7 +122,7 @@ impl durability::Host for HostState {
 /// Hashing and copying natively: BLAKE3 with the CPU's widest SIMD, copies
 /// inside the kernel. None of it flushes; the guest still calls
 /// `durability` for that.
-impl bulk::Host for HostState {
+impl bulk::Host for CallState {
     fn supported(&mut self) -> wasmtime::Result<BulkSupport> {
         Ok(if self.bulk {
             BulkSupport::HASH_FILE | BulkSupport::COPY_FILE | BulkSupport::START_WRITEBACK

@@ -1,0 +1,277 @@
+//! The command line's shape: subcommands and flags, with their defaults
+//! taken from the core.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use handoff_core::{DEFAULT_PREFIX, GcOptions, PinRequest, Verify, WaitOptions};
+
+use crate::duration;
+
+/// The exit codes and duration syntax, for `--help` (`after_help`).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error (bad root, bad component, I/O, ...)
+  2  usage error
+  3  timed out: the step was never committed
+  4  integrity: the step is committed but a file is missing, short or differs
+     from its hash, or the manifest is unsafe
+  5  conflict: the step is already published (the first one stays intact)
+
+Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct Global {
+    /// Step directory prefix
+    #[arg(long, global = true, value_name = "P", default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Print one JSON object (for `watch`, one per line); a failure too
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The protocol's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy SRC_DIR into staging, seal it, and rename it to ROOT/<prefix>N
+    Publish {
+        /// Where and which step.
+        #[command(flatten)]
+        step: RootStep,
+        /// The payload to publish
+        #[arg(value_name = "SRC_DIR")]
+        source: PathBuf,
+        /// Writer options.
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Seal a payload already written in ROOT/<prefix>N, in place
+    Seal {
+        /// Where and which step.
+        #[command(flatten)]
+        step: RootStep,
+        /// Writer options.
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Wait until a step is committed and validates
+    Wait(WaitArgs),
+    /// Print each new step as it is committed, in step order, until interrupted.
+    /// With --pin, a step stays pinned until a line on stdin asks for the next
+    #[command(
+        after_help = "With --pin, watch hands over pins: each step it prints stays pinned \
+                      while you use it, renewed every half --ttl. Write a line to its stdin \
+                      to ask for the next step; the one before is released once the next \
+                      one is pinned. At end of input watch exits and leaves the last pin to \
+                      expire (--ttl) or to `handoff unpin`."
+    )]
+    Watch(WatchArgs),
+    /// List the step directories under ROOT with their state
+    Ls {
+        /// Where.
+        #[command(flatten)]
+        root: RootArg,
+    },
+    /// Pin a committed step so gc keeps it
+    Pin {
+        /// Where and which step.
+        #[command(flatten)]
+        step: RootStep,
+        /// Who holds the pin: letters, digits, `.`, `_`, `-`, `:`, `@`
+        #[arg(long, value_name = "ID", value_parser = parse_holder)]
+        holder: String,
+        /// How long the pin lasts
+        #[arg(long, value_name = "DUR", value_parser = duration::parse,
+              default_value = duration::format(PinRequest::DEFAULT_TTL))]
+        ttl: Duration,
+    },
+    /// Release a pin
+    Unpin {
+        /// Where and which step.
+        #[command(flatten)]
+        step: RootStep,
+        /// Who holds the pin
+        #[arg(long, value_name = "ID", value_parser = parse_holder)]
+        holder: String,
+    },
+    /// Remove old unpinned steps and abandoned staging directories
+    Gc {
+        /// Where.
+        #[command(flatten)]
+        root: RootArg,
+        /// What to keep.
+        #[command(flatten)]
+        gc: GcArgs,
+    },
+    /// Classify every entry under ROOT; with --repair, clean up after crashes
+    Fsck {
+        /// Where.
+        #[command(flatten)]
+        root: RootArg,
+        /// Finish or undo what a crash left
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// `--root`.
+#[derive(Debug, Args)]
+pub struct RootArg {
+    /// The broadcast root directory
+    #[arg(long, value_name = "R")]
+    pub root: PathBuf,
+}
+
+/// `--root` and `--step`.
+#[derive(Debug, Args)]
+pub struct RootStep {
+    /// The broadcast root directory
+    #[arg(long, value_name = "R")]
+    pub root: PathBuf,
+    /// The step number
+    #[arg(long, value_name = "N")]
+    pub step: u64,
+}
+
+/// Options of `publish` and `seal`.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Writer id recorded in the manifest [default: <hostname>:<pid>; WASI: <$HOSTNAME or wasi>:<random>]
+    #[arg(long, value_name = "ID")]
+    pub writer: Option<String>,
+    /// Creation time to record, milliseconds since the Unix epoch [default: now];
+    /// two writers given the same payload, writer and time write identical manifests
+    #[arg(long, value_name = "MS")]
+    pub created_ms: Option<u64>,
+    /// After success, run gc keeping the newest N steps (at least 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+}
+
+/// Options of `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep the newest N committed steps (at least 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+    /// Remove staging directories untouched for longer than this
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(GcOptions::DEFAULT_GRACE))]
+    pub grace: Duration,
+    /// Clock difference allowed between nodes when judging pin expiry
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(GcOptions::DEFAULT_SKEW))]
+    pub skew: Duration,
+}
+
+/// Options of `wait`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["step", "latest", "after"]))]
+pub struct WaitArgs {
+    /// Where.
+    #[command(flatten)]
+    pub root: RootArg,
+    /// Wait for exactly this step
+    #[arg(long, value_name = "N")]
+    pub step: Option<u64>,
+    /// Wait for the highest step that validates
+    #[arg(long)]
+    pub latest: bool,
+    /// Wait for the lowest step above N that validates
+    #[arg(long, value_name = "N")]
+    pub after: Option<u64>,
+    /// Give up after this long [default: wait forever]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+    /// How to check and hold what is returned.
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// How `wait` and `watch` check and hold what they return.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// What to check before accepting a step
+    #[arg(long, value_enum, default_value_t = VerifyArg::Size)]
+    pub verify: VerifyArg,
+    /// How long a committed step that does not validate yet is retried
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(WaitOptions::DEFAULT_SETTLE))]
+    pub settle: Duration,
+    /// Longest pause between two attempts
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(WaitOptions::DEFAULT_POLL))]
+    pub poll: Duration,
+    /// Pin each step returned for this holder. `wait` keeps the holder's
+    /// other pins: unpin the previous step once you have switched over.
+    /// `watch` keeps each step pinned until you ask for the next one (a line
+    /// on its stdin), then releases it once the next one is pinned
+    #[arg(long, value_name = "HOLDER", value_parser = parse_holder)]
+    pub pin: Option<String>,
+    /// How long the pin taken with --pin lasts
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(PinRequest::DEFAULT_TTL), requires = "pin")]
+    pub ttl: Duration,
+}
+
+impl ReadArgs {
+    /// The core's options for these flags.
+    pub fn options(&self, prefix: &str, timeout: Option<Duration>) -> WaitOptions {
+        WaitOptions {
+            prefix: prefix.to_string(),
+            verify: self.verify.into(),
+            timeout,
+            settle: self.settle,
+            poll: self.poll,
+            pin: self.pin.clone().map(|holder| PinRequest {
+                holder,
+                ttl: self.ttl,
+            }),
+        }
+    }
+}
+
+/// Options of `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Where.
+    #[command(flatten)]
+    pub root: RootArg,
+    /// Start with the lowest step >= N [default: the latest step]
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// How to check and hold what is returned.
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// A pin holder id, checked here so a bad one is a usage error. The same
+/// rule as the protocol's (`handoff_core::check_holder`): it becomes a file
+/// name under the root.
+pub fn parse_holder(text: &str) -> Result<String, String> {
+    handoff_core::check_holder(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--verify`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VerifyArg {
+    /// Every file exists with its listed size
+    Size,
+    /// Sizes, and every file's BLAKE3 hash
+    Hash,
+}
+
+impl From<VerifyArg> for Verify {
+    fn from(v: VerifyArg) -> Verify {
+        match v {
+            VerifyArg::Size => Verify::Size,
+            VerifyArg::Hash => Verify::Hash,
+        }
+    }
+}

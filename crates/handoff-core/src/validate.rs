@@ -1,0 +1,218 @@
+//! Validation: one attempt to accept a committed step, as readers, pins, gc
+//! and fsck all make it.
+
+use std::io;
+
+use crate::error::{Error, ErrorKind};
+use crate::layout::step_name;
+use crate::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
+use crate::storage::{Storage, StorageFile, join};
+use crate::tree::hash_file;
+use crate::types::{Verify, Version};
+
+/// Why one attempt to validate a step did not accept it.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// No `STABLE`: not committed (yet).
+    NotCommitted(String),
+    /// Committed, but something listed is not (yet) as the manifest says.
+    /// On a shared filesystem this can be a lagging cache: retried. The
+    /// integrity error to report once retrying is over.
+    Mismatch(Error),
+    /// The manifest itself is unacceptable: retrying will not help.
+    Unsafe(Error),
+    /// A filesystem error other than "not there".
+    Failed(Error),
+}
+
+impl Rejected {
+    /// Something at `path` is not (yet) as the manifest says.
+    fn mismatch(path: &str, why: String) -> Rejected {
+        Rejected::Mismatch(
+            Error::new(ErrorKind::Integrity, why)
+                .at(path)
+                .retryable(true),
+        )
+    }
+
+    /// The manifest at `path` can never be accepted.
+    fn unsafe_manifest(path: &str, why: String) -> Rejected {
+        Rejected::Unsafe(Error::new(ErrorKind::Integrity, why).at(path))
+    }
+}
+
+/// One attempt: open `STABLE`, the manifest and every listed file afresh, and
+/// check them.
+pub(crate) fn check<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+) -> Result<Version, Rejected> {
+    let dir = step_name(prefix, step);
+    let stable = join(&dir, STABLE_NAME);
+    let committed = opens(fs, &stable)
+        .map_err(|e| Rejected::Failed(Error::io("open", &fs.display(&stable), &e)))?;
+    if !committed {
+        return Err(Rejected::NotCommitted(format!(
+            "step {step} is not committed: no {}",
+            fs.display(&stable)
+        )));
+    }
+    check_contents(fs, prefix, step, verify)
+}
+
+/// Whether `path` exists, found by opening it rather than by `stat`: an NFS
+/// client may answer `stat` of a name from its caches (a `STABLE` another
+/// node removed can look present for seconds), while an open goes to the
+/// server (close-to-open consistency). A missing or non-directory parent,
+/// and a handle the server no longer knows, all mean "not there".
+pub(crate) fn opens<S: Storage>(fs: &S, path: &str) -> io::Result<bool> {
+    match fs.open(path) {
+        Ok(_) => Ok(true),
+        Err(e) if is_absent(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an error opening or creating a path means that it, or a
+/// directory on the way, is not there (any more).
+pub(crate) fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::StaleNetworkFileHandle
+    )
+}
+
+/// The part of [`check`] after `STABLE`: the manifest and every listed file.
+pub(crate) fn check_contents<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+) -> Result<Version, Rejected> {
+    let dir = step_name(prefix, step);
+    let manifest = read_manifest(fs, &dir)?;
+    if manifest.step != step {
+        let shown = fs.display(&join(&dir, MANIFEST_NAME));
+        return Err(Rejected::unsafe_manifest(
+            &shown,
+            format!("{shown} belongs to step {}, not {step}", manifest.step),
+        ));
+    }
+    for entry in &manifest.files {
+        let path = join(&dir, &entry.path);
+        let shown = || fs.display(&path);
+        let mut file = match fs.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Rejected::mismatch(
+                    &shown(),
+                    format!(
+                        "{} is missing (manifest lists {} bytes)",
+                        shown(),
+                        entry.size
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Rejected::mismatch(
+                    &shown(),
+                    format!("cannot open {}: {e}", shown()),
+                ));
+            }
+        };
+        let size = file.size().map_err(|e| {
+            Rejected::mismatch(&shown(), format!("cannot inspect {}: {e}", shown()))
+        })?;
+        if size != entry.size {
+            let what = if size < entry.size {
+                "short"
+            } else {
+                "too long"
+            };
+            return Err(Rejected::mismatch(
+                &shown(),
+                format!(
+                    "{} is {what}: {size} bytes, manifest lists {}",
+                    shown(),
+                    entry.size
+                ),
+            ));
+        }
+        if verify == Verify::Hash {
+            let (read, hash) = hash_file(fs, &mut file, &path)
+                .map_err(|e| Rejected::mismatch(&shown(), e.to_string()))?;
+            if read != entry.size || hash != entry.blake3 {
+                return Err(Rejected::mismatch(
+                    &shown(),
+                    format!(
+                        "{} does not match its hash: read {read} bytes with blake3 {hash}, \
+                     manifest lists {} bytes with blake3 {}",
+                        shown(),
+                        entry.size,
+                        entry.blake3
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Version::from_manifest(fs.display(&dir), manifest))
+}
+
+/// Read and parse `<dir>/handoff.manifest.json` of a committed step.
+pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
+    let path = join(dir, MANIFEST_NAME);
+    let shown = fs.display(&path);
+    let mut file = match fs.open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Rejected::mismatch(
+                &shown,
+                format!("STABLE is present but {shown} is missing"),
+            ));
+        }
+        Err(e) => {
+            return Err(Rejected::mismatch(
+                &shown,
+                format!("cannot open {shown}: {e}"),
+            ));
+        }
+    };
+    let size = file
+        .size()
+        .map_err(|e| Rejected::mismatch(&shown, format!("cannot inspect {shown}: {e}")))?;
+    if size > MAX_MANIFEST_BYTES {
+        return Err(Rejected::unsafe_manifest(
+            &shown,
+            format!(
+                "{shown} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have"
+            ),
+        ));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => {
+                return Err(Rejected::mismatch(
+                    &shown,
+                    format!("cannot read {shown}: {e}"),
+                ));
+            }
+        }
+    }
+    bytes.truncate(filled);
+    Manifest::parse(&bytes).map_err(|bad| {
+        let why = format!("{shown}: {bad}");
+        if bad.permanent {
+            Rejected::unsafe_manifest(&shown, why)
+        } else {
+            Rejected::mismatch(&shown, why)
+        }
+    })
+}

@@ -1,0 +1,32 @@
+//! What handoff's tests, model checker, benchmarks and demo share, so each
+//! stops carrying its own copy:
+//!
+//! - [`Rng`]: a seeded splitmix64 generator; the same seed gives the same
+//!   sequence on every machine, so a printed seed replays.
+//! - [`Payload`] and [`write_random`]: folders of files to publish, small and
+//!   held in memory for checking, or large and streamed.
+//! - [`proc`]: the `handoff` binary under test, child processes with a
+//!   deadline, and failures that carry the child's stderr.
+//!
+//! It depends on no handoff crate, so any of them can use it.
+//!
+//! ```
+//! use handoff_testkit::{Payload, Rng};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut rng = Rng::new(7);
+//! let payload = Payload::new()
+//!     .with("adapter_model.safetensors", rng.bytes(4096))
+//!     .with("sub/adapter_config.json", "{}");
+//! payload.write_to(dir.path()).unwrap();
+//! assert_eq!(payload.check(dir.path()), Ok(()));
+//! ```
+
+#![deny(missing_docs)]
+
+mod payload;
+pub mod proc;
+mod rng;
+
+pub use payload::{Payload, write_random};
+pub use rng::{Rng, mix};
