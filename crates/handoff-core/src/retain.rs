@@ -778,7 +778,9 @@ fn move_to_trash<S: Storage, P: Platform>(
     let target = join(TRASH_DIR, &format!("{name}.{:016x}", platform.random_u64()));
     fs.rename(dir, &target)
         .map_err(|e| Error::io("move into trash", &fs.display(dir), &e))?;
-    // Both directories changed; the root's flush makes the step's name go.
+    // Both directories changed. The trash's flush makes the rename durable
+    // (docs/FILESYSTEM.md, F4); the root's covers a filesystem that ties it
+    // to the source directory instead (CephFS's client).
     flush.dir("")?;
     flush.dir(TRASH_DIR)?;
     remove_tree(fs, &target).map_err(|e| Error::io("remove", &fs.display(&target), &e))
