@@ -234,3 +234,30 @@ fn a_component_call_over_its_deadline_is_an_error_not_a_hang() {
         start.elapsed()
     );
 }
+
+#[test]
+fn seal_refuses_a_payload_that_changes_while_it_seals() {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    payload(&env.root().join("step_1"), "a", 4 << 20);
+    let file = env.root().join("step_1/adapter_model.safetensors");
+    // A writer that has not finished: it appends for as long as seal runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let stop = stop.clone();
+        let mut file = fs::OpenOptions::new().append(true).open(&file).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                file.write_all(b"x").unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let out = env.run("seal", &["--step", "1"]);
+    stop.store(true, Ordering::Relaxed);
+    appender.join().unwrap();
+    assert_exit(&out, 1, "changed while it was sealed");
+    assert!(!env.root().join("step_1/STABLE").exists());
+}

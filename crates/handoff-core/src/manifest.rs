@@ -69,9 +69,10 @@ impl Manifest {
     /// Parse and check a manifest read from disk. The reason says what is
     /// wrong, without the file's name (the caller adds it).
     pub fn parse(bytes: &[u8]) -> Result<Manifest, BadManifest> {
-        // Not JSON, or a malformed entry, may be a torn read through a stale
-        // cache: a later read can succeed. An unsupported version or an
-        // unsafe path is what the writer wrote.
+        // Bytes that are not a manifest may be a torn read through a stale
+        // cache: a later read can succeed. A well-formed manifest that breaks
+        // a rule (its version, an unsafe path, duplicate or unsorted entries,
+        // a malformed hash) is what the writer wrote: no retry helps.
         let retry = |reason: String| BadManifest {
             reason,
             permanent: false,
@@ -94,10 +95,10 @@ impl Manifest {
             check_payload_path(&file.path).map_err(never)?;
             if let Some(prev) = previous {
                 if prev == file.path {
-                    return Err(retry(format!("duplicate entry {:?}", file.path)));
+                    return Err(never(format!("duplicate entry {:?}", file.path)));
                 }
                 if prev > file.path.as_str() {
-                    return Err(retry(format!("entries not sorted at {:?}", file.path)));
+                    return Err(never(format!("entries not sorted at {:?}", file.path)));
                 }
             }
             if file.blake3.len() != 64
@@ -106,7 +107,7 @@ impl Manifest {
                     .bytes()
                     .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             {
-                return Err(retry(format!(
+                return Err(never(format!(
                     "entry {:?} has a malformed blake3 {:?}",
                     file.path, file.blake3
                 )));
@@ -127,9 +128,10 @@ impl Manifest {
 pub struct BadManifest {
     /// What is wrong, without the file's name.
     pub reason: String,
-    /// Whether reading it again cannot help: an unsupported protocol version
-    /// or an unsafe path. Otherwise (not JSON, a malformed entry) the read
-    /// may have been torn by a lagging cache.
+    /// Whether reading it again cannot help: valid JSON that breaks a rule
+    /// (version, unsafe path, duplicate or unsorted entries, malformed hash).
+    /// Otherwise (not a manifest at all) the read may have been torn by a
+    /// lagging cache.
     pub permanent: bool,
 }
 

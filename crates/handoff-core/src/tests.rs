@@ -756,3 +756,38 @@ fn fsck_republishes_a_pinned_version_1_step_an_interrupted_gc_unpublished() {
     fsck(&f.root, &RealPlatform, "step_", true).unwrap();
     assert!(!f.path("step_1").exists());
 }
+
+#[test]
+fn seal_refuses_an_empty_payload() {
+    let f = fixture();
+    fs::create_dir_all(f.path("step_1/empty")).unwrap();
+    let err = seal(&f.root, &RealPlatform, 1, &opts()).unwrap_err();
+    assert_error(
+        &err,
+        ErrorKind::InvalidInput,
+        &["nothing to seal", "step_1"],
+    );
+    assert!(!f.path("step_1/STABLE").exists());
+    assert!(!f.path("step_1").join(MANIFEST_NAME).exists());
+}
+
+#[test]
+fn a_manifest_that_breaks_a_rule_fails_at_once_not_after_settle() {
+    let f = published(1..=1);
+    // Valid JSON, written so by a writer: duplicate entries are permanent.
+    let path = f.path("step_1").join(MANIFEST_NAME);
+    let mut manifest = Manifest::parse(&fs::read(&path).unwrap()).unwrap();
+    manifest.files.push(manifest.files[0].clone());
+    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    fs::write(&path, manifest.to_bytes()).unwrap();
+    let platform = ScriptPlatform::new();
+    let options = WaitOptions {
+        timeout: Some(Duration::from_secs(600)),
+        settle: Duration::from_secs(60),
+        ..wait_opts(Verify::Size, 0)
+    };
+    let err = wait(&f.root, &platform, Target::Step(1), &options).unwrap_err();
+    assert_error(&err, ErrorKind::Integrity, &["duplicate entry"]);
+    assert!(!err.is_retryable());
+    assert_eq!(platform.now_ms(), 0, "it waited out the settle time");
+}

@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix, step_name,
 };
-use crate::manifest::{FileEntry, MANIFEST_NAME, Manifest, STABLE_NAME, hex};
+use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::storage::{Kind, Platform, Storage, StorageFile, join, write_all_at};
 use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
 use crate::types::{PublishReport, Version, WriteOptions};
@@ -68,15 +68,26 @@ pub fn seal<S: Storage, P: Platform>(
         .at(shown));
     }
 
-    // Refuse links and special files before anything is written.
+    // Refuse links, special files and an empty payload before anything is
+    // written.
     let (files, dirs) = walk_payload(fs, &dir)?;
+    if files.is_empty() {
+        let shown = fs.display(&dir);
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("nothing to seal: {shown} holds no payload file"),
+        )
+        .at(shown));
+    }
     // Hash every file while the storage writes it out, and only then flush
     // them all: a flush started earlier would wait for the whole payload's
     // writeback (ext4 commits its journal after every file's ordered data)
     // before the hashing could go on.
     let mut entries = Vec::with_capacity(files.len());
+    let mut modified = Vec::with_capacity(files.len());
     for rel in &files {
         let path = join(&dir, rel);
+        modified.push(modified_ms(fs, &path)?);
         let mut file = fs
             .open(&path)
             .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
@@ -89,16 +100,48 @@ pub fn seal<S: Storage, P: Platform>(
         });
     }
     let mut flush = Flusher::new(fs);
-    for rel in &files {
-        let path = join(&dir, rel);
+    for (entry, before) in entries.iter().zip(modified) {
+        let path = join(&dir, &entry.path);
         let mut file = fs
             .open(&path)
             .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
         flush.file(&mut file, &path)?;
+        // A writer still at work would leave a manifest that vouches for
+        // bytes the file no longer holds: refuse while nothing is committed.
+        unchanged(fs, &path, entry.size, before)?;
     }
     let manifest = commit_dir(&mut flush, platform, &dir, &dirs, step, options, entries)?;
     flush.dir("")?;
     Ok(report(fs, &dir, manifest, flush))
+}
+
+/// The modification time of `path`, by the storage's clock.
+fn modified_ms<S: Storage>(fs: &S, path: &str) -> Result<Option<u64>> {
+    let meta = fs
+        .stat(path)
+        .map_err(|e| Error::io("inspect", &fs.display(path), &e))?;
+    Ok(meta.map(|m| m.modified_ms))
+}
+
+/// That the file at `path` still has the `size` hashed and the modification
+/// time seen before hashing.
+fn unchanged<S: Storage>(fs: &S, path: &str, size: u64, modified: Option<u64>) -> Result<()> {
+    let now = fs
+        .stat(path)
+        .map_err(|e| Error::io("inspect", &fs.display(path), &e))?;
+    let changed = match now {
+        Some(m) if m.size == size && Some(m.modified_ms) == modified => return Ok(()),
+        Some(m) if m.size != size => format!("{size} bytes hashed, now {} bytes", m.size),
+        Some(_) => "rewritten after it was hashed".to_string(),
+        None => "removed".to_string(),
+    };
+    let shown = fs.display(path);
+    Err(Error::new(
+        ErrorKind::Io,
+        format!("{shown} changed while it was sealed ({changed}); nothing was committed"),
+    )
+    .at(shown)
+    .retryable(true))
 }
 
 /// Copy the payload of `source` into staging, seal it there, and rename it to
@@ -205,6 +248,19 @@ fn commit_dir<S: Storage, P: Platform>(
     }
     let created = options.created_ms.unwrap_or_else(|| platform.now_ms());
     let manifest = Manifest::new(step, &options.writer, created, entries);
+    let bytes = manifest.to_bytes();
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        // Readers refuse it unread: committing it would publish a step no
+        // one can load.
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the manifest of step {step} would be {} bytes, more than the \
+                 {MAX_MANIFEST_BYTES} a reader accepts: split the payload into fewer files",
+                bytes.len()
+            ),
+        ));
+    }
     let fs = flush.fs;
     let tmp = join(dir, MANIFEST_TMP_NAME);
     // A leftover from a crashed seal is ours to replace.
@@ -216,8 +272,7 @@ fn commit_dir<S: Storage, P: Platform>(
     let mut file = fs
         .create_new(&tmp)
         .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
-    write_all_at(&mut file, &manifest.to_bytes(), 0)
-        .map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
+    write_all_at(&mut file, &bytes, 0).map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
     flush.file(&mut file, &tmp)?;
     drop(file);
     let path = join(dir, MANIFEST_NAME);
@@ -392,4 +447,43 @@ fn copy_file<S: Storage, Src: Storage>(
         size,
         blake3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testfs::{RealPlatform, StdDir};
+
+    #[test]
+    fn a_manifest_readers_would_refuse_is_never_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("step_1")).unwrap();
+        let fs = StdDir(tmp.path().to_path_buf());
+        // Long names: about 4 KiB of manifest per entry.
+        let entries: Vec<FileEntry> = (0..MAX_MANIFEST_BYTES / 4000 + 1)
+            .map(|i| FileEntry {
+                path: format!("{i:0>4000}"),
+                size: 1,
+                blake3: "0".repeat(64),
+            })
+            .collect();
+        let options = WriteOptions::new("w");
+        let mut flush = Flusher::new(&fs);
+        let err = commit_dir(
+            &mut flush,
+            &RealPlatform,
+            "step_1",
+            &[],
+            1,
+            &options,
+            entries,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.message().contains("more than the"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join("step_1"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
