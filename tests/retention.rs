@@ -81,8 +81,10 @@ fn gc_with_malformed_pins_and_garbage_names_keeps_going() {
     let v = json(&env.run("gc", &["--keep", "1", "--json"]));
     // A pin gc cannot read holds its step: better to keep than to pull it away.
     assert_eq!(steps(&v, "pinned"), [1, 2]);
+    // Names that are not the protocol's stay, an NFS client's `.nfsXXXX`
+    // stand-in for a file deleted while open among them.
     assert!(env.root().join("README").exists() && env.root().join("step_x").exists());
-    assert!(!env.root().join(".nfs000123").exists());
+    assert!(env.root().join(".nfs000123").exists());
     let v = json(&env.run("fsck", &["--repair", "--json"]));
     let entries = v["entries"].as_array().unwrap();
     let stray: Vec<_> = entries
@@ -290,4 +292,25 @@ impl Watch {
         drop(ask);
         assert!(child.wait().unwrap().success());
     }
+}
+
+#[test]
+fn gc_never_removes_the_only_valid_step_for_newer_ones_that_do_not_validate() {
+    let env = Env::new();
+    env.publish(1);
+    env.publish(2);
+    // What a writer that only touches STABLE leaves.
+    std::fs::create_dir(env.root().join("step_3")).unwrap();
+    std::fs::write(env.root().join("step_3/STABLE"), b"").unwrap();
+    let v = json(&env.run("gc", &["--keep", "1", "--json"]));
+    assert_eq!(steps(&v, "kept"), [2]);
+    assert_eq!(steps(&v, "removed"), [1]);
+    assert_eq!(steps(&v, "invalid"), [3]);
+    let out = env.run("gc", &["--keep", "1"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("left [3]"));
+    assert_ok(&env.run(
+        "wait",
+        &["--step", "2", "--verify", "hash", "--timeout", "1s"],
+    ));
 }

@@ -41,6 +41,8 @@ export interface GcReport {
   /** Kept because an unexpired pin holds them. */
   pinned: number[];
   stagingRemoved: string[];
+  /** Committed but not valid, newer than the oldest kept: left alone, not counted toward keep. */
+  invalid: number[];
 }
 
 /** What publish or seal did; the version is durable and visible. */

@@ -189,7 +189,7 @@ export function gc(root, keep, { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SK
   if (!Number.isInteger(keep) || keep < 1 || keep > 0xffffffff) throw new RangeError(`keep must be an integer of at least 1, not ${keep}`);
   const rootPath = dir(root, 'root');
   const r = call('gc', [rootPath], [rootPath, { prefix, keep, graceMs: ms(graceMs, 'graceMs'), skewMs: ms(skewMs, 'skewMs') }]);
-  return { removed: [...r.removed].map(num), kept: [...r.kept].map(num), pinned: [...r.pinned].map(num), stagingRemoved: r.stagingRemoved };
+  return { removed: [...r.removed].map(num), kept: [...r.kept].map(num), pinned: [...r.pinned].map(num), stagingRemoved: r.stagingRemoved, invalid: [...r.invalid].map(num) };
 }
 
 /** Classify every entry under `root`; with `repair`, finish or undo what a

@@ -221,6 +221,12 @@ impl Printer {
             list(&report.pinned),
             report.staging_removed.len()
         );
+        if !report.invalid.is_empty() {
+            out!(
+                "gc: left [{}]: committed but not valid, so not counted toward --keep",
+                list(&report.invalid)
+            );
+        }
         Ok(())
     }
 

@@ -552,12 +552,32 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
         .filter(|(_, c)| *c)
         .map(|(s, _)| s)
         .collect();
-    let split = committed.len().saturating_sub(options.keep as usize);
-    let (old, newest) = committed.split_at(split);
-    report.kept = newest.to_vec();
+    // Only steps a reader would accept count toward `keep`: a newer step that
+    // does not validate (`STABLE` without a manifest, a corrupt manifest, a
+    // short file) must not push the newest good one out. It is reported and
+    // left alone; everything older than the oldest step kept may go.
+    let mut valid = Vec::new();
+    for &step in &committed {
+        match check(fs, prefix, step, Verify::Size) {
+            Ok(_) => valid.push(step),
+            Err(Rejected::Mismatch(_) | Rejected::Unsafe(_)) => report.invalid.push(step),
+            // Another gc took it meanwhile.
+            Err(Rejected::NotCommitted(_)) => {}
+            Err(Rejected::Failed(e)) => return Err(e),
+        }
+    }
+    let split = valid.len().saturating_sub(options.keep as usize);
+    report.kept = valid[split..].to_vec();
+    let oldest_kept = report.kept.first().copied();
+    let old: Vec<u64> = committed
+        .iter()
+        .copied()
+        .filter(|&step| oldest_kept.is_some_and(|kept| step < kept))
+        .collect();
+    report.invalid.retain(|step| !old.contains(step));
     let now = server_now(&mut flush, platform)?;
 
-    for &step in old {
+    for &step in &old {
         let dir = step_name(prefix, step);
         let fate = match step_generation(fs, prefix, step)? {
             None => Fate::Skipped, // another gc removed it
@@ -590,10 +610,11 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
             report.staging_removed.push(entry.name);
         }
     }
-    // Trash left by an earlier gc that crashed before deleting.
+    // Trash left by an earlier gc that crashed before deleting. A file in it
+    // still open on some NFS client is renamed `.nfsXXXX` there and cannot
+    // go until it is closed: such trash is left for a later gc.
     for entry in list_or_empty(fs, TRASH_DIR)? {
-        let path = join(TRASH_DIR, &entry.name);
-        remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+        let _ = remove_tree(fs, &join(TRASH_DIR, &entry.name));
     }
     // Clock files a crashed gc left behind (a minute old: not another gc's).
     for entry in list_or_empty(fs, HANDOFF_DIR)? {
@@ -626,16 +647,9 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
             let _ = fs.remove_dir(&pin_dir(prefix, step));
         }
     }
-    // NFS "silly rename" leftovers (.nfsXXXX) of files deleted while open;
-    // the server refuses while the file is still open, which is fine.
-    for entry in fs
-        .read_dir("")
-        .map_err(|e| Error::io("list", &fs.display(""), &e))?
-    {
-        if entry.name.starts_with(".nfs") && entry.kind == Kind::File {
-            let _ = fs.remove_file(&entry.name);
-        }
-    }
+    // Names in the root that are not the protocol's, `.nfsXXXX` among them
+    // (an NFS client's stand-in for a file deleted while open, which that
+    // client removes at the last close), are left alone.
     Ok(report)
 }
 

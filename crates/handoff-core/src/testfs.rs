@@ -10,9 +10,15 @@ use crate::storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 
 pub struct StdDir(pub PathBuf);
 
+/// What a directory flush of this thread does first: `Err` fails the flush.
+pub type DirSyncHook = Box<dyn FnMut(&str) -> io::Result<()>>;
+
 thread_local! {
     /// Directory listings made by this thread through any [`StdDir`].
     pub static LISTINGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Runs before every directory flush of this thread, with the path.
+    pub static ON_DIR_SYNC: std::cell::RefCell<Option<DirSyncHook>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn kind(t: fs::FileType) -> Kind {
@@ -114,6 +120,7 @@ impl Storage for StdDir {
     }
 
     fn sync_dir(&self, path: &str) -> io::Result<()> {
+        ON_DIR_SYNC.with(|hook| hook.borrow_mut().as_mut().map_or(Ok(()), |h| h(path)))?;
         fs::File::open(self.path(path))?.sync_all()
     }
 

@@ -791,3 +791,94 @@ fn a_manifest_that_breaks_a_rule_fails_at_once_not_after_settle() {
     assert!(!err.is_retryable());
     assert_eq!(platform.now_ms(), 0, "it waited out the settle time");
 }
+
+/// Fail this thread's flushes of the directory `failing` (`""`: the root),
+/// first running `then` on the storage.
+fn fail_dir_sync(failing: &'static str, mut then: impl FnMut() + 'static) {
+    crate::testfs::ON_DIR_SYNC.with(|hook| {
+        *hook.borrow_mut() = Some(Box::new(move |path: &str| {
+            if path != failing {
+                return Ok(());
+            }
+            then();
+            Err(std::io::Error::other(
+                "injected: the disk refused the flush",
+            ))
+        }))
+    });
+}
+
+fn flush_normally() {
+    crate::testfs::ON_DIR_SYNC.with(|hook| *hook.borrow_mut() = None);
+}
+
+#[test]
+fn a_seal_whose_last_flush_fails_withdraws_the_step_and_a_retry_seals_it() {
+    let f = fixture();
+    payload(&f.path("step_1"), "a");
+    fail_dir_sync("", || {});
+    let err = seal(&f.root, &RealPlatform, 1, &opts()).unwrap_err();
+    flush_normally();
+    assert_error(&err, ErrorKind::Durability, &["withdrawn"]);
+    assert!(err.is_retryable());
+    assert!(
+        !f.path("step_1/STABLE").exists(),
+        "reported failed, left committed"
+    );
+    let sealed = seal(&f.root, &RealPlatform, 1, &opts()).unwrap();
+    assert_eq!(sealed.version.step, 1);
+}
+
+#[test]
+fn a_publish_whose_root_flush_fails_withdraws_the_step_and_a_retry_publishes_it() {
+    let f = published(1..=1);
+    fail_dir_sync("", || {});
+    let err = f.publish(2).unwrap_err();
+    flush_normally();
+    assert_error(&err, ErrorKind::Durability, &["withdrawn"]);
+    assert!(!f.path("step_2").exists(), "reported failed, left visible");
+    assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
+    f.publish(2).unwrap();
+}
+
+#[test]
+fn a_step_pinned_before_its_failed_flush_is_not_withdrawn() {
+    let f = published(1..=1);
+    // A reader pins step 2 in the moment between the rename and the failed
+    // flush: it holds a committed step, which must not go from under it.
+    let pin = f.path("step_2/.handoff.pins/reader+60000+0000000000000001");
+    fail_dir_sync("", move || {
+        fs::write(&pin, b"").unwrap();
+    });
+    let err = f.publish(2).unwrap_err();
+    flush_normally();
+    assert_error(&err, ErrorKind::Durability, &["pinned it first"]);
+    assert!(f.path("step_2/STABLE").exists());
+    assert_eq!(f.pins(2).len(), 1);
+}
+
+#[test]
+fn gc_keeps_the_newest_valid_step_whatever_newer_steps_fail_to_validate() {
+    let f = published(1..=2);
+    // A STABLE-only writer's step, and one whose manifest is gone bad.
+    fs::create_dir(f.path("step_3")).unwrap();
+    fs::write(f.path("step_3/STABLE"), b"").unwrap();
+    f.publish(4).unwrap();
+    fs::write(f.path("step_4").join(MANIFEST_NAME), b"{}").unwrap();
+    let report = f.gc(1).unwrap();
+    assert_eq!(report.kept, [2]);
+    assert_eq!(report.removed, [1]);
+    assert_eq!(report.invalid, [3, 4]);
+    assert!(f.path("step_2/STABLE").exists() && f.path("step_3").exists());
+    f.wait_for(Target::Latest, Verify::Hash, 1000).unwrap();
+}
+
+#[test]
+fn gc_leaves_names_that_are_not_the_protocols_alone() {
+    let f = published(1..=2);
+    // What an NFS client leaves for a file deleted while open, until it is
+    // closed: removing it would pull it from under whoever holds it open.
+    fs::write(f.path(".nfs0000000000d2a7f100000001"), b"open elsewhere").unwrap();
+    assert_eq!(f.gc(1).unwrap().removed, [1]);
+    assert!(f.path(".nfs0000000000d2a7f100000001").exists());
+}

@@ -287,6 +287,10 @@ pub struct GcReport {
     pub pinned: Vec<u64>,
     /// Abandoned staging directories removed.
     pub staging_removed: Vec<String>,
+    /// Committed steps that do not validate (a reader would refuse them),
+    /// newer than the oldest step kept: not counted toward `keep`, and left
+    /// alone.
+    pub invalid: Vec<u64>,
 }
 
 /// One entry of [`fsck`](crate::fsck).

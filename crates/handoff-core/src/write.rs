@@ -111,7 +111,9 @@ pub fn seal<S: Storage, P: Platform>(
         unchanged(fs, &path, entry.size, before)?;
     }
     let manifest = commit_dir(&mut flush, platform, &dir, &dirs, step, options, entries)?;
-    flush.dir("")?;
+    if let Err(err) = flush.dir("") {
+        return Err(withdraw(fs, &dir, err).0);
+    }
     Ok(report(fs, &dir, manifest, flush))
 }
 
@@ -217,7 +219,14 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             Err(e) => return Err(Error::io("rename staging into", &fs.display(&dir), &e)),
         }
         // The rename is durable only once the root is flushed.
-        flush.dir("")?;
+        if let Err(err) = flush.dir("") {
+            let (err, withdrawn) = withdraw(fs, &dir, err);
+            if withdrawn {
+                // Back under staging, which the error path below removes.
+                let _ = fs.rename(&dir, &staging);
+            }
+            return Err(err);
+        }
         Ok(manifest)
     })();
     match result {
@@ -314,9 +323,60 @@ fn commit_dir<S: Storage, P: Platform>(
         }
         _ => Error::io("create", &fs.display(&stable), &e),
     })?;
-    flush.file(&mut file, &stable)?;
-    flush.dir(dir)?;
+    if let Err(err) = flush.file(&mut file, &stable).and_then(|()| flush.dir(dir)) {
+        return Err(withdraw(fs, dir, err).0);
+    }
     Ok(manifest)
+}
+
+/// After a flush failed once the step's `STABLE` existed: readers may
+/// already accept a step the writer is about to report as failed. Take it
+/// back (remove `STABLE`) so that nothing reported as failed stays committed
+/// and a retry can succeed, unless a reader has pinned it meanwhile: gc's
+/// claim (removing the pin directory, refused while a pin is in it) decides,
+/// and the claimed pin directory is put back for the retry. Whether it was
+/// withdrawn, and the error saying so.
+fn withdraw<S: Storage>(fs: &S, dir: &str, err: Error) -> (Error, bool) {
+    let pins = join(dir, STEP_PINS_NAME);
+    let stable = join(dir, STABLE_NAME);
+    let outcome = match fs.remove_dir(&pins) {
+        Ok(()) => match fs.remove_file(&stable) {
+            Ok(()) => {
+                // Best effort: the flush that failed may fail again.
+                let _ = fs.create_dir(&pins);
+                let _ = fs.sync_dir(dir);
+                Ok(())
+            }
+            Err(e) => Err(format!("removing {} failed too: {e}", fs.display(&stable))),
+        },
+        // Some systems say EEXIST for a directory that is not empty.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+            ) =>
+        {
+            Err("a reader pinned it first, so it stays committed".to_string())
+        }
+        Err(e) => Err(format!("claiming {} failed too: {e}", fs.display(&pins))),
+    };
+    let message = err.message();
+    match outcome {
+        Ok(()) => {
+            let why = format!("{message}; the step was withdrawn: nothing is committed");
+            (rewrap(&err, why).retryable(true), true)
+        }
+        Err(why) => (rewrap(&err, format!("{message}; {why}")), false),
+    }
+}
+
+/// `err` with another message, keeping its kind and path.
+fn rewrap(err: &Error, message: String) -> Error {
+    let again = Error::new(err.kind(), message);
+    match err.path() {
+        Some(path) => again.at(path),
+        None => again,
+    }
 }
 
 fn report<S: Storage>(

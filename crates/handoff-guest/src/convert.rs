@@ -136,6 +136,7 @@ impl From<core::GcReport> for wit::GcReport {
             kept: r.kept,
             pinned: r.pinned,
             staging_removed: r.staging_removed,
+            invalid: r.invalid,
         }
     }
 }

@@ -124,6 +124,7 @@ impl From<wit::GcReport> for core::GcReport {
             kept: r.kept,
             pinned: r.pinned,
             staging_removed: r.staging_removed,
+            invalid: r.invalid,
         }
     }
 }

@@ -241,6 +241,7 @@ def gc(
         tuple(report.kept),
         tuple(report.pinned),
         tuple(field(report, "staging_removed")),
+        tuple(report.invalid),
     )
 
 

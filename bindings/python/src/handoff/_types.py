@@ -45,12 +45,16 @@ class Version:
 
 @dataclass(frozen=True)
 class GcReport:
-    """What ``gc`` did. ``pinned`` steps were kept because a pin holds them."""
+    """What ``gc`` did. ``kept`` are the newest ``keep`` steps that validate;
+    ``pinned`` steps were kept because a pin holds them; ``invalid`` steps are
+    committed but do not validate, are newer than the oldest kept, and were
+    left alone (not counted toward ``keep``)."""
 
     removed: Tuple[int, ...]
     kept: Tuple[int, ...]
     pinned: Tuple[int, ...]
     staging_removed: Tuple[str, ...]
+    invalid: Tuple[int, ...]
 
 
 @dataclass(frozen=True)
