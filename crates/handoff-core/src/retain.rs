@@ -445,7 +445,7 @@ fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, bool)>> {
 }
 
 /// How gc finds a version 2 step beyond `keep`.
-enum Claim {
+pub(crate) enum Claim {
     /// An unexpired (or unreadable) pin holds it.
     Pinned,
     /// gc removed its pin directory: no pin can be made any more.
@@ -509,7 +509,13 @@ fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64)
             Err(e) => return Err(Error::io("remove expired pin", &fs.display(&path), &e)),
         }
     }
-    match fs.remove_dir(&dir) {
+    claim_pins(fs, &dir)
+}
+
+/// Claim a version 2 step by removing its pin directory `dir`: the server
+/// refuses while a pin is in it, and once it is gone no pin can be made.
+pub(crate) fn claim_pins<S: Storage>(fs: &S, dir: &str) -> Result<Claim> {
+    match fs.remove_dir(dir) {
         Ok(()) => Ok(Claim::Claimed),
         // A pin came in after our listing: the server kept the directory.
         Err(e)
@@ -521,7 +527,7 @@ fn claim<S: Storage>(fs: &S, prefix: &str, step: u64, now_ms: u64, skew_ms: u64)
             Ok(Claim::Pinned)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Taken),
-        Err(e) => Err(Error::io("remove", &fs.display(&dir), &e)),
+        Err(e) => Err(Error::io("remove", &fs.display(dir), &e)),
     }
 }
 

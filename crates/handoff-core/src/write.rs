@@ -7,6 +7,7 @@ use crate::layout::{
     HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
+use crate::retain::{Claim, claim_pins};
 use crate::storage::{Kind, Platform, Storage, StorageFile, join, write_all_at};
 use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
 use crate::types::{PublishReport, Version, WriteOptions};
@@ -339,8 +340,8 @@ fn commit_dir<S: Storage, P: Platform>(
 fn withdraw<S: Storage>(fs: &S, dir: &str, err: Error) -> (Error, bool) {
     let pins = join(dir, STEP_PINS_NAME);
     let stable = join(dir, STABLE_NAME);
-    let outcome = match fs.remove_dir(&pins) {
-        Ok(()) => match fs.remove_file(&stable) {
+    let outcome = match claim_pins(fs, &pins) {
+        Ok(Claim::Claimed) => match fs.remove_file(&stable) {
             Ok(()) => {
                 // Best effort: the flush that failed may fail again.
                 let _ = fs.create_dir(&pins);
@@ -349,34 +350,21 @@ fn withdraw<S: Storage>(fs: &S, dir: &str, err: Error) -> (Error, bool) {
             }
             Err(e) => Err(format!("removing {} failed too: {e}", fs.display(&stable))),
         },
-        // Some systems say EEXIST for a directory that is not empty.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
-            ) =>
-        {
-            Err("a reader pinned it first, so it stays committed".to_string())
-        }
-        Err(e) => Err(format!("claiming {} failed too: {e}", fs.display(&pins))),
+        Ok(Claim::Pinned) => Err("a reader pinned it first, so it stays committed".to_string()),
+        Ok(Claim::Taken) => Err("another process claimed it meanwhile".to_string()),
+        Err(claiming) => Err(format!("and withdrawing it failed: {claiming}")),
     };
-    let message = err.message();
-    match outcome {
-        Ok(()) => {
-            let why = format!("{message}; the step was withdrawn: nothing is committed");
-            (rewrap(&err, why).retryable(true), true)
-        }
-        Err(why) => (rewrap(&err, format!("{message}; {why}")), false),
-    }
-}
-
-/// `err` with another message, keeping its kind and path.
-fn rewrap(err: &Error, message: String) -> Error {
-    let again = Error::new(err.kind(), message);
-    match err.path() {
-        Some(path) => again.at(path),
-        None => again,
-    }
+    let (why, withdrawn) = match outcome {
+        Ok(()) => (
+            "the step was withdrawn: nothing is committed".to_string(),
+            true,
+        ),
+        Err(why) => (why, false),
+    };
+    let message = format!("{}; {why}", err.message());
+    let path = err.path().map(str::to_string);
+    let err = Error::from_parts(err.kind(), message, path, withdrawn);
+    (err, withdrawn)
 }
 
 fn report<S: Storage>(
