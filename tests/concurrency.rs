@@ -12,18 +12,11 @@ fn two_publishers_of_one_step_one_wins_nothing_mixed() {
         let env = Env::new();
         let other = env.tmp.path().join("other");
         payload(&other, "other", 256 * 1024);
-        let a = env.spawn("publish", &["--step", "1", env.src().to_str().unwrap()]);
-        let b = env.spawn("publish", &["--step", "1", other.to_str().unwrap()]);
-        let (a, b): (Output, Output) =
-            (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-        let mut codes = [code(&a), code(&b)];
-        codes.sort();
-        assert_eq!(
-            codes,
-            [0, 5],
-            "round {round}: {} / {}",
-            stderr(&a),
-            stderr(&b)
+        let (a, _) = one_wins(
+            &env,
+            ["publish", "--step", "1", env.src().to_str().unwrap()],
+            ["publish", "--step", "1", other.to_str().unwrap()],
+            round,
         );
         // The committed version is one writer's payload, whole.
         let winner = if code(&a) == 0 { env.src() } else { other };
@@ -42,6 +35,63 @@ fn two_publishers_of_one_step_one_wins_nothing_mixed() {
             .count();
         assert_eq!(staging, 0, "the loser removed its staging copy");
     }
+}
+
+#[test]
+fn two_sealers_of_one_step_one_wins_with_its_own_manifest() {
+    for round in 0..10 {
+        let env = Env::new();
+        payload(&env.root().join("step_1"), "in place", 4 << 20);
+        let (a, _) = one_wins(
+            &env,
+            ["seal", "--step", "1", "--writer", "a"],
+            ["seal", "--step", "1", "--writer", "b"],
+            round,
+        );
+        let winner = if code(&a) == 0 { "a" } else { "b" };
+        let got = json(&env.run(
+            "wait",
+            &[
+                "--step",
+                "1",
+                "--verify",
+                "hash",
+                "--timeout",
+                "1s",
+                "--json",
+            ],
+        ));
+        assert_eq!(got["writer"], winner, "round {round}");
+        let left: Vec<_> = fs::read_dir(env.root().join("step_1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".handoff.manifest.json.tmp") || n == ".handoff.seal")
+            .collect();
+        assert!(left.is_empty(), "round {round}: {left:?}");
+    }
+}
+
+/// Run the two commands at once and check that one exited 0 and the other 5
+/// (a conflict).
+fn one_wins<const A: usize, const B: usize>(
+    env: &Env,
+    a: [&str; A],
+    b: [&str; B],
+    round: u32,
+) -> (Output, Output) {
+    let a = env.spawn(a[0], &a[1..]);
+    let b = env.spawn(b[0], &b[1..]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [code(&a), code(&b)];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [0, 5],
+        "round {round}: {} / {}",
+        stderr(&a),
+        stderr(&b)
+    );
+    (a, b)
 }
 
 /// One publisher at full speed with `--keep 2`; 8 reader processes that wait

@@ -59,7 +59,7 @@ export class TimedOutError extends HandoffError {
 export class IntegrityError extends HandoffError {
   exitCode = 4;
 }
-/** The step is already published; the existing version is intact (CLI exit 5). */
+/** The step is already published, or another writer is at it; what is there is intact (CLI exit 5). */
 export class ConflictError extends HandoffError {
   exitCode = 5;
 }

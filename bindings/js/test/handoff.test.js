@@ -110,6 +110,19 @@ test('seal in place keeps STABLE for old readers', () => {
   assert.throws(() => handoff.seal(root, 4), handoff.ConflictError);
 });
 
+test('seal claimed by another writer conflicts; its own writer takes over', () => {
+  const { root, src } = fixture();
+  cpSync(src, join(root, 'step_4'), { recursive: true });
+  writeFileSync(join(root, 'step_4', '.handoff.seal'), 'trainer-7');
+  assert.throws(
+    () => handoff.seal(root, 4, { writer: 'other' }),
+    (e) => e instanceof handoff.ConflictError && /trainer-7/.test(e.message),
+  );
+  assert.ok(!existsSync(join(root, 'step_4', 'handoff.manifest.json')));
+  assert.equal(handoff.seal(root, 4, { writer: 'trainer-7' }).version.writer, 'trainer-7');
+  assert.ok(!existsSync(join(root, 'step_4', '.handoff.seal')));
+});
+
 test('latest, pin, gc and unpin', () => {
   const { root, src } = fixture();
   for (const step of [1, 2, 3]) handoff.publish(root, step, src);

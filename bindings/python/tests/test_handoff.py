@@ -124,6 +124,17 @@ def test_seal_in_place_keeps_stable_for_old_readers(root, src):
         handoff.seal(root, 4)
 
 
+def test_seal_claimed_by_another_writer_conflicts_and_its_own_takes_over(root, src):
+    shutil.copytree(src, root / "step_4")
+    (root / "step_4" / ".handoff.seal").write_text("trainer-7")
+    with pytest.raises(handoff.ConflictError, match="trainer-7"):
+        handoff.seal(root, 4, writer="other")
+    assert not (root / "step_4" / "handoff.manifest.json").exists()
+    report = handoff.seal(root, 4, writer="trainer-7")
+    assert report.version.writer == "trainer-7"
+    assert not (root / "step_4" / ".handoff.seal").exists()
+
+
 def test_latest_pin_gc_and_unpin(root, src):
     for step in (1, 2, 3):
         handoff.publish(root, step, src)

@@ -18,7 +18,8 @@ Exit codes:
   3  timed out: the step was never committed
   4  integrity: the step is committed but a file is missing, short or differs
      from its hash, or the manifest is unsafe
-  5  conflict: the step is already published (the first one stays intact)
+  5  conflict: the step is already published, or another writer is at it
+     (what is there stays intact)
 
 Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
 

@@ -13,7 +13,8 @@ pub enum ErrorKind {
     /// The step is committed but a file is missing, short, differs from its
     /// hash, or the manifest is unsafe or unreadable.
     Integrity,
-    /// The step is already published; the existing version was left intact.
+    /// The step is already published, or another writer is publishing or
+    /// sealing it; what is there was left intact.
     Conflict,
     /// A step, pin or path named by the call does not exist.
     NotFound,

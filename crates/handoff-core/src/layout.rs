@@ -16,9 +16,27 @@ pub const STEP_PINS_NAME: &str = ".handoff.pins";
 /// Files gc creates for a moment to read the server's clock from their
 /// modification time: `clock.<random>`.
 pub const CLOCK_PREFIX: &str = ".handoff/clock.";
-/// The manifest's temporary name while it is written, inside the step
-/// directory; a leftover is ignored by readers and replaced by the next seal.
-pub const MANIFEST_TMP_NAME: &str = ".handoff.manifest.json.tmp";
+/// The start of a manifest's temporary name while it is written, inside the
+/// step directory: `<this>.<random>`, unique to one attempt, so no writer
+/// ever renames another's. Readers ignore it; a seal taking over its own
+/// unfinished claim removes leftovers.
+pub const MANIFEST_TMP_PREFIX: &str = ".handoff.manifest.json.tmp";
+/// A seal's claim on a step directory, created exclusively before anything
+/// else is written and holding the sealer's writer id: one sealer at a time.
+/// Removed once the step is committed (or the seal failed).
+pub const SEAL_CLAIM_NAME: &str = ".handoff.seal";
+
+/// Whether a name in a step directory is one of the protocol's own, never
+/// payload.
+pub fn is_protocol_name(name: &str) -> bool {
+    matches!(
+        name,
+        crate::manifest::MANIFEST_NAME
+            | crate::manifest::STABLE_NAME
+            | STEP_PINS_NAME
+            | SEAL_CLAIM_NAME
+    ) || name.starts_with(MANIFEST_TMP_PREFIX)
+}
 
 /// Check a step directory prefix: one path component's start, not hidden.
 pub fn check_prefix(prefix: &str) -> Result<()> {

@@ -882,3 +882,153 @@ fn gc_leaves_names_that_are_not_the_protocols_alone() {
     assert_eq!(f.gc(1).unwrap().removed, [1]);
     assert!(f.path(".nfs0000000000d2a7f100000001").exists());
 }
+
+fn writer(name: &str) -> WriteOptions {
+    WriteOptions {
+        writer: name.into(),
+        ..opts()
+    }
+}
+
+/// The writer id in the manifest of `step`.
+fn manifest_writer(f: &Fixture, step: u64) -> String {
+    let path = f.path(&format!("step_{step}")).join(MANIFEST_NAME);
+    Manifest::parse(&fs::read(path).unwrap()).unwrap().writer
+}
+
+/// The names in `step_N/` that only a sealer at work puts there.
+fn seal_leftovers(f: &Fixture, step: u64) -> Vec<String> {
+    fs::read_dir(f.path(&format!("step_{step}")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".handoff.manifest.json.tmp") || name == ".handoff.seal")
+        .collect()
+}
+
+#[test]
+fn of_two_sealers_of_one_step_one_wins_with_its_own_manifest() {
+    // The rival runs whole at each directory flush of the first in turn.
+    for at in 0..4 {
+        let f = fixture();
+        payload(&f.path("step_2"), "a");
+        let root = f.root.0.clone();
+        let rival = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let (out, mut flushes) = (rival.clone(), 0);
+        crate::testfs::ON_DIR_SYNC.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move |_: &str| {
+                if flushes == at {
+                    let root = root.clone();
+                    // Another process: a thread of its own has no hook.
+                    let result = std::thread::spawn(move || {
+                        seal(&StdDir(root), &RealPlatform, 2, &writer("rival"))
+                    })
+                    .join()
+                    .unwrap();
+                    *out.borrow_mut() = Some(result);
+                }
+                flushes += 1;
+                Ok(())
+            }))
+        });
+        let first = seal(&f.root, &RealPlatform, 2, &writer("first"));
+        flush_normally();
+        let second = rival.take().expect("the rival ran");
+        let winner = match (&first, &second) {
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) if e.kind() == ErrorKind::Conflict => {
+                if first.is_ok() { "first" } else { "rival" }
+            }
+            _ => panic!("flush {at}: exactly one must win: {first:?} / {second:?}"),
+        };
+        let loser = first.as_ref().err().or(second.as_ref().err()).unwrap();
+        assert_error(loser, ErrorKind::Conflict, &["step 2"]);
+        assert_sealed_by(&f, 2, winner);
+    }
+}
+
+/// That `step` is committed with `writer`'s manifest, validates, and holds
+/// nothing a sealer leaves while at work.
+#[track_caller]
+fn assert_sealed_by(f: &Fixture, step: u64, writer: &str) {
+    assert_eq!(manifest_writer(f, step), writer);
+    let left = seal_leftovers(f, step);
+    assert!(left.is_empty(), "{left:?}");
+    f.wait_for(Target::Step(step), Verify::Hash, 1000).unwrap();
+}
+
+/// Step 2 written in place and claimed by a sealer writing as `holder`.
+fn claimed_by(holder: &str) -> Fixture {
+    let f = fixture();
+    payload(&f.path("step_2"), "a");
+    fs::write(f.path("step_2/.handoff.seal"), holder).unwrap();
+    f
+}
+
+#[test]
+fn a_sealer_finding_another_writers_claim_changes_nothing() {
+    let f = claimed_by("trainer-7");
+    let before: Vec<_> = fs::read_dir(f.path("step_2")).unwrap().collect();
+    let err = seal(&f.root, &RealPlatform, 2, &writer("other")).unwrap_err();
+    assert_error(
+        &err,
+        ErrorKind::Conflict,
+        &["being sealed", "\"trainer-7\"", "--writer", ".handoff.seal"],
+    );
+    let after: Vec<_> = fs::read_dir(f.path("step_2")).unwrap().collect();
+    assert_eq!(before.len(), after.len());
+    assert!(!f.path("step_2").join(MANIFEST_NAME).exists());
+    assert!(f.path("step_2/.handoff.seal").exists(), "not the loser's");
+}
+
+#[test]
+fn a_sealer_that_died_takes_over_its_own_claim_when_run_again() {
+    // What a seal killed after installing its manifest leaves: its claim,
+    // a temporary manifest, a manifest without STABLE.
+    let f = claimed_by("trainer-7");
+    fs::write(
+        f.path("step_2/.handoff.manifest.json.tmp.00000000000000ab"),
+        "",
+    )
+    .unwrap();
+    fs::write(f.path("step_2").join(MANIFEST_NAME), "{\"half\":").unwrap();
+    seal(&f.root, &RealPlatform, 2, &writer("trainer-7")).unwrap();
+    assert_sealed_by(&f, 2, "trainer-7");
+}
+
+#[test]
+fn a_failed_seal_releases_its_claim() {
+    let f = fixture();
+    fs::create_dir_all(f.path("step_1/empty")).unwrap();
+    seal(&f.root, &RealPlatform, 1, &writer("a")).unwrap_err();
+    assert!(seal_leftovers(&f, 1).is_empty());
+    payload(&f.path("step_1"), "a");
+    assert_eq!(
+        seal(&f.root, &RealPlatform, 1, &writer("b"))
+            .unwrap()
+            .version
+            .writer,
+        "b"
+    );
+}
+
+#[test]
+fn publish_never_replaces_a_directory_an_in_place_writer_just_made() {
+    let f = published(1..=1);
+    // The in-place writer makes step_2 after publish looked and found
+    // nothing there, while publish stages its copy.
+    let step_2 = f.path("step_2");
+    crate::testfs::ON_DIR_SYNC.with(|hook| {
+        let mut made = false;
+        *hook.borrow_mut() = Some(Box::new(move |path: &str| {
+            if !made && path.starts_with(".handoff/staging/") {
+                fs::create_dir(&step_2).unwrap();
+                made = true;
+            }
+            Ok(())
+        }))
+    });
+    let err = f.publish(2).unwrap_err();
+    flush_normally();
+    assert_error(&err, ErrorKind::Conflict, &["step_2", "not yet committed"]);
+    assert!(f.path("step_2").is_dir() && !f.path("step_2/STABLE").exists());
+    assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
+}

@@ -4,7 +4,8 @@ use std::io;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
-    HANDOFF_DIR, MANIFEST_TMP_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix, step_name,
+    HANDOFF_DIR, MANIFEST_TMP_PREFIX, SEAL_CLAIM_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix,
+    is_protocol_name, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
@@ -14,18 +15,25 @@ use crate::types::{PublishReport, Version, WriteOptions};
 
 /// Seal a payload already written in `<prefix><step>/`.
 ///
-/// Order, and the crash each point prevents:
+/// Order, and the crash or race each point prevents:
+/// 0. claim the step: create `.handoff.seal` exclusively, holding the
+///    writer id. Of two sealers exactly one creates it; the other gets a
+///    conflict having written nothing. A sealer whose own claim is there
+///    (same writer id: it died and runs again) takes it over. Then list the
+///    directory: a `STABLE` there means another sealer committed the step
+///    and released its claim before ours.
 /// 1. hash every payload file (the storage may start writing it out), then
 ///    fsync every payload file, then every payload directory (deepest
 ///    first): the data and names must be durable before anything vouches
 ///    for them.
-/// 2. write the manifest to a temporary name, fsync it, rename it into place:
-///    a crash never leaves a half-written manifest under the real name.
+/// 2. write the manifest to a name of this attempt's own, fsync it, rename
+///    it into place: a crash never leaves a half-written manifest under the
+///    real name, and only the claim's holder ever renames onto it.
 /// 3. fsync the step directory: the manifest's name is durable before `STABLE`.
 /// 4. create `STABLE` exclusively and fsync it; fsync the step directory again:
 ///    the sentinel's name is durable.
 /// 5. fsync the root: the step directory's own name is durable, so a version
-///    reported as sealed survives a crash.
+///    reported as sealed survives a crash. Then the claim is removed.
 pub fn seal<S: Storage, P: Platform>(
     fs: &S,
     platform: &P,
@@ -61,19 +69,43 @@ pub fn seal<S: Storage, P: Platform>(
         .map_err(|e| Error::io("inspect", &fs.display(&stable), &e))?
         .is_some()
     {
-        let shown = fs.display(&stable);
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!("step {step} is already sealed: {shown} exists; left as is"),
-        )
-        .at(shown));
+        return Err(sealed_already(fs, step, &stable));
     }
+    let mut flush = Flusher::new(fs);
+    claim_seal(&mut flush, &dir, step, &options.writer)?;
+    let claim = join(&dir, SEAL_CLAIM_NAME);
+    let result = seal_claimed(&mut flush, platform, &dir, step, options);
+    // Committed or not, the claim has done its work: a failed seal leaves
+    // nothing that stops a retry, by this writer or another.
+    let _ = fs.remove_file(&claim);
+    let manifest = result?;
+    Ok(report(fs, &dir, manifest, flush))
+}
 
+/// Steps 1–5 of [`seal`], holding the claim.
+fn seal_claimed<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    dir: &str,
+    step: u64,
+    options: &WriteOptions,
+) -> Result<Manifest> {
+    let fs = flush.fs;
+    // Another sealer may have committed the step and released its claim
+    // between our look for `STABLE` and our claim. Look again, by a listing:
+    // the server answers it, where a look-up may come from this node's
+    // cache of the first look.
+    let listed = fs
+        .read_dir(dir)
+        .map_err(|e| Error::io("list", &fs.display(dir), &e))?;
+    if listed.iter().any(|e| e.name == STABLE_NAME) {
+        return Err(sealed_already(fs, step, &join(dir, STABLE_NAME)));
+    }
     // Refuse links, special files and an empty payload before anything is
     // written.
-    let (files, dirs) = walk_payload(fs, &dir)?;
+    let (files, dirs) = walk_payload(fs, dir)?;
     if files.is_empty() {
-        let shown = fs.display(&dir);
+        let shown = fs.display(dir);
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!("nothing to seal: {shown} holds no payload file"),
@@ -87,7 +119,7 @@ pub fn seal<S: Storage, P: Platform>(
     let mut entries = Vec::with_capacity(files.len());
     let mut modified = Vec::with_capacity(files.len());
     for rel in &files {
-        let path = join(&dir, rel);
+        let path = join(dir, rel);
         modified.push(modified_ms(fs, &path)?);
         let mut file = fs
             .open(&path)
@@ -100,9 +132,8 @@ pub fn seal<S: Storage, P: Platform>(
             blake3,
         });
     }
-    let mut flush = Flusher::new(fs);
     for (entry, before) in entries.iter().zip(modified) {
-        let path = join(&dir, &entry.path);
+        let path = join(dir, &entry.path);
         let mut file = fs
             .open(&path)
             .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
@@ -111,11 +142,112 @@ pub fn seal<S: Storage, P: Platform>(
         // bytes the file no longer holds: refuse while nothing is committed.
         unchanged(fs, &path, entry.size, before)?;
     }
-    let manifest = commit_dir(&mut flush, platform, &dir, &dirs, step, options, entries)?;
+    let manifest = commit_dir(flush, platform, dir, &dirs, step, options, entries)?;
     if let Err(err) = flush.dir("") {
-        return Err(withdraw(fs, &dir, err).0);
+        return Err(withdraw(fs, dir, err).0);
     }
-    Ok(report(fs, &dir, manifest, flush))
+    Ok(manifest)
+}
+
+/// The conflict of sealing a step whose `STABLE` exists.
+fn sealed_already<S: Storage>(fs: &S, step: u64, stable: &str) -> Error {
+    let shown = fs.display(stable);
+    Error::new(
+        ErrorKind::Conflict,
+        format!("step {step} is already sealed: {shown} exists; left as is"),
+    )
+    .at(shown)
+}
+
+/// The longest writer id a claim is compared against; a longer claim file is
+/// not one a sealer wrote.
+const MAX_CLAIM_BYTES: u64 = 64 * 1024;
+
+/// Step 0 of [`seal`]: claim `dir` for `writer`, or take over the claim a
+/// sealer with the same writer id left when it died (removing its
+/// temporary manifests, which only a holder of the claim writes).
+fn claim_seal<S: Storage>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    step: u64,
+    writer: &str,
+) -> Result<()> {
+    let fs = flush.fs;
+    let claim = join(dir, SEAL_CLAIM_NAME);
+    let shown = fs.display(&claim);
+    match fs.create_new(&claim) {
+        Ok(mut file) => {
+            // Durable content, so that after a power loss the claim still
+            // says whose it is and its sealer can take it over.
+            let written = write_all_at(&mut file, writer.as_bytes(), 0)
+                .map_err(|e| Error::io("write", &shown, &e))
+                .and_then(|()| flush.file(&mut file, &claim));
+            if let Err(err) = written {
+                let _ = fs.remove_file(&claim);
+                return Err(err);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let holder = read_claim(fs, &claim)?;
+            if holder.as_deref() == Some(writer) {
+                for entry in fs
+                    .read_dir(dir)
+                    .map_err(|e| Error::io("list", &fs.display(dir), &e))?
+                {
+                    if entry.name.starts_with(MANIFEST_TMP_PREFIX) {
+                        let path = join(dir, &entry.name);
+                        fs.remove_file(&path)
+                            .map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+                    }
+                }
+                return Ok(());
+            }
+            let whose = match holder {
+                Some(holder) if !holder.is_empty() => format!(
+                    "by writer {holder:?} ({shown} exists); if that seal died, seal again \
+                     with --writer {holder:?} to take it over, or remove {shown}"
+                ),
+                _ => format!(
+                    "by another sealer ({shown} exists, holding no writer id yet); \
+                     if no seal is running, remove {shown}"
+                ),
+            };
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!("step {step} is being sealed {whose}; left as is"),
+            )
+            .at(shown))
+        }
+        Err(e) => Err(Error::io("create", &shown, &e)),
+    }
+}
+
+/// The writer id in a seal claim; `None` if it is not one a sealer wrote
+/// (too large, or not UTF-8).
+fn read_claim<S: Storage>(fs: &S, claim: &str) -> Result<Option<String>> {
+    let shown = fs.display(claim);
+    let mut file = match fs.open(claim) {
+        Ok(file) => file,
+        // Its sealer finished or gave up meanwhile: no one to take over from.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &shown, &e)),
+    };
+    let size = file.size().map_err(|e| Error::io("inspect", &shown, &e))?;
+    if size > MAX_CLAIM_BYTES {
+        return Ok(None);
+    }
+    let mut bytes = vec![0; size as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(Error::io("read", &shown, &e)),
+        }
+    }
+    bytes.truncate(filled);
+    Ok(String::from_utf8(bytes).ok())
 }
 
 /// The modification time of `path`, by the storage's clock.
@@ -162,11 +294,14 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     let dir = step_name(&options.prefix, step);
     let already = || {
         let shown = fs.display(&dir);
-        Error::new(
-            ErrorKind::Conflict,
-            format!("step {step} is already published at {shown}; left as is"),
-        )
-        .at(shown)
+        let what = match fs.stat(&join(&dir, STABLE_NAME)) {
+            Ok(Some(_)) => format!("step {step} is already published at {shown}"),
+            _ => format!(
+                "step {step} already exists at {shown}, not yet committed (another \
+                 writer is at work there, or died before committing it)"
+            ),
+        };
+        Error::new(ErrorKind::Conflict, format!("{what}; left as is")).at(shown)
     };
     // Fail fast; the rename below is what actually fences.
     if fs
@@ -207,8 +342,18 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
         let manifest = commit_dir(
             &mut flush, platform, &staging, &dirs, step, options, entries,
         )?;
+        // Claim the name first: a rename would replace an empty directory,
+        // such as one an in-place writer has just made for this step. Only
+        // the directory this publisher created is renamed over.
+        match fs.create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(already()),
+            Err(e) => return Err(Error::io("create", &fs.display(&dir), &e)),
+        }
         match fs.rename(&staging, &dir) {
             Ok(()) => {}
+            // Someone wrote into the claimed directory (a writer that
+            // tolerates an existing one): the step is theirs now.
             Err(e)
                 if matches!(
                     e.kind(),
@@ -217,7 +362,10 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             {
                 return Err(already());
             }
-            Err(e) => return Err(Error::io("rename staging into", &fs.display(&dir), &e)),
+            Err(e) => {
+                let _ = fs.remove_dir(&dir);
+                return Err(Error::io("rename staging into", &fs.display(&dir), &e));
+            }
         }
         // The rename is durable only once the root is flushed.
         if let Err(err) = flush.dir("") {
@@ -272,22 +420,26 @@ fn commit_dir<S: Storage, P: Platform>(
         ));
     }
     let fs = flush.fs;
-    let tmp = join(dir, MANIFEST_TMP_NAME);
-    // A leftover from a crashed seal is ours to replace.
-    match fs.remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", &fs.display(&tmp), &e)),
-    }
-    let mut file = fs
-        .create_new(&tmp)
-        .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
-    write_all_at(&mut file, &bytes, 0).map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
-    flush.file(&mut file, &tmp)?;
-    drop(file);
+    let tmp = join(
+        dir,
+        &format!("{MANIFEST_TMP_PREFIX}.{:016x}", platform.random_u64()),
+    );
     let path = join(dir, MANIFEST_NAME);
-    fs.rename(&tmp, &path)
-        .map_err(|e| Error::io("rename manifest to", &fs.display(&path), &e))?;
+    let installed = (|| {
+        let mut file = fs
+            .create_new(&tmp)
+            .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
+        write_all_at(&mut file, &bytes, 0)
+            .map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
+        flush.file(&mut file, &tmp)?;
+        drop(file);
+        fs.rename(&tmp, &path)
+            .map_err(|e| Error::io("rename manifest to", &fs.display(&path), &e))
+    })();
+    if let Err(err) = installed {
+        let _ = fs.remove_file(&tmp);
+        return Err(err);
+    }
     // The pin directory exists before the step is committed and goes only
     // when gc claims the step, so "no pin directory" means "claimed" (see
     // retain.rs). A crashed seal may have left it, empty.
@@ -395,12 +547,7 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
             .map_err(|e| Error::io("list", &fs.display(&path), &e))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries {
-            if rel.is_empty()
-                && matches!(
-                    entry.name.as_str(),
-                    MANIFEST_NAME | STABLE_NAME | MANIFEST_TMP_NAME | STEP_PINS_NAME
-                )
-            {
+            if rel.is_empty() && is_protocol_name(&entry.name) {
                 continue;
             }
             let child = join(&rel, &entry.name);

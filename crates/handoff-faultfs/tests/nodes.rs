@@ -249,6 +249,82 @@ fn nodes_wait_returns_only_complete_versions_where_a_naive_reader_is_caught() {
     }
 }
 
+/// Two sealers of one step written in place, one on each node, at once,
+/// each seeing the other's names through its node's caches: exactly one
+/// commits the step, with its own manifest; the other exits 5 (conflict).
+#[test]
+fn nodes_two_sealers_of_one_step_one_wins_with_its_own_manifest() {
+    let Some(setup) = setup() else { return };
+    let _serial = serial();
+    let started = Instant::now();
+    let rig = two_nodes("seal-race", &["root".to_owned()]);
+    let roots = [rig.at(0).join("root"), rig.at(1).join("root")];
+    let mut tally = Tally::default();
+    for seed in 0..seeds(20) {
+        rig.fs.set_seed(seed);
+        tally.seeds += 1;
+        let step = (seed + 1).to_string();
+        let step_dir = format!("step_{step}");
+        let payload = adapter(&format!("seal-race-{seed}"));
+        payload.write_to(&roots[0].join(&step_dir)).unwrap();
+        // Past every lag: both sealers see the whole payload (a sealer that
+        // cannot is a different failure).
+        std::thread::sleep(DELAYS.data_lag_max * 2);
+        let outs: Vec<_> = std::thread::scope(|scope| {
+            let sealers: Vec<_> = ["a", "b"]
+                .iter()
+                .zip(&roots)
+                .map(|(writer, root)| {
+                    let cmd = setup.cmd("seal", root, &["--step", &step, "--writer", writer]);
+                    scope.spawn(move || run(cmd, DEADLINE))
+                })
+                .collect();
+            sealers.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        let codes: Vec<i32> = outs.iter().map(code).collect();
+        let winner = match codes[..] {
+            [0, 5] => "a",
+            [5, 0] => "b",
+            _ => {
+                tally.broken(format!(
+                    "seed={seed}: exit codes {codes:?}: {} / {}",
+                    stderr(&outs[0]),
+                    stderr(&outs[1])
+                ));
+                continue;
+            }
+        };
+        tally.count(&format!("won_{winner}"));
+        let waited = run(
+            setup.cmd(
+                "wait",
+                &roots[1],
+                &[
+                    "--step",
+                    &step,
+                    "--verify",
+                    "hash",
+                    "--timeout",
+                    "10s",
+                    "--json",
+                ],
+            ),
+            DEADLINE,
+        );
+        let writer = serde_json::from_slice::<serde_json::Value>(&waited.stdout)
+            .ok()
+            .and_then(|v| v["writer"].as_str().map(str::to_owned));
+        if writer.as_deref() != Some(winner) {
+            tally.broken(format!(
+                "seed={seed}: {winner} won, but wait on B gave writer {writer:?}: {}",
+                stderr(&waited)
+            ));
+        }
+    }
+    tally.report("nodes-seal-race", "handoff", started.elapsed());
+    assert_eq!(tally.accepted_broken, 0, "{:?}", tally.examples);
+}
+
 fn kind<T>(r: std::io::Result<T>) -> Result<(), std::io::ErrorKind> {
     r.map(|_| ()).map_err(|e| e.kind())
 }

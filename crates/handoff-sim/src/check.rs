@@ -779,7 +779,7 @@ fn replay_command<P: Protocol>(op: Operation, budget: &Budget, at: &[(&str, usiz
 pub fn run<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Outcome {
     match op {
         Operation::ReadLagging | Operation::ReadLaggingSeal => lagging(p, op, budget, focus),
-        Operation::PublishRace | Operation::GcPinRace | Operation::GcRace => {
+        Operation::PublishRace | Operation::SealRace | Operation::GcPinRace | Operation::GcRace => {
             race(p, op, budget, focus)
         }
         _ => crash(p, op, budget, focus),
@@ -1271,6 +1271,28 @@ fn race_case<P: Protocol>(
                 nodes: Vec::new(),
             })
         }
+        Operation::SealRace => {
+            let mut sc = Scenario::new(p, &[1]);
+            let second_clock = sc.clock.fork(mix(seed ^ 0xb));
+            let (a, b) = sealers();
+            a.write_in(&sc.model, &a.dir())
+                .expect("the trainer's in-place write");
+            sc.model.sync_all();
+            sc.setup.push(format!(
+                "the trainer wrote {}/ in place, then everything was synced",
+                a.dir()
+            ));
+            Ok(RaceCase {
+                scenario: sc,
+                swapped,
+                first_name: format!("{WRITER} seals step 2"),
+                first: Box::new(move |m, c| Some(p.write(m, c, Commit::Seal(&a)))),
+                second_name: format!("{RIVAL} seals step 2"),
+                second: Box::new(move |m, c| Some(p.write(m, c, Commit::Seal(&b)))),
+                second_clock,
+                nodes: Vec::new(),
+            })
+        }
         Operation::GcPinRace => {
             let sc = gc_scenario(p)?;
             let second_clock = sc.clock.fork(mix(seed ^ 0xb));
@@ -1326,6 +1348,17 @@ fn race_case<P: Protocol>(
         }
         _ => unreachable!("{} is not a race", op.name()),
     }
+}
+
+/// Two sealers of one payload written in place: the same files, each
+/// sealing as itself, so the manifest must name the one that won.
+fn sealers() -> (Written, Written) {
+    let a = Written::new(2, WRITER);
+    let b = Written {
+        writer: RIVAL.to_string(),
+        ..a.clone()
+    };
+    (a, b)
 }
 
 /// Run a race case with the second process after call `at` of the first.
@@ -1506,7 +1539,7 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
             let last = raced.recording.points.len() - 1;
             let recovery_ms = sc.clock.now_ms() + RECOVERY_GAP_MS;
             let first_point = match op {
-                Operation::PublishRace => last,
+                Operation::PublishRace | Operation::SealRace => last,
                 _ => calls.start,
             };
             for k in first_point..=last {
@@ -1569,8 +1602,12 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
     let sc = &raced.scenario;
     let mut problems = Vec::new();
     match op {
-        Operation::PublishRace => {
-            let (a, b) = (Written::new(2, WRITER), Written::new(2, RIVAL));
+        Operation::PublishRace | Operation::SealRace => {
+            let (a, b) = if op == Operation::SealRace {
+                sealers()
+            } else {
+                (Written::new(2, WRITER), Written::new(2, RIVAL))
+            };
             let conflict =
                 |r: &Result<(), Error>| matches!(r, Err(e) if e.kind() == ErrorKind::Conflict);
             let winner = match (&raced.first, &raced.second) {
@@ -1578,7 +1615,7 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
                 (r, Ok(())) if conflict(r) => Some(b.clone()),
                 (first, second) => {
                     problems.push(format!(
-                        "exactly one publisher must succeed and the other get a conflict; \
+                        "exactly one writer must succeed and the other get a conflict; \
                          {WRITER} got {}, {RIVAL} got {}",
                         result_text(first),
                         result_text(second)
@@ -2107,10 +2144,15 @@ mod tests {
                 // manifest's name before STABLE's inside a directory no
                 // reader sees yet. (In seal the same flush also makes the
                 // payload's names durable before STABLE: load-bearing.)
+                // The seal claim's flush keeps its writer id through a power
+                // loss only so that its sealer can take it over afterwards;
+                // without it the claim is merely left empty, refusing every
+                // sealer until removed: no invariant changes.
                 let first_dir_flush = sync.starts_with("fsync-dir")
                     && results[i + 1..].iter().any(|(later, _)| later == sync);
-                let ordering_only =
-                    sync.ends_with("/STABLE") || (op == Operation::Publish && first_dir_flush);
+                let ordering_only = sync.ends_with("/STABLE")
+                    || sync.ends_with("/.handoff.seal")
+                    || (op == Operation::Publish && first_dir_flush);
                 assert_eq!(
                     *caught,
                     !ordering_only,

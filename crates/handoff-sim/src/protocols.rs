@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
-use handoff_core::layout::{MANIFEST_TMP_NAME, join, parse_step, step_name};
+use handoff_core::layout::{MANIFEST_TMP_PREFIX, is_protocol_name, join, parse_step, step_name};
 use handoff_core::manifest::{MANIFEST_NAME, STABLE_NAME};
 use handoff_core::{
     Error, ErrorKind, GcOptions, Kind, PinRequest, Platform, StepState, Storage, StorageFile,
@@ -137,6 +137,8 @@ pub enum Operation {
     Publish,
     /// Two publishers of one step, interleaved at every call.
     PublishRace,
+    /// Two sealers of one step written in place, interleaved at every call.
+    SealRace,
     /// A reader on a lagging node while a version is published.
     ReadLagging,
     /// A reader on a lagging node while a version is sealed in place.
@@ -160,10 +162,11 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in report order.
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Operation::Seal,
         Operation::Publish,
         Operation::PublishRace,
+        Operation::SealRace,
         Operation::ReadLagging,
         Operation::ReadLaggingSeal,
         Operation::Pin,
@@ -181,6 +184,7 @@ impl Operation {
             Operation::Seal => "seal",
             Operation::Publish => "publish",
             Operation::PublishRace => "publish-race",
+            Operation::SealRace => "seal-race",
             Operation::ReadLagging => "read-lagging",
             Operation::ReadLaggingSeal => "read-lagging-seal",
             Operation::Pin => "pin",
@@ -469,12 +473,7 @@ fn naive_load<S: Storage>(fs: &S, dir: &str) -> Files {
     while let Some(rel) = pending.pop() {
         for entry in fs.read_dir(&join(dir, &rel)).unwrap_or_default() {
             let child = join(&rel, &entry.name);
-            if rel.is_empty()
-                && matches!(
-                    entry.name.as_str(),
-                    STABLE_NAME | MANIFEST_NAME | MANIFEST_TMP_NAME
-                )
-            {
+            if rel.is_empty() && is_protocol_name(&entry.name) {
                 continue;
             }
             match entry.kind {
@@ -582,7 +581,7 @@ fn as_version_1<S: Storage>(fs: &S, dir: &str) -> io::Result<()> {
     let text = String::from_utf8(read_file(fs, &path)?)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let v1 = text.replacen(r#""version":2"#, r#""version":1"#, 1);
-    let tmp = join(dir, MANIFEST_TMP_NAME);
+    let tmp = join(dir, &format!("{MANIFEST_TMP_PREFIX}.v1"));
     let mut file = fs.create_new(&tmp)?;
     if file.write_at(v1.as_bytes(), 0)? != v1.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));

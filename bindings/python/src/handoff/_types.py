@@ -151,7 +151,7 @@ class IntegrityError(HandoffError):
 
 
 class ConflictError(HandoffError):
-    """The step is already published; the existing version is intact (CLI exit 5)."""
+    """The step is already published, or another writer is at it; what is there is intact (CLI exit 5)."""
 
     exit_code = 5
 
