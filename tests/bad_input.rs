@@ -236,6 +236,31 @@ fn a_component_call_over_its_deadline_is_an_error_not_a_hang() {
 }
 
 #[test]
+fn a_write_stopped_by_its_deadline_leaves_nothing_in_the_way() {
+    let env = Env::new();
+    // Copying and hashing 256 MiB takes far longer than the 20 ms limit.
+    payload(&env.src(), "big", 256 << 20);
+    let src = env.src().display().to_string();
+    let out = env.run("publish", &["--deadline", "20ms", "--step", "1", &src]);
+    assert_exit(&out, 1, "time limit");
+    let staging = env.root().join(".handoff/staging");
+    let left: Vec<_> = fs::read_dir(&staging)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    assert!(!env.root().join("step_1").exists());
+
+    // A seal stopped the same way leaves no claim: a retry by another
+    // process (another default writer id) seals the step.
+    let step_2 = env.root().join("step_2");
+    payload(&step_2, "big", 256 << 20);
+    let out = env.run("seal", &["--deadline", "20ms", "--step", "2"]);
+    assert_exit(&out, 1, "time limit");
+    assert!(!step_2.join(".handoff.seal").exists());
+    assert_ok(&env.run("seal", &["--step", "2"]));
+}
+
+#[test]
 fn seal_refuses_a_payload_that_changes_while_it_seals() {
     use std::io::Write as _;
     use std::sync::Arc;

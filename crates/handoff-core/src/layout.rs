@@ -38,6 +38,17 @@ pub fn is_protocol_name(name: &str) -> bool {
     ) || name.starts_with(MANIFEST_TMP_PREFIX)
 }
 
+/// Where publish stages the step directory `dir`: a name of one attempt's
+/// own, from a random `unique`.
+pub fn staging_name(dir: &str, unique: u64) -> String {
+    join(STAGING_DIR, &format!("{dir}.{unique:016x}"))
+}
+
+/// The temporary name of a manifest being written, from a random `unique`.
+pub fn manifest_tmp_name(unique: u64) -> String {
+    format!("{MANIFEST_TMP_PREFIX}.{unique:016x}")
+}
+
 /// Check a step directory prefix: one path component's start, not hidden.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.contains(['/', '\\', '\0']) || prefix.starts_with('.') {

@@ -5,7 +5,7 @@ use std::io;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     HANDOFF_DIR, MANIFEST_TMP_PREFIX, SEAL_CLAIM_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix,
-    is_protocol_name, step_name,
+    is_protocol_name, manifest_tmp_name, staging_name, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
@@ -322,10 +322,7 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     let mut flush = Flusher::new(fs);
     ensure_dir(&mut flush, HANDOFF_DIR, "")?;
     ensure_dir(&mut flush, STAGING_DIR, HANDOFF_DIR)?;
-    let staging = join(
-        STAGING_DIR,
-        &format!("{dir}.{:016x}", platform.random_u64()),
-    );
+    let staging = staging_name(&dir, platform.random_u64());
     fs.create_dir(&staging)
         .map_err(|e| Error::io("create", &fs.display(&staging), &e))?;
 
@@ -420,10 +417,7 @@ fn commit_dir<S: Storage, P: Platform>(
         ));
     }
     let fs = flush.fs;
-    let tmp = join(
-        dir,
-        &format!("{MANIFEST_TMP_PREFIX}.{:016x}", platform.random_u64()),
-    );
+    let tmp = join(dir, &manifest_tmp_name(platform.random_u64()));
     let path = join(dir, MANIFEST_NAME);
     let installed = (|| {
         let mut file = fs

@@ -30,6 +30,7 @@
 //! and every value they take and return is the core's (re-exported here).
 #![deny(missing_docs)]
 
+mod abandon;
 mod bindings;
 mod cache;
 mod component;
@@ -46,6 +47,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
+use crate::abandon::{Draws, Recording};
 use crate::bindings::{Handoff, HandoffPre, wit};
 use crate::imports::CallState;
 
@@ -314,11 +316,29 @@ impl Runtime {
             &mut Store<CallState>,
         ) -> wasmtime::Result<Result<R, bindings::wit_types::Error>>,
     ) -> Result<(R, CallStats), Error> {
+        self.call_recording(preopens, time_limit, None, f)
+    }
+
+    /// [`call`](Runtime::call), recording in `draws` the random numbers the
+    /// component draws.
+    fn call_recording<R>(
+        &self,
+        preopens: &[Preopen],
+        time_limit: Option<Duration>,
+        draws: Option<&Draws>,
+        f: impl FnOnce(
+            &Handoff,
+            &mut Store<CallState>,
+        ) -> wasmtime::Result<Result<R, bindings::wit_types::Error>>,
+    ) -> Result<(R, CallStats), Error> {
         let mut wasi = WasiCtx::builder();
         // Blocking on this thread avoids a round trip through a thread pool
         // for every file operation; calls are synchronous anyway. Stderr is
         // inherited so a panicking component can say why.
         wasi.allow_blocking_current_thread(true).inherit_stderr();
+        if let Some(draws) = draws {
+            wasi.secure_random(Recording::new(draws));
+        }
         for p in preopens {
             wasi.preopened_dir(&p.path, &p.path, p.perms)
                 .map_err(|e| Error::Setup(format!("cannot open {}: {e:#}", p.path)))?;
@@ -404,9 +424,11 @@ impl Backend for Runtime {
             .map_err(|(path, reason)| Error::Source { path, reason })?;
         let guest_root = root.path.clone();
         let guest_source = source.path.clone();
-        let (report, stats) = self.call(
+        let draws = Draws::default();
+        let called = self.call_recording(
             &[root, source],
             self.time_limit(CallKind::Other),
+            Some(&draws),
             |h, store| {
                 h.handoff_protocol_protocol().call_publish(
                     store,
@@ -416,7 +438,13 @@ impl Backend for Runtime {
                     &options.into(),
                 )
             },
-        )?;
+        );
+        if let Err(Error::DeadlineExceeded { .. }) = &called {
+            // Best effort, as the component's own clean-up is; gc removes
+            // what is left after its grace period.
+            let _ = abandon::publish(Path::new(&guest_root), &options.prefix, step, &draws);
+        }
+        let (report, stats) = called?;
         Ok(publish_report(report, stats))
     }
 
@@ -425,11 +453,21 @@ impl Backend for Runtime {
     fn seal(&self, root: &Path, step: u64, options: &WriteOptions) -> Result<PublishReport, Error> {
         let root = preopen_root(root)?;
         let guest_root = root.path.clone();
-        let (report, stats) =
-            self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
+        let draws = Draws::default();
+        let called = self.call_recording(
+            &[root],
+            self.time_limit(CallKind::Other),
+            Some(&draws),
+            |h, store| {
                 h.handoff_protocol_protocol()
                     .call_seal(store, &guest_root, step, &options.into())
-            })?;
+            },
+        );
+        if let Err(Error::DeadlineExceeded { .. }) = &called {
+            let root = Path::new(&guest_root);
+            let _ = abandon::seal(root, &options.prefix, step, &options.writer, &draws);
+        }
+        let (report, stats) = called?;
         Ok(publish_report(report, stats))
     }
 
