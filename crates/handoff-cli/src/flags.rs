@@ -19,6 +19,8 @@ Exit codes:
   4  integrity: the step is committed but a file is missing, short or differs
      from its hash, or the manifest is unsafe
   5  conflict: the step is already published (the first one stays intact)
+  6  gc (or the gc of --keep) could not remove everything it should: it went
+     on with the rest, and its report (stdout) names each under \"failed\"
 
 Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
 
