@@ -314,3 +314,159 @@ fn gc_never_removes_the_only_valid_step_for_newer_ones_that_do_not_validate() {
         &["--step", "2", "--verify", "hash", "--timeout", "1s"],
     ));
 }
+
+#[test]
+fn gc_reports_what_it_cannot_remove_goes_on_and_exits_6() {
+    let env = Env::new();
+    for step in 1..=3 {
+        env.publish(step);
+    }
+    // A pin directory that is not one: gc cannot list it, so cannot claim
+    // step 1.
+    let pins = env.root().join("step_1/.handoff.pins");
+    fs::remove_dir(&pins).unwrap();
+    fs::write(&pins, b"").unwrap();
+    let out = env.run("gc", &["--keep", "1", "--json"]);
+    assert_exit(&out, 6, "gc-incomplete");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(steps(&v, "removed"), [2]);
+    assert_eq!(steps(&v, "kept"), [3]);
+    let failed = v["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["name"], "step_1");
+    assert_eq!(failed[0]["error"]["kind"], "io");
+    let message = failed[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains(".handoff.pins"), "{message}");
+    assert!(env.root().join("step_1/STABLE").exists());
+
+    let out = env.run("gc", &["--keep", "1"]);
+    assert_exit(&out, 6, "could not remove 1 entry");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gc: could not remove step_1 (io): "),
+        "{text}"
+    );
+
+    // The gc of --keep after a publish that succeeded: the same.
+    let src = env.src();
+    let out = env.run(
+        "publish",
+        &[
+            "--step",
+            "4",
+            "--keep",
+            "1",
+            "--json",
+            src.to_str().unwrap(),
+        ],
+    );
+    assert_exit(&out, 6, "gc-incomplete");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], 4);
+    assert_eq!(steps(&v["gc"], "removed"), [3]);
+    assert_eq!(v["gc"]["failed"][0]["name"], "step_1");
+}
+
+/// A small tmpfs on a fresh directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounted with `options`, or `None` after saying why not (it needs
+    /// root).
+    fn mount(options: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir)),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (this test needs root): {}",
+                    stderr(&out).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fill `dir`'s filesystem: its space, then its inodes.
+fn fill(dir: &std::path::Path) {
+    fs::create_dir(dir).unwrap();
+    let mut big = fs::File::create(dir.join("big")).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    while big.write_all(&chunk).is_ok() {}
+    drop(big);
+    for n in 0.. {
+        if fs::File::create(dir.join(n.to_string())).is_err() {
+            break;
+        }
+    }
+    let err = fs::write(dir.join("probe"), b"x").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
+}
+
+#[test]
+fn gc_frees_space_on_a_full_filesystem() {
+    let Some(tmpfs) = Tmpfs::mount("size=2m,nr_inodes=64") else {
+        return;
+    };
+    let env = Env::new();
+    let root = tmpfs.0.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let root = root.to_str().unwrap();
+    let src = env.src();
+    for step in ["1", "2", "3"] {
+        let out = handoff()
+            .args(["publish", "--root", root, "--step", step])
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+    }
+    // What a publisher that died left.
+    let dead = tmpfs.0.path().join("root/.handoff/staging/step_9.dead");
+    payload(&dead, "dead", 1024);
+    // Not the protocol's: gc leaves it, and it holds every byte and inode.
+    fill(&tmpfs.0.path().join("root/filler"));
+
+    // Without room for its clock file or its trash directory, gc still
+    // frees space. (--skew 0s: this node is the server.)
+    let out = handoff()
+        .args(["gc", "--root", root, "--keep", "1", "--json"])
+        .args(["--grace", "1ms", "--skew", "0s"])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(steps(&v, "removed"), [1, 2]);
+    assert_eq!(steps(&v, "kept"), [3]);
+    assert_eq!(v["staging_removed"], serde_json::json!(["step_9.dead"]));
+    assert_eq!(v["failed"], serde_json::json!([]));
+    assert!(!tmpfs.0.path().join("root/step_1").exists());
+    assert!(!dead.exists());
+    fs::write(
+        tmpfs.0.path().join("root/filler/probe"),
+        vec![1u8; 64 * 1024],
+    )
+    .expect("gc freed no space");
+    let out = handoff()
+        .args(["wait", "--root", root, "--step", "3", "--verify", "hash"])
+        .args(["--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+}

@@ -43,6 +43,16 @@ export interface GcReport {
   stagingRemoved: string[];
   /** Committed but not valid, newer than the oldest kept: left alone, not counted toward keep. */
   invalid: number[];
+  /** What gc could not remove, each with why; it went on with the rest (the CLI exits 6). */
+  failed: GcFailure[];
+}
+
+/** Something gc should have removed but could not. */
+export interface GcFailure {
+  /** The entry, relative to the root: `step_3`, `.handoff/staging/step_4.<random>`, `.handoff/trash/...`. */
+  name: string;
+  /** Why, as the error a call failing that way throws. */
+  error: HandoffError;
 }
 
 /** What publish or seal did; the version is durable and visible. */

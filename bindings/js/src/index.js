@@ -184,12 +184,21 @@ export function unpin(root, step, holder, { prefix = DEFAULT_PREFIX } = {}) {
 
 /** Remove committed steps beyond the newest `keep` (at least 1) that no
  * unexpired pin holds (`STABLE` first), and staging directories untouched
- * for longer than `graceMs`. A pin counts until its expiry plus `skewMs`. */
+ * for longer than `graceMs`. A pin counts until its expiry plus `skewMs`.
+ * What it cannot remove is in `failed`, each with why, and gc goes on with
+ * the rest; only a failure that stops the whole run throws. */
 export function gc(root, keep, { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SKEW_MS, prefix = DEFAULT_PREFIX } = {}) {
   if (!Number.isInteger(keep) || keep < 1 || keep > 0xffffffff) throw new RangeError(`keep must be an integer of at least 1, not ${keep}`);
   const rootPath = dir(root, 'root');
   const r = call('gc', [rootPath], [rootPath, { prefix, keep, graceMs: ms(graceMs, 'graceMs'), skewMs: ms(skewMs, 'skewMs') }]);
-  return { removed: [...r.removed].map(num), kept: [...r.kept].map(num), pinned: [...r.pinned].map(num), stagingRemoved: r.stagingRemoved, invalid: [...r.invalid].map(num) };
+  return {
+    removed: [...r.removed].map(num),
+    kept: [...r.kept].map(num),
+    pinned: [...r.pinned].map(num),
+    stagingRemoved: r.stagingRemoved,
+    invalid: [...r.invalid].map(num),
+    failed: r.failed.map((f) => ({ name: f.name, error: errorFrom(f.error) })),
+  };
 }
 
 /** Classify every entry under `root`; with `repair`, finish or undo what a
@@ -245,6 +254,11 @@ function opened(preopens) {
   return preopens.getDirectories().map(([d, path]) => [d.openAt({ symlinkFollow: false }, '.', { directory: true }, { read: true }), path]);
 }
 
+/** The HandoffError subclass for the WIT `error` record. */
+function errorFrom(err) {
+  return new (BY_KIND[err.kind] ?? HandoffError)(err.message, err.kind, { path: err.path ?? null, retryable: err.retryable });
+}
+
 /** Call export `name`, with only `dirs` preopened (guest path = host path). */
 function call(name, dirs, args) {
   const exports = component();
@@ -257,7 +271,7 @@ function call(name, dirs, args) {
     // or a ComponentError wrapping it as `payload`, depending on its version.
     const err = e && typeof e === 'object' && 'payload' in e ? e.payload : e;
     if (err && typeof err.kind === 'string' && typeof err.message === 'string' && typeof err.retryable === 'boolean') {
-      throw new (BY_KIND[err.kind] ?? HandoffError)(err.message, err.kind, { path: err.path ?? null, retryable: err.retryable });
+      throw errorFrom(err);
     }
     protocol = null; // a trapped instance cannot be used again
     throw new ComponentError(`component trapped: ${e?.message ?? e}`, 'component', { cause: e });

@@ -159,6 +159,23 @@ test('wait with a pin keeps the previous pin until the reader unpins it', () => 
   handoff.unpin(root, 2, 'r');
 });
 
+test('gc reports what it cannot remove and goes on', () => {
+  const { root, src } = fixture();
+  for (const step of [1, 2, 3]) handoff.publish(root, step, src);
+  // A pin directory that is not one: gc cannot claim step 1.
+  rmSync(join(root, 'step_1', '.handoff.pins'), { recursive: true });
+  writeFileSync(join(root, 'step_1', '.handoff.pins'), '');
+  const report = handoff.gc(root, 1);
+  assert.deepEqual(report.removed, [2]);
+  assert.deepEqual(report.kept, [3]);
+  assert.equal(report.failed.length, 1);
+  const [{ name, error }] = report.failed;
+  assert.equal(name, 'step_1');
+  assert.ok(error instanceof handoff.HandoffError);
+  assert.equal(error.kind, 'io');
+  assert.match(error.message, /\.handoff\.pins/);
+});
+
 test('publish with keep runs gc', () => {
   const { root, src } = fixture();
   let report;

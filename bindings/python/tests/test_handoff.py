@@ -171,6 +171,23 @@ def test_wait_pin_keeps_the_previous_pin_until_the_reader_unpins_it(root, src):
     handoff.unpin(root, 2, "r")
 
 
+def test_gc_reports_what_it_cannot_remove_and_goes_on(root, src):
+    for step in (1, 2, 3):
+        handoff.publish(root, step, src)
+    # A pin directory that is not one: gc cannot claim step 1.
+    pins = root / "step_1" / ".handoff.pins"
+    pins.rmdir()
+    pins.write_bytes(b"")
+    report = handoff.gc(root, keep=1)
+    assert report.removed == (2,)
+    assert report.kept == (3,)
+    [failure] = report.failed
+    assert failure.name == "step_1"
+    assert isinstance(failure.error, handoff.HandoffError)
+    assert failure.error.kind == "io"
+    assert ".handoff.pins" in str(failure.error)
+
+
 def test_publish_keep_runs_gc(root, src):
     for step in (1, 2, 3):
         report = handoff.publish(root, step, src, keep=2)

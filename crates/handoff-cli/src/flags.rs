@@ -20,6 +20,8 @@ Exit codes:
      from its hash, or the manifest is unsafe
   5  conflict: the step is already published, or another writer is at it
      (what is there stays intact)
+  6  gc (or the gc of --keep) could not remove everything it should: it went
+     on with the rest, and its report (stdout) names each under \"failed\"
 
 Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
 

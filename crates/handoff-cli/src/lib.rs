@@ -43,7 +43,8 @@ pub use output::exit_code;
 pub use run::run;
 
 /// Print the outcome of [`run`] (or of anything before it) and return the
-/// exit code: 0, or the failure's [`exit_code`]. The message names the
+/// exit code: 0, the failure's [`exit_code`], or 6 after a gc that printed
+/// its report and could not remove everything. The message names the
 /// class (`handoff: error (conflict): ...`), and with `json` the failure is
 /// also printed to stdout as
 /// `{"error":{"class":"conflict","exit_code":5,"message":"...","path":...,"retryable":false}}`.
@@ -53,6 +54,11 @@ pub fn report<B: Backend>(result: anyhow::Result<()>, json: bool) -> u8 {
         Err(err) if is_broken_pipe(&err) => return 0,
         Err(err) => err,
     };
+    if err.downcast_ref::<output::GcIncomplete>().is_some() {
+        // Its report, failures and all, is already on stdout.
+        eprintln!("handoff: error (gc-incomplete): {err:#}");
+        return output::GC_INCOMPLETE;
+    }
     let protocol = classify::<B>(&err);
     output::Printer { json }.failure(protocol, &format!("{err:#}"));
     exit_code(protocol.map(handoff_core::Error::kind))

@@ -31,6 +31,39 @@ pub fn exit_code(kind: Option<ErrorKind>) -> u8 {
     }
 }
 
+/// The exit code of a gc that went on past what it could not remove
+/// (`GcReport::failed` not empty), after printing its report.
+pub const GC_INCOMPLETE: u8 = 6;
+
+/// A gc, alone or after `publish`/`seal --keep`, that printed its report
+/// and could not remove this many entries: the report names each, with why.
+#[derive(Debug)]
+pub(crate) struct GcIncomplete(pub(crate) usize);
+
+impl std::fmt::Display for GcIncomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = match self.0 {
+            1 => "1 entry",
+            _ => &format!("{} entries", self.0),
+        };
+        write!(
+            f,
+            "gc could not remove {entries}; it removed what it could, and its report \
+             names each with why"
+        )
+    }
+}
+
+impl std::error::Error for GcIncomplete {}
+
+/// `Err(GcIncomplete)` when the printed gc `report` lists failures.
+pub(crate) fn gc_outcome(report: Option<&GcReport>) -> anyhow::Result<()> {
+    match report.map_or(0, |r| r.failed.len()) {
+        0 => Ok(()),
+        n => Err(GcIncomplete(n).into()),
+    }
+}
+
 /// A failure's class as messages and `--json` name it: the kind
 /// (`timed-out`, `conflict`, ...) or `other`.
 pub fn class(kind: Option<ErrorKind>) -> &'static str {
@@ -198,7 +231,8 @@ impl Printer {
         Ok(())
     }
 
-    /// `gc`: `{"removed":[..],"kept":[..],"pinned":[..],"staging_removed":[..]}`.
+    /// `gc`: `{"removed":[..],"kept":[..],"pinned":[..],"staging_removed":[..],
+    /// "invalid":[..],"failed":[{"name","error":{"kind","message","path","retryable"}}]}`.
     pub(crate) fn gc(&self, report: &GcReport) -> anyhow::Result<()> {
         if self.json {
             return self.json(report);
@@ -225,6 +259,14 @@ impl Printer {
             out!(
                 "gc: left [{}]: committed but not valid, so not counted toward --keep",
                 list(&report.invalid)
+            );
+        }
+        for failure in &report.failed {
+            out!(
+                "gc: could not remove {} ({}): {}",
+                failure.name,
+                failure.error.kind(),
+                failure.error
             );
         }
         Ok(())

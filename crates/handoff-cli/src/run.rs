@@ -11,7 +11,7 @@ use handoff_core::{
 
 use crate::Backend;
 use crate::flags::{Command, GcArgs, Global, WaitArgs, WatchArgs, WriteArgs};
-use crate::output::Printer;
+use crate::output::{Printer, gc_outcome};
 
 /// Run one subcommand against `backend`, printing its output.
 pub fn run<B: Backend>(backend: &B, global: &Global, command: Command) -> anyhow::Result<()> {
@@ -48,7 +48,8 @@ impl<B: Backend> Session<'_, B> {
                         format!("failed to publish step {} from {source}", step.step)
                     })?;
                 let gc = self.gc_after(&step.root, &write, &report, "published")?;
-                print.written("published", &report, start.elapsed(), gc.as_ref())
+                print.written("published", &report, start.elapsed(), gc.as_ref())?;
+                gc_outcome(gc.as_ref())
             }
             Command::Seal { step, write } => {
                 let start = Instant::now();
@@ -56,7 +57,8 @@ impl<B: Backend> Session<'_, B> {
                     .seal(&step.root, step.step, &self.write_options(&write))
                     .with_context(|| format!("failed to seal step {}", step.step))?;
                 let gc = self.gc_after(&step.root, &write, &report, "sealed")?;
-                print.written("sealed", &report, start.elapsed(), gc.as_ref())
+                print.written("sealed", &report, start.elapsed(), gc.as_ref())?;
+                gc_outcome(gc.as_ref())
             }
             Command::Wait(args) => self.wait(args),
             Command::Watch(args) => self.watch(args),
@@ -78,7 +80,11 @@ impl<B: Backend> Session<'_, B> {
                     .with_context(|| format!("failed to unpin step {}", step.step))?;
                 print.released(step.step, &holder)
             }
-            Command::Gc { root, gc } => print.gc(&self.gc(&root.root, &gc)?),
+            Command::Gc { root, gc } => {
+                let report = self.gc(&root.root, &gc)?;
+                print.gc(&report)?;
+                gc_outcome(Some(&report))
+            }
             Command::Fsck { root, repair } => {
                 let entries = backend
                     .fsck(&root.root, prefix, repair)

@@ -115,8 +115,9 @@ fn keep_must_be_positive() {
     assert!(parse(&["publish", "--root", "r", "--step", "1", "--keep", "0", "s"]).is_err());
 }
 
-/// A backend whose every call fails with the given protocol error.
-struct Failing(Error);
+/// A backend whose every call fails with the given protocol error, but gc
+/// when it is given a report.
+struct Failing(Error, Option<GcReport>);
 
 impl Backend for Failing {
     type Error = Error;
@@ -154,7 +155,7 @@ impl Backend for Failing {
         Err(self.0.clone())
     }
     fn gc(&self, _: &Path, _: &GcOptions) -> Result<GcReport, Error> {
-        Err(self.0.clone())
+        self.1.clone().ok_or_else(|| self.0.clone())
     }
     fn fsck(&self, _: &Path, _: &str, _: bool) -> Result<Vec<FsckEntry>, Error> {
         Err(self.0.clone())
@@ -165,7 +166,11 @@ impl Backend for Failing {
 fn exit_codes_follow_the_protocol_outcome() {
     let code = |kind: ErrorKind| {
         let cli = parse(&["seal", "--root", "r", "--step", "1"]).unwrap();
-        let result = run(&Failing(Error::new(kind, "")), &cli.global, cli.command);
+        let result = run(
+            &Failing(Error::new(kind, ""), None),
+            &cli.global,
+            cli.command,
+        );
         report::<Failing>(result, false)
     };
     assert_eq!(code(ErrorKind::TimedOut), 3);
@@ -192,4 +197,42 @@ fn help_documents_exit_codes() {
         help.contains("Exit codes:") && help.contains("5  conflict"),
         "{help}"
     );
+}
+
+/// A backend whose gc removes step 1 and cannot remove step 2.
+fn partial_gc() -> Failing {
+    let report = GcReport {
+        removed: vec![1],
+        kept: vec![3],
+        failed: vec![handoff_core::GcFailure {
+            name: "step_2".into(),
+            error: Error::new(ErrorKind::Io, "failed to remove r/step_2: busy").at("r/step_2"),
+        }],
+        ..GcReport::default()
+    };
+    Failing(Error::new(ErrorKind::Io, "unused"), Some(report))
+}
+
+#[test]
+fn a_gc_that_could_not_remove_everything_exits_6_after_its_report() {
+    for json in [false, true] {
+        let mut args = vec!["gc", "--root", "r", "--keep", "1"];
+        if json {
+            args.push("--json");
+        }
+        let cli = parse(&args).unwrap();
+        let result = run(&partial_gc(), &cli.global, cli.command);
+        assert_eq!(report::<Failing>(result, json), 6);
+    }
+    let report = partial_gc()
+        .gc(Path::new("r"), &GcOptions::keep(1))
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&report).unwrap()["failed"],
+        serde_json::json!([{"name": "step_2", "error": {
+            "kind": "io", "message": "failed to remove r/step_2: busy",
+            "path": "r/step_2", "retryable": false}}])
+    );
+    let help = Cli::command().render_long_help().to_string();
+    assert!(help.contains("6  gc"), "{help}");
 }

@@ -32,7 +32,7 @@ const WASI_NOTES: &str = "\
 Directories: only those the runtime preopens are reachable, by their guest
 paths. wasmtime: --dir HOST_DIR::/root, then --root /root.
 
-Exit codes 3, 4 and 5 go through wasi:cli/exit exit-with-code (WASI 0.2.12).
+Exit codes 3 to 6 go through wasi:cli/exit exit-with-code (WASI 0.2.12).
 A build with --no-default-features imports only exit(ok|err) for older
 runtimes: every failure then exits 1. Either way the class is in the message
 (handoff: error (conflict): ...) and, with --json, on stdout as

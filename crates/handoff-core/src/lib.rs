@@ -36,8 +36,8 @@ pub use read::{latest, list, wait};
 pub use retain::{check_holder, fsck, gc, pin, unpin};
 pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 pub use types::{
-    DEFAULT_PREFIX, FsckEntry, GcOptions, GcReport, PinInfo, PinRequest, PublishReport, StepInfo,
-    StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
+    DEFAULT_PREFIX, FsckEntry, GcFailure, GcOptions, GcReport, PinInfo, PinRequest, PublishReport,
+    StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
 };
 pub use write::{publish, seal};
 

@@ -27,7 +27,7 @@ use crate::layout::{
 use crate::manifest::STABLE_NAME;
 use crate::storage::{Kind, Platform, Storage, join, write_all_at};
 use crate::tree::{Flusher, ensure_dir, remove_tree};
-use crate::types::{FsckEntry, GcOptions, GcReport, PinInfo, StepState, Verify, millis};
+use crate::types::{FsckEntry, GcFailure, GcOptions, GcReport, PinInfo, StepState, Verify, millis};
 use crate::validate::{Rejected, check, check_contents, is_absent, opens, read_manifest};
 
 /// Check a pin holder id: it becomes a file name.
@@ -421,8 +421,10 @@ fn is_pinned<S: Storage>(fs: &S, prefix: &str, step: u64, now: u64, skew_ms: u64
         }))
 }
 
-/// Committed and incomplete step directories in the root, ascending.
-fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, bool)>> {
+/// Step directories in the root, ascending, each with whether it holds
+/// `STABLE` (or why that could not be told). Only a root that cannot be
+/// listed is an error.
+fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, Result<bool>)>> {
     let entries = fs
         .read_dir("")
         .map_err(|e| Error::io("list", &fs.display(""), &e))?;
@@ -435,12 +437,12 @@ fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, bool)>> {
             let stable = join(&entry.name, STABLE_NAME);
             let committed = fs
                 .stat(&stable)
-                .map_err(|e| Error::io("inspect", &fs.display(&stable), &e))?
-                .is_some();
+                .map(|meta| meta.is_some())
+                .map_err(|e| Error::io("inspect", &fs.display(&stable), &e));
             steps.push((step, committed));
         }
     }
-    steps.sort_unstable();
+    steps.sort_unstable_by_key(|(step, _)| *step);
     Ok(steps)
 }
 
@@ -457,21 +459,98 @@ pub(crate) enum Claim {
 /// The server's time: the modification time it stamps on a file created
 /// now. Pin files carry times stamped the same way, so comparing the two
 /// never mixes clocks of different nodes. Falls back to this node's clock on
-/// a storage that reports no times.
-fn server_now<S: Storage, P: Platform>(flush: &mut Flusher<'_, S>, platform: &P) -> Result<u64> {
+/// a storage that reports no times. `None`: no room for the file (the
+/// filesystem or the quota is full).
+fn server_now<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+) -> Result<Option<u64>> {
     let fs = flush.fs;
-    ensure_dir(flush, HANDOFF_DIR, "")?;
+    if !ensure_dir_if_room(flush, HANDOFF_DIR, "")? {
+        return Ok(None);
+    }
     let path = format!("{CLOCK_PREFIX}{:016x}", platform.random_u64());
-    drop(
-        fs.create_new(&path)
-            .map_err(|e| Error::io("create", &fs.display(&path), &e))?,
-    );
+    match fs.create_new(&path) {
+        Ok(file) => drop(file),
+        Err(e) if is_full(&e) => return Ok(None),
+        Err(e) => return Err(Error::io("create", &fs.display(&path), &e)),
+    }
     let meta = fs.stat(&path);
     let _ = fs.remove_file(&path);
     match meta {
-        Ok(Some(meta)) if meta.modified_ms > 0 => Ok(meta.modified_ms),
-        Ok(_) => Ok(platform.now_ms()),
+        Ok(Some(meta)) if meta.modified_ms > 0 => Ok(Some(meta.modified_ms)),
+        Ok(_) => Ok(Some(platform.now_ms())),
         Err(e) => Err(Error::io("inspect", &fs.display(&path), &e)),
+    }
+}
+
+/// The time gc measures every age against (pins, abandoned staging).
+struct Clock {
+    now: u64,
+    /// Read from this node's clock: there was no room for a clock file.
+    local: bool,
+}
+
+impl Clock {
+    /// The server's time where there is room for a clock file. A full
+    /// filesystem is when gc is needed most, so without room it takes this
+    /// node's clock less the skew allowance: no later than the server's
+    /// while the clocks differ by less than the allowance (what version 1
+    /// pins already assume). An early reading only keeps a pin or a staging
+    /// directory longer.
+    fn read<S: Storage, P: Platform>(
+        flush: &mut Flusher<'_, S>,
+        platform: &P,
+        skew_ms: u64,
+    ) -> Result<Clock> {
+        Ok(match server_now(flush, platform)? {
+            Some(now) => Clock { now, local: false },
+            None => Clock {
+                now: platform.now_ms().saturating_sub(skew_ms),
+                local: true,
+            },
+        })
+    }
+
+    /// After gc changed directory `dir`: the server has just stamped its
+    /// modification time, a reading of its clock that needs no room. Taken
+    /// where it is later than this node's.
+    fn changed<S: Storage>(&mut self, fs: &S, dir: &str) {
+        if let (true, Ok(Some(meta))) = (self.local, fs.stat(dir)) {
+            self.now = self.now.max(meta.modified_ms);
+        }
+    }
+}
+
+/// Whether `err` says the filesystem, or the caller's quota, is full.
+fn is_full(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// [`ensure_dir`], except that a directory there is no room to create is
+/// `Ok(false)`, not an error.
+fn ensure_dir_if_room<S: Storage>(
+    flush: &mut Flusher<'_, S>,
+    path: &str,
+    parent: &str,
+) -> Result<bool> {
+    let fs = flush.fs;
+    let full = match fs.create_dir(path) {
+        Ok(()) => return flush.dir(parent).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        // A server may check for room before it looks the name up.
+        Err(e) if is_full(&e) => true,
+        Err(_) => return ensure_dir(flush, path, parent).map(|()| true),
+    };
+    match fs.stat(path) {
+        Ok(Some(meta)) if meta.kind == Kind::Dir => Ok(true),
+        Ok(None) if full => Ok(false),
+        // Gone meanwhile, or something else in the way: ensure_dir makes it
+        // or says what is wrong.
+        _ => ensure_dir(flush, path, parent).map(|()| true),
     }
 }
 
@@ -542,6 +621,19 @@ pub(crate) fn claim_pins<S: Storage>(fs: &S, dir: &str) -> Result<Claim> {
 /// back), then trash. A crash at any point leaves a committed step, a claimed
 /// one (which the next gc finishes), an incomplete one, or trash; fsck
 /// --repair settles all of them.
+///
+/// An abandoned staging directory is claimed by renaming it into trash
+/// before it is deleted, so a publisher that stalled past the grace period
+/// fails instead of committing a half-deleted tree.
+///
+/// A full filesystem does not stop gc: without room for its clock file it
+/// reads this node's clock less the skew allowance, and without room for the
+/// trash directory it deletes an unpublished step where it is.
+///
+/// Whatever fails for one entry is reported in [`GcReport::failed`] and gc
+/// goes on with the rest. Only what makes the whole run meaningless is an
+/// error: a bad prefix, `keep` 0, a root that cannot be listed, a clock that
+/// cannot be read.
 pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) -> Result<GcReport> {
     check_prefix(&options.prefix)?;
     if options.keep == 0 {
@@ -551,17 +643,26 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
         ));
     }
     let prefix = options.prefix.as_str();
+    let skew_ms = millis(options.skew);
     let mut report = GcReport::default();
     let mut flush = Flusher::new(fs);
-    let committed: Vec<u64> = step_dirs(fs, prefix)?
-        .into_iter()
-        .filter(|(_, c)| *c)
-        .map(|(s, _)| s)
-        .collect();
+    let mut committed = Vec::new();
+    // A step whose state cannot be read is reported and left alone: it is
+    // not known to be committed, nor whether it validates.
+    let mut unknown = Vec::new();
+    for (step, stable) in step_dirs(fs, prefix)? {
+        match stable {
+            Ok(true) => committed.push(step),
+            Ok(false) => {}
+            Err(e) => unknown.push((step, e)),
+        }
+    }
     // Only steps a reader would accept count toward `keep`: a newer step that
     // does not validate (`STABLE` without a manifest, a corrupt manifest, a
     // short file) must not push the newest good one out. It is reported and
-    // left alone; everything older than the oldest step kept may go.
+    // left alone; everything older than the oldest step kept may go. One
+    // that cannot be checked does not count either, so it can only make gc
+    // keep more.
     let mut valid = Vec::new();
     for &step in &committed {
         match check(fs, prefix, step, Verify::Size) {
@@ -569,7 +670,7 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
             Err(Rejected::Mismatch(_) | Rejected::Unsafe(_)) => report.invalid.push(step),
             // Another gc took it meanwhile.
             Err(Rejected::NotCommitted(_)) => {}
-            Err(Rejected::Failed(e)) => return Err(e),
+            Err(Rejected::Failed(e)) => unknown.push((step, e)),
         }
     }
     let split = valid.len().saturating_sub(options.keep as usize);
@@ -581,49 +682,81 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
         .filter(|&step| oldest_kept.is_some_and(|kept| step < kept))
         .collect();
     report.invalid.retain(|step| !old.contains(step));
-    let now = server_now(&mut flush, platform)?;
+    unknown.sort_by_key(|(step, _)| *step);
+    for (step, error) in unknown {
+        if !old.contains(&step) {
+            report.failed.push(GcFailure {
+                name: step_name(prefix, step),
+                error,
+            });
+        }
+    }
+    let mut clock = Clock::read(&mut flush, platform, skew_ms)?;
 
     for &step in &old {
-        let dir = step_name(prefix, step);
-        let fate = match step_generation(fs, prefix, step)? {
-            None => Fate::Skipped, // another gc removed it
-            Some(Generation::V2) => match claim(fs, prefix, step, now, millis(options.skew))? {
-                Claim::Pinned => Fate::Pinned,
-                Claim::Taken => Fate::Skipped,
-                Claim::Claimed => remove_claimed(&mut flush, &dir, platform)?,
-            },
-            Some(Generation::V2Claimed) => remove_claimed(&mut flush, &dir, platform)?,
-            Some(Generation::V1) => {
-                remove_v1(&mut flush, platform, prefix, step, millis(options.skew))?
+        match remove_step(&mut flush, platform, prefix, step, clock.now, skew_ms) {
+            Ok(Fate::Removed) => {
+                report.removed.push(step);
+                clock.changed(fs, "");
             }
-        };
-        match fate {
-            Fate::Removed => report.removed.push(step),
-            Fate::Pinned => report.pinned.push(step),
-            Fate::Skipped => {}
+            Ok(Fate::Pinned) => report.pinned.push(step),
+            Ok(Fate::Skipped) => {}
+            Err(error) => report.failed.push(GcFailure {
+                name: step_name(prefix, step),
+                error,
+            }),
         }
     }
 
     // Abandoned staging: nothing in it changed for the grace period. A
-    // publisher in progress keeps writing, so its newest mtime stays fresh.
-    // Both times are the server's.
-    for entry in list_or_empty(fs, STAGING_DIR)? {
-        let path = join(STAGING_DIR, &entry.name);
-        let newest =
-            newest_mtime(fs, &path).map_err(|e| Error::io("inspect", &fs.display(&path), &e))?;
-        if now.saturating_sub(newest) > millis(options.grace) {
-            remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
-            report.staging_removed.push(entry.name);
+    // publisher at work keeps writing, so its newest mtime stays fresh. Both
+    // times are the server's.
+    match list_or_empty(fs, STAGING_DIR) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = join(STAGING_DIR, &entry.name);
+                match remove_staging(&mut flush, platform, &path, clock.now, options) {
+                    Ok(true) => report.staging_removed.push(entry.name),
+                    Ok(false) => {}
+                    Err(error) => report.failed.push(GcFailure { name: path, error }),
+                }
+            }
         }
+        Err(error) => report.failed.push(GcFailure {
+            name: STAGING_DIR.to_string(),
+            error,
+        }),
     }
-    // Trash left by an earlier gc that crashed before deleting. A file in it
-    // still open on some NFS client is renamed `.nfsXXXX` there and cannot
-    // go until it is closed: such trash is left for a later gc.
-    for entry in list_or_empty(fs, TRASH_DIR)? {
-        let _ = remove_tree(fs, &join(TRASH_DIR, &entry.name));
+    // Trash: what this gc moved there and what an earlier one left. A file
+    // in it still open on some NFS client is renamed `.nfsXXXX` there and
+    // cannot go until it is closed (the server answers busy, or not empty):
+    // such trash is left for a later gc without a word. Anything else that
+    // cannot go is reported.
+    match list_or_empty(fs, TRASH_DIR) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = join(TRASH_DIR, &entry.name);
+                match remove_tree(fs, &path) {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::ResourceBusy
+                        ) => {}
+                    Err(e) => report.failed.push(GcFailure {
+                        error: Error::io("remove", &fs.display(&path), &e),
+                        name: path,
+                    }),
+                }
+            }
+        }
+        Err(error) => report.failed.push(GcFailure {
+            name: TRASH_DIR.to_string(),
+            error,
+        }),
     }
     // Clock files a crashed gc left behind (a minute old: not another gc's).
-    for entry in list_or_empty(fs, HANDOFF_DIR)? {
+    for entry in list_or_empty(fs, HANDOFF_DIR).unwrap_or_default() {
         let path = join(HANDOFF_DIR, &entry.name);
         if path.starts_with(CLOCK_PREFIX)
             && entry.kind == Kind::File
@@ -631,20 +764,95 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
                 .stat(&path)
                 .ok()
                 .flatten()
-                .is_some_and(|m| now.saturating_sub(m.modified_ms) > 60_000)
+                .is_some_and(|m| clock.now.saturating_sub(m.modified_ms) > 60_000)
         {
             let _ = fs.remove_file(&path);
         }
     }
-    // Expired version 1 pins (by the pinners' clocks, compared with ours),
-    // and pins of steps that are gone.
+    if let Err(error) = remove_stale_v1_pins(fs, platform, prefix, skew_ms) {
+        report.failed.push(GcFailure {
+            name: PINS_DIR.to_string(),
+            error,
+        });
+    }
+    // Names in the root that are not the protocol's, `.nfsXXXX` among them
+    // (an NFS client's stand-in for a file deleted while open, which that
+    // client removes at the last close), are left alone.
+    Ok(report)
+}
+
+/// Remove committed `step`, beyond `keep`, unless a pin holds it.
+fn remove_step<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    prefix: &str,
+    step: u64,
+    now_ms: u64,
+    skew_ms: u64,
+) -> Result<Fate> {
+    let dir = step_name(prefix, step);
+    Ok(match step_generation(flush.fs, prefix, step)? {
+        None => Fate::Skipped, // another gc removed it
+        Some(Generation::V2) => match claim(flush.fs, prefix, step, now_ms, skew_ms)? {
+            Claim::Pinned => Fate::Pinned,
+            Claim::Taken => Fate::Skipped,
+            Claim::Claimed => remove_claimed(flush, &dir, platform)?,
+        },
+        Some(Generation::V2Claimed) => remove_claimed(flush, &dir, platform)?,
+        Some(Generation::V1) => remove_v1(flush, platform, prefix, step, skew_ms)?,
+    })
+}
+
+/// Claim staging directory `path` if nothing in it changed for the grace
+/// period, by renaming it into trash, where the trash sweep deletes it.
+/// Whether it was claimed.
+///
+/// The rename is what makes deleting it safe: a publisher that stalled past
+/// the grace period (a paused node, a huge file hashed) may be about to
+/// rename it into place, and deleting it where it is could let a
+/// half-deleted tree be committed. After the rename the publisher's next
+/// change, or its own rename, fails: not found. Whichever rename the server
+/// does first wins. Without room for the trash directory it is left for a
+/// later gc, never deleted in place.
+fn remove_staging<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    path: &str,
+    now_ms: u64,
+    options: &GcOptions,
+) -> Result<bool> {
+    let fs = flush.fs;
+    let newest = match newest_mtime(fs, path) {
+        Ok(newest) => newest,
+        // Committed or given up meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("inspect", &fs.display(path), &e)),
+    };
+    if now_ms.saturating_sub(newest) <= millis(options.grace) {
+        return Ok(false);
+    }
+    match into_trash(flush, path, platform)? {
+        Trashed::At(_) => Ok(true),
+        Trashed::Gone => Ok(false),
+        Trashed::NoRoom => Err(no_room(fs, path)),
+    }
+}
+
+/// Expired version 1 pins (by the pinners' clocks, compared with ours), and
+/// pins of steps that are gone.
+fn remove_stale_v1_pins<S: Storage, P: Platform>(
+    fs: &S,
+    platform: &P,
+    prefix: &str,
+    skew_ms: u64,
+) -> Result<()> {
     let local_now = platform.now_ms();
     let live: Vec<u64> = step_dirs(fs, prefix)?.into_iter().map(|(s, _)| s).collect();
     for (step, holders) in pins(fs, prefix)? {
         for (holder, pin) in holders {
             let expired = pin
                 .as_ref()
-                .is_some_and(|p| local_now >= p.expires_ms.saturating_add(millis(options.skew)));
+                .is_some_and(|p| local_now >= p.expires_ms.saturating_add(skew_ms));
             if expired || (!live.contains(&step) && pin.is_some()) {
                 let _ = fs.remove_file(&join(&pin_dir(prefix, step), &holder));
             }
@@ -653,10 +861,7 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
             let _ = fs.remove_dir(&pin_dir(prefix, step));
         }
     }
-    // Names in the root that are not the protocol's, `.nfsXXXX` among them
-    // (an NFS client's stand-in for a file deleted while open, which that
-    // client removes at the last close), are left alone.
-    Ok(report)
+    Ok(())
 }
 
 /// What gc did with one step beyond `keep`.
@@ -712,7 +917,7 @@ fn remove_claimed<S: Storage, P: Platform>(
     }
     // The claim and the unpublishing are durable before the step's name goes.
     flush.dir(dir)?;
-    move_to_trash(flush, dir, platform)?;
+    discard(flush, dir, platform, false)?;
     Ok(Fate::Removed)
 }
 
@@ -755,7 +960,7 @@ fn remove_v1<S: Storage, P: Platform>(
         flush.dir(&dir)?;
         return Ok(Fate::Pinned);
     }
-    move_to_trash(flush, &dir, platform)?;
+    discard(flush, &dir, platform, false)?;
     let _ = remove_tree(fs, &pin_dir(prefix, step));
     Ok(Fate::Removed)
 }
@@ -785,25 +990,102 @@ fn newest_mtime<S: Storage>(fs: &S, path: &str) -> io::Result<u64> {
     Ok(newest)
 }
 
-/// Rename `dir` (relative to the root) into trash durably, then delete it.
+/// Where [`into_trash`] put a directory.
+enum Trashed {
+    /// Renamed to this path in trash.
+    At(String),
+    /// Not there: another process moved or removed it first.
+    Gone,
+    /// Left where it was: no room for the trash directory.
+    NoRoom,
+}
+
+/// Rename `dir` (relative to the root) into trash, durably. One atomic
+/// step: whoever uses the old name afterwards (a publisher about to rename
+/// its staging directory into place) finds nothing there.
+fn into_trash<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    platform: &P,
+) -> Result<Trashed> {
+    let fs = flush.fs;
+    if !ensure_dir_if_room(flush, HANDOFF_DIR, "")?
+        || !ensure_dir_if_room(flush, TRASH_DIR, HANDOFF_DIR)?
+    {
+        return Ok(Trashed::NoRoom);
+    }
+    let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+    let target = join(TRASH_DIR, &format!("{name}.{:016x}", platform.random_u64()));
+    match fs.rename(dir, &target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Trashed::Gone),
+        Err(e) => return Err(Error::io("move into trash", &fs.display(dir), &e)),
+    }
+    // Both directories changed. The trash's flush makes the rename durable
+    // (docs/FILESYSTEM.md, F4); the source's covers a filesystem that ties it
+    // to the source directory instead (CephFS's client).
+    flush.dir(parent)?;
+    flush.dir(TRASH_DIR)?;
+    Ok(Trashed::At(target))
+}
+
+/// The error for `path`, which needed the trash directory and found no room
+/// to create it.
+fn no_room<S: Storage>(fs: &S, path: &str) -> Error {
+    let shown = fs.display(path);
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "left {shown} for a later gc: no room to create {}, and it must not be \
+             deleted where it is",
+            fs.display(TRASH_DIR)
+        ),
+    )
+    .at(shown)
+    .retryable(true)
+}
+
+/// Move unpublished `dir` (relative to the root) into trash durably, then
+/// delete it; without room for the trash directory, delete it where it is.
 fn move_to_trash<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
     dir: &str,
     platform: &P,
 ) -> Result<()> {
+    discard(flush, dir, platform, true)
+}
+
+/// Take unpublished `dir` (relative to the root) out of the root: renamed
+/// into trash durably, and deleted there at once with `sweep` (else by gc's
+/// trash sweep). Without room for the trash directory it is deleted where
+/// it is. That is safe because it is unpublished already, and durably so: a
+/// crash part way leaves an incomplete step, which readers ignore and fsck
+/// --repair removes.
+fn discard<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    platform: &P,
+    sweep: bool,
+) -> Result<()> {
     let fs = flush.fs;
-    ensure_dir(flush, HANDOFF_DIR, "")?;
-    ensure_dir(flush, TRASH_DIR, HANDOFF_DIR)?;
-    let name = dir.rsplit('/').next().unwrap_or(dir);
-    let target = join(TRASH_DIR, &format!("{name}.{:016x}", platform.random_u64()));
-    fs.rename(dir, &target)
-        .map_err(|e| Error::io("move into trash", &fs.display(dir), &e))?;
-    // Both directories changed. The trash's flush makes the rename durable
-    // (docs/FILESYSTEM.md, F4); the root's covers a filesystem that ties it
-    // to the source directory instead (CephFS's client).
-    flush.dir("")?;
-    flush.dir(TRASH_DIR)?;
-    remove_tree(fs, &target).map_err(|e| Error::io("remove", &fs.display(&target), &e))
+    let (path, why) = match into_trash(flush, dir, platform)? {
+        Trashed::At(target) if sweep => (target, String::new()),
+        Trashed::At(_) | Trashed::Gone => return Ok(()),
+        Trashed::NoRoom => (
+            dir.to_string(),
+            format!(
+                " where it is (no room for {}); it is unpublished, and fsck --repair \
+                 removes what is left",
+                fs.display(TRASH_DIR)
+            ),
+        ),
+    };
+    remove_tree(fs, &path).map_err(|e| {
+        let err = Error::io("remove", &fs.display(&path), &e);
+        let message = format!("{}{why}", err.message());
+        let path = err.path().map(str::to_string);
+        Error::from_parts(err.kind(), message, path, err.is_retryable())
+    })
 }
 
 /// Classify every entry of the root and, with `repair`, settle what a crash

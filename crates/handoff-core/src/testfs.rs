@@ -238,3 +238,72 @@ impl Platform for RealPlatform {
         RandomState::new().hash_one(std::time::Instant::now())
     }
 }
+
+/// What a [`Hooked`] storage lets a test see and fail: opens and changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Open,
+    CreateDir,
+    CreateNew,
+    Rename,
+    RemoveFile,
+    RemoveDir,
+}
+
+/// A [`StdDir`] whose opens and changes first ask `before(op, path)`, which
+/// may fail them, and once done call `after(op, path)`. A rename's path is
+/// its source.
+pub struct Hooked<B, A = fn(Op, &str)> {
+    pub inner: StdDir,
+    pub before: B,
+    pub after: A,
+}
+
+/// An `after` hook that does nothing.
+pub fn no_hook(_: Op, _: &str) {}
+
+impl<B: Fn(Op, &str) -> Option<io::Error>, A: Fn(Op, &str)> Hooked<B, A> {
+    fn hooked<T>(&self, op: Op, path: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        if let Some(err) = (self.before)(op, path) {
+            return Err(err);
+        }
+        let done = f()?;
+        (self.after)(op, path);
+        Ok(done)
+    }
+}
+
+impl<B: Fn(Op, &str) -> Option<io::Error>, A: Fn(Op, &str)> Storage for Hooked<B, A> {
+    type File = fs::File;
+
+    fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
+        self.inner.stat(path)
+    }
+    fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
+        self.inner.read_dir(path)
+    }
+    fn create_dir(&self, path: &str) -> io::Result<()> {
+        self.hooked(Op::CreateDir, path, || self.inner.create_dir(path))
+    }
+    fn open(&self, path: &str) -> io::Result<fs::File> {
+        self.hooked(Op::Open, path, || self.inner.open(path))
+    }
+    fn create_new(&self, path: &str) -> io::Result<fs::File> {
+        self.hooked(Op::CreateNew, path, || self.inner.create_new(path))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.hooked(Op::Rename, from, || self.inner.rename(from, to))
+    }
+    fn remove_file(&self, path: &str) -> io::Result<()> {
+        self.hooked(Op::RemoveFile, path, || self.inner.remove_file(path))
+    }
+    fn remove_dir(&self, path: &str) -> io::Result<()> {
+        self.hooked(Op::RemoveDir, path, || self.inner.remove_dir(path))
+    }
+    fn sync_dir(&self, path: &str) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn display(&self, path: &str) -> String {
+        self.inner.display(path)
+    }
+}

@@ -7,7 +7,9 @@ use std::time::Duration;
 use handoff_testkit::Payload;
 
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::testfs::{LISTINGS, NATIVE_COPY, NativeCopy, RealPlatform, ScriptPlatform, StdDir};
+use crate::testfs::{
+    Hooked, LISTINGS, NATIVE_COPY, NativeCopy, Op, RealPlatform, ScriptPlatform, StdDir, no_hook,
+};
 use crate::*;
 
 fn opts() -> WriteOptions {
@@ -1031,4 +1033,151 @@ fn publish_never_replaces_a_directory_an_in_place_writer_just_made() {
     assert_error(&err, ErrorKind::Conflict, &["step_2", "not yet committed"]);
     assert!(f.path("step_2").is_dir() && !f.path("step_2/STABLE").exists());
     assert_eq!(fs::read_dir(f.path(".handoff/staging")).unwrap().count(), 0);
+}
+
+/// The fixture's root as a [`Hooked`] storage that asks `before` first.
+fn hooked<B: Fn(Op, &str) -> Option<std::io::Error>>(f: &Fixture, before: B) -> Hooked<B> {
+    Hooked {
+        inner: StdDir(f.root.0.clone()),
+        before,
+        after: no_hook,
+    }
+}
+
+fn failed_names(report: &GcReport) -> Vec<&str> {
+    report.failed.iter().map(|f| f.name.as_str()).collect()
+}
+
+#[test]
+fn gc_frees_space_on_a_full_filesystem() {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    for full in [StorageFull, QuotaExceeded] {
+        let f = published(1..=3);
+        f.pin(2, "reader", 60_000).unwrap();
+        // What a publisher that died left.
+        payload(&f.path(".handoff/staging/step_9.dead"), "x");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut o = gc_opts(1);
+        o.grace = Duration::from_millis(1);
+        // No room for a clock file or the trash directory: nothing can be
+        // created, everything can be removed.
+        let root = f.root.0.clone();
+        let no_room = hooked(&f, move |op, path| {
+            let new = matches!(op, Op::CreateDir | Op::CreateNew) && !root.join(path).exists();
+            new.then(|| std::io::Error::from(full))
+        });
+        let report = gc(&no_room, &RealPlatform, &o).unwrap();
+        assert_eq!(report.removed, [1], "{full:?}");
+        assert_eq!(
+            report.pinned,
+            [2],
+            "the pin still holds on this node's clock"
+        );
+        assert_eq!(report.kept, [3]);
+        assert!(!f.path("step_1").exists());
+        assert!(!f.path(".handoff/trash").exists(), "removed in place");
+        // Staging cannot be claimed without the trash, and is not deleted in
+        // place under a publisher that may still be at work: reported, left.
+        assert!(f.path(".handoff/staging/step_9.dead").exists());
+        assert_eq!(failed_names(&report), [".handoff/staging/step_9.dead"]);
+        // With room again, the next gc claims it.
+        let report = gc(&f.root, &RealPlatform, &o).unwrap();
+        assert_eq!(report.staging_removed, ["step_9.dead"]);
+        assert!(report.failed.is_empty(), "{report:?}");
+        f.wait_for(Target::Step(3), Verify::Hash, 1000).unwrap();
+    }
+}
+
+#[test]
+fn gc_goes_on_past_a_step_it_cannot_remove_and_reports_it() {
+    let f = published(1..=4);
+    payload(&f.path(".handoff/staging/step_9.dead"), "x");
+    std::thread::sleep(Duration::from_millis(20));
+    let mut o = gc_opts(1);
+    o.grace = Duration::from_millis(1);
+    let refusing = hooked(&f, |op, path| {
+        (op == Op::RemoveDir && path == "step_2/.handoff.pins")
+            .then(|| std::io::Error::other("injected: the server refused"))
+    });
+    let report = gc(&refusing, &RealPlatform, &o).unwrap();
+    assert_eq!(report.removed, [1, 3]);
+    assert_eq!(report.kept, [4]);
+    assert_eq!(report.staging_removed, ["step_9.dead"]);
+    assert_eq!(failed_names(&report), ["step_2"]);
+    let err = &report.failed[0].error;
+    assert_error(err, ErrorKind::Io, &["step_2/.handoff.pins", "injected"]);
+    // Not claimed, still committed: the next gc removes it.
+    assert!(f.path("step_2/STABLE").exists());
+    let report = f.gc(1).unwrap();
+    assert_eq!((report.removed, report.failed), (vec![2], vec![]));
+}
+
+#[test]
+fn a_publisher_that_stalls_past_the_grace_fails_cleanly_when_gc_takes_its_staging() {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    let f = published(1..=1);
+    let src = f.src.0.parent().unwrap().join("flat");
+    Payload::new()
+        .with("a", "weights a".repeat(1000))
+        .with("b", "weights b".repeat(1000))
+        .write_to(&src)
+        .unwrap();
+    // The publisher stalls before it copies `b` (a node paused, a huge file
+    // hashed): `a` is in staging, and nothing in it changes for the grace.
+    let (stalled_tx, stalled) = channel::<()>();
+    let (go, go_rx) = channel::<()>();
+    let gate: Mutex<Option<(Sender<()>, Receiver<()>)>> = Mutex::new(Some((stalled_tx, go_rx)));
+    let source = Hooked {
+        inner: StdDir(src),
+        before: move |op: Op, path: &str| {
+            let gate = (op == Op::Open && path == "b").then(|| gate.lock().unwrap().take());
+            if let Some((stalled, go)) = gate.flatten() {
+                stalled.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            None
+        },
+        after: no_hook,
+    };
+    let root = f.root.0.clone();
+    let publisher =
+        std::thread::spawn(move || publish(&StdDir(root), &source, &RealPlatform, 2, &opts()));
+    stalled.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    // gc's first change to the staging directory lets the publisher go on,
+    // and waits for it to finish.
+    let published = std::cell::RefCell::new(None);
+    let publisher = std::cell::RefCell::new(Some(publisher));
+    let gc_fs = Hooked {
+        inner: StdDir(f.root.0.clone()),
+        before: |_: Op, _: &str| None,
+        after: |op: Op, path: &str| {
+            let first = op != Op::Open && path.starts_with(".handoff/staging/");
+            if let Some(publisher) = first.then(|| publisher.take()).flatten() {
+                go.send(()).unwrap();
+                *published.borrow_mut() = Some(publisher.join().unwrap());
+            }
+        },
+    };
+    let mut o = gc_opts(1);
+    o.grace = Duration::from_millis(1);
+    let report = gc(&gc_fs, &RealPlatform, &o).unwrap();
+    assert_eq!(report.staging_removed.len(), 1, "{report:?}");
+    let published = published
+        .into_inner()
+        .expect("gc never touched the staging");
+    // Nothing half-deleted was committed: the publisher failed, and said why.
+    if published.is_ok() {
+        let a = f.path("step_2/a").exists();
+        let checked = f.wait_for(Target::Step(2), Verify::Size, 100);
+        panic!(
+            "a publish whose staging gc was deleting committed step 2: `a` there: {a}; {checked:?}"
+        );
+    }
+    let err = published.unwrap_err();
+    assert_error(&err, ErrorKind::Io, &["gone", "grace"]);
+    assert!(err.is_retryable());
+    assert!(!f.path("step_2").exists());
+    assert!(f.gc(1).unwrap().failed.is_empty());
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 pub use crate::manifest::FileEntry;
 use crate::manifest::Manifest;
 
@@ -291,6 +293,31 @@ pub struct GcReport {
     /// newer than the oldest step kept: not counted toward `keep`, and left
     /// alone.
     pub invalid: Vec<u64>,
+    /// What gc should have removed (or checked) but could not, each with
+    /// why; gc went on with the rest. Empty when it did everything.
+    pub failed: Vec<GcFailure>,
+}
+
+/// Something [`gc`](crate::gc) should have removed but could not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GcFailure {
+    /// The entry, relative to the root: `step_3`,
+    /// `.handoff/staging/step_4.<random>`, `.handoff/trash/..`.
+    pub name: String,
+    /// Why: `{"kind","message","path","retryable"}` in JSON.
+    #[serde(serialize_with = "error_json")]
+    pub error: Error,
+}
+
+/// An error as the WIT `error` record spells it.
+fn error_json<S: serde::Serializer>(error: &Error, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut record = s.serialize_struct("Error", 4)?;
+    record.serialize_field("kind", error.kind().as_str())?;
+    record.serialize_field("message", error.message())?;
+    record.serialize_field("path", &error.path())?;
+    record.serialize_field("retryable", &error.is_retryable())?;
+    record.end()
 }
 
 /// One entry of [`fsck`](crate::fsck).

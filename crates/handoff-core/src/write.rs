@@ -380,10 +380,32 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
         Err(err) => {
             // Nothing under the step's name was created; the staging copy is
             // ours alone, so remove it (gc would otherwise, after its grace).
+            let err = staging_taken(fs, &staging, err);
             let _ = remove_tree(fs, &staging);
             Err(err)
         }
     }
+}
+
+/// A publish that stalled longer than gc's grace period finds its staging
+/// directory gone (gc claimed it for abandoned): say so, rather than only
+/// "not found".
+fn staging_taken<S: Storage>(fs: &S, staging: &str, err: Error) -> Error {
+    if err.kind() != ErrorKind::NotFound || !matches!(fs.stat(staging), Ok(None)) {
+        return err;
+    }
+    let shown = fs.display(staging);
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "{}; {shown} is gone: gc takes a staging directory in which nothing changed for \
+             longer than its grace period, and this publish stalled that long. Nothing was \
+             committed: publish again",
+            err.message()
+        ),
+    )
+    .at(shown)
+    .retryable(true)
 }
 
 /// The end of step 1 of [`seal`] (the payload's directories, deepest first),

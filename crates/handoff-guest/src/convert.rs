@@ -137,6 +137,14 @@ impl From<core::GcReport> for wit::GcReport {
             pinned: r.pinned,
             staging_removed: r.staging_removed,
             invalid: r.invalid,
+            failed: r
+                .failed
+                .into_iter()
+                .map(|f| wit::GcFailure {
+                    name: f.name,
+                    error: f.error.into(),
+                })
+                .collect(),
         }
     }
 }

@@ -125,6 +125,14 @@ impl From<wit::GcReport> for core::GcReport {
             pinned: r.pinned,
             staging_removed: r.staging_removed,
             invalid: r.invalid,
+            failed: r
+                .failed
+                .into_iter()
+                .map(|f| core::GcFailure {
+                    name: f.name,
+                    error: f.error.into(),
+                })
+                .collect(),
         }
     }
 }

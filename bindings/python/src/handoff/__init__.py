@@ -230,7 +230,9 @@ def gc(
     """Remove committed steps beyond the newest ``keep`` (at least 1) that no
     unexpired pin holds (a pin counts until its expiry plus ``skew``):
     ``STABLE`` first, then the directory. Also removes staging directories
-    untouched for longer than ``grace``."""
+    untouched for longer than ``grace``. What it cannot remove is listed in
+    the report's ``failed``, each with why, and gc goes on with the rest;
+    only a failure that stops the whole run raises."""
     if not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be an integer of at least 1, not {keep!r}")
     root_path = _dir(root, "root")
@@ -242,6 +244,7 @@ def gc(
         tuple(report.pinned),
         tuple(field(report, "staging_removed")),
         tuple(report.invalid),
+        tuple(GcFailure(f.name, _types.error_from(f.error)) for f in report.failed),
     )
 
 

@@ -44,17 +44,30 @@ class Version:
 
 
 @dataclass(frozen=True)
+class GcFailure:
+    """Something ``gc`` should have removed but could not."""
+
+    name: str
+    """The entry, relative to the root: ``step_3``,
+    ``.handoff/staging/step_4.<random>``, ``.handoff/trash/...``."""
+    error: "HandoffError"
+    """Why, as the exception a call failing that way raises."""
+
+
+@dataclass(frozen=True)
 class GcReport:
     """What ``gc`` did. ``kept`` are the newest ``keep`` steps that validate;
     ``pinned`` steps were kept because a pin holds them; ``invalid`` steps are
     committed but do not validate, are newer than the oldest kept, and were
-    left alone (not counted toward ``keep``)."""
+    left alone (not counted toward ``keep``). ``failed`` is what gc could not
+    remove, each with why; it went on with the rest (the CLI exits 6)."""
 
     removed: Tuple[int, ...]
     kept: Tuple[int, ...]
     pinned: Tuple[int, ...]
     staging_removed: Tuple[str, ...]
     invalid: Tuple[int, ...]
+    failed: Tuple[GcFailure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,7 @@ def error_from(error: Any) -> HandoffError:
 __all__ = [
     "FileEntry",
     "Version",
+    "GcFailure",
     "GcReport",
     "PublishReport",
     "StepInfo",
