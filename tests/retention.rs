@@ -115,17 +115,20 @@ fn fsck_classifies_and_repair_is_idempotent() {
     env.publish(2);
     payload(&env.root().join("step_3"), "x", 10);
     payload(&env.root().join(".handoff/staging/step_4.0001"), "x", 10);
+    payload(&env.root().join(".handoff/staging/step_5.0002"), "x", 10);
     payload(&env.root().join(".handoff/trash/step_0.0001"), "x", 10);
     fs::remove_file(env.root().join("step_2/adapter_model.safetensors")).unwrap();
     let v = json(&env.run("fsck", &["--json"]));
-    let state = |v: &Value, name: &str| {
+    let entry = |v: &Value, name: &str| {
         v["entries"]
             .as_array()
             .unwrap()
             .iter()
             .find(|e| e["name"] == name)
-            .map(|e| e["state"].as_str().unwrap().to_string())
+            .cloned()
     };
+    let state =
+        |v: &Value, name: &str| entry(v, name).map(|e| e["state"].as_str().unwrap().to_string());
     assert_eq!(state(&v, "step_1").as_deref(), Some("committed"));
     assert_eq!(state(&v, "step_2").as_deref(), Some("corrupt"));
     assert_eq!(state(&v, "step_3").as_deref(), Some("incomplete"));
@@ -139,7 +142,18 @@ fn fsck_classifies_and_repair_is_idempotent() {
     );
     // Without --repair nothing changed.
     assert!(env.root().join("step_3").exists());
-    json(&env.run("fsck", &["--repair", "--json"]));
+    // A publish abandoned two hours ago; the other staging copy and the
+    // broken steps are fresh: a writer may be at work on them. (Removing an
+    // old broken step waits out a 30 s settle period: core tests cover it.)
+    let two_hours = Duration::from_secs(2 * 3600);
+    age_tree(&env.root().join(".handoff/staging/step_4.0001"), two_hours).unwrap();
+    let first = json(&env.run("fsck", &["--repair", "--json"]));
+    for fresh in ["step_2", "step_3", ".handoff/staging/step_5.0002"] {
+        let e = entry(&first, fresh).unwrap();
+        assert!(e["action"].is_null(), "{e}");
+        assert!(e["detail"].as_str().unwrap().contains("grace"), "{e}");
+        assert!(env.root().join(fresh).exists());
+    }
     let second = json(&env.run("fsck", &["--repair", "--json"]));
     let third = json(&env.run("fsck", &["--repair", "--json"]));
     assert_eq!(second, third);
@@ -149,7 +163,10 @@ fn fsck_classifies_and_repair_is_idempotent() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["step_1"]);
+    assert_eq!(
+        names,
+        ["step_1", "step_2", "step_3", ".handoff/staging/step_5.0002"]
+    );
 }
 
 #[test]

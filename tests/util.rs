@@ -2,6 +2,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub use handoff_testkit::age_tree;
 pub use handoff_testkit::proc::{assert_within, code, stderr};
 use handoff_testkit::{Payload, Rng};
 use serde_json::Value;

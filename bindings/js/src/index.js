@@ -202,7 +202,8 @@ export function gc(root, keep, { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SK
 }
 
 /** Classify every entry under `root`; with `repair`, finish or undo what a
- * crash left (idempotent). Assumes no writer is running. */
+ * crash left (idempotent). Removes a step only if it is broken, seen twice
+ * 30 s apart, untouched for an hour and not pinned. */
 export function fsck(root, { repair = false, prefix = DEFAULT_PREFIX } = {}) {
   const rootPath = dir(root, 'root');
   return call('fsck', [rootPath], [rootPath, prefix, Boolean(repair)]).map((e) => ({

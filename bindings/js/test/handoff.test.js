@@ -2,7 +2,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -184,16 +184,32 @@ test('publish with keep runs gc', () => {
   assert.deepEqual(handoff.ls(root).map((s) => s.step), [2, 3]);
 });
 
+// Set every time in the tree at `path` `seconds` back.
+function age(path, seconds) {
+  const then = Date.now() / 1000 - seconds;
+  if (statSync(path).isDirectory()) {
+    for (const name of readdirSync(path)) age(join(path, name), seconds);
+  }
+  utimesSync(path, then, then);
+}
+
 test('fsck repairs what a crash left and is idempotent', () => {
   const { root, src } = fixture();
   handoff.publish(root, 1, src);
-  cpSync(src, join(root, 'step_2'), { recursive: true }); // crashed before STABLE
+  cpSync(src, join(root, 'step_2'), { recursive: true }); // crashed before STABLE, or at work
+  const staging = join(root, '.handoff', 'staging', 'step_3.0001');
+  cpSync(src, staging, { recursive: true });
+  age(staging, 2 * 3600); // a publisher that crashed two hours ago
   const entries = Object.fromEntries(handoff.fsck(root).map((e) => [e.name, e]));
   assert.equal(entries.step_1.state, 'committed');
   assert.equal(entries.step_2.state, 'incomplete');
   const repaired = Object.fromEntries(handoff.fsck(root, { repair: true }).map((e) => [e.name, e]));
-  assert.ok(repaired.step_2.action);
-  assert.ok(!existsSync(join(root, 'step_2')));
+  assert.ok(repaired['.handoff/staging/step_3.0001'].action);
+  assert.ok(!existsSync(staging));
+  // Younger than the grace period: left (removed once an hour old).
+  assert.equal(repaired.step_2.action, null);
+  assert.match(repaired.step_2.detail, /grace/);
+  assert.ok(existsSync(join(root, 'step_2')));
   assert.ok(handoff.fsck(root, { repair: true }).every((e) => e.action === null));
 });
 

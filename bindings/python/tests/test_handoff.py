@@ -195,20 +195,36 @@ def test_publish_keep_runs_gc(root, src):
     assert [s.step for s in handoff.ls(root)] == [2, 3]
 
 
+def _age(path, seconds):
+    """Set every time in the tree at ``path`` ``seconds`` back."""
+    then = time.time() - seconds
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (then, then))
+        os.utime(dirpath, (then, then))
+
+
 def test_fsck_repairs_what_a_crash_left_and_is_idempotent(root, src):
     handoff.publish(root, 1, src)
-    shutil.copytree(src, root / "step_2")  # a writer crashed before STABLE
+    shutil.copytree(src, root / "step_2")  # a writer crashed before STABLE, or is at work
+    staging = root / ".handoff" / "staging" / "step_3.0001"
+    shutil.copytree(src, staging)
+    _age(staging, 2 * 3600)  # a publisher that crashed two hours ago
     entries = {e.name: e for e in handoff.fsck(root)}
     assert entries["step_1"].state == "committed"
     assert entries["step_2"].state == "incomplete"
     assert entries["step_2"].action is None
 
     repaired = {e.name: e for e in handoff.fsck(root, repair=True)}
-    assert repaired["step_2"].action
-    assert not (root / "step_2").exists()
+    assert repaired[".handoff/staging/step_3.0001"].action
+    assert not staging.exists()
+    # Younger than the grace period: left (removed once an hour old).
+    assert repaired["step_2"].action is None
+    assert "grace" in repaired["step_2"].detail
+    assert (root / "step_2").exists()
     again = handoff.fsck(root, repair=True)
     assert all(e.action is None for e in again)
-    assert [s.step for s in handoff.ls(root)] == [1]
+    assert [(s.step, s.state) for s in handoff.ls(root)] == [(1, "committed"), (2, "incomplete")]
 
 
 def test_pin_of_a_missing_step_is_not_found(root):

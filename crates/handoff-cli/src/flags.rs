@@ -115,7 +115,8 @@ pub enum Command {
         /// Where.
         #[command(flatten)]
         root: RootArg,
-        /// Finish or undo what a crash left
+        /// Finish or undo what a crash left: remove only what is broken
+        /// (seen twice, 30 s apart), untouched for an hour and not pinned
         #[arg(long)]
         repair: bool,
     },

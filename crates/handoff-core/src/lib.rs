@@ -33,11 +33,11 @@ pub use backend::Backend;
 pub use error::{Error, ErrorKind, Result};
 pub use manifest::{FileEntry, Manifest};
 pub use read::{latest, list, wait};
-pub use retain::{check_holder, fsck, gc, pin, unpin};
+pub use retain::{check_holder, fsck, fsck_with, gc, pin, unpin};
 pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 pub use types::{
-    DEFAULT_PREFIX, FsckEntry, GcFailure, GcOptions, GcReport, PinInfo, PinRequest, PublishReport,
-    StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
+    DEFAULT_PREFIX, FsckEntry, FsckOptions, GcFailure, GcOptions, GcReport, PinInfo, PinRequest,
+    PublishReport, StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
 };
 pub use write::{publish, seal};
 

@@ -27,8 +27,12 @@ use crate::layout::{
 use crate::manifest::STABLE_NAME;
 use crate::storage::{Kind, Platform, Storage, join, write_all_at};
 use crate::tree::{Flusher, ensure_dir, remove_tree};
-use crate::types::{FsckEntry, GcFailure, GcOptions, GcReport, PinInfo, StepState, Verify, millis};
-use crate::validate::{Rejected, check, check_contents, is_absent, opens, read_manifest};
+use crate::types::{
+    FsckEntry, FsckOptions, GcFailure, GcOptions, GcReport, PinInfo, StepState, Verify, millis,
+};
+use crate::validate::{
+    ReadErrors, Rejected, check, check_as, check_contents, is_absent, opens, read_manifest,
+};
 
 /// Check a pin holder id: it becomes a file name.
 pub fn check_holder(holder: &str) -> Result<()> {
@@ -1089,26 +1093,47 @@ fn discard<S: Storage, P: Platform>(
 }
 
 /// Classify every entry of the root and, with `repair`, settle what a crash
-/// left: incomplete and corrupt steps, staging and trash are removed (a
-/// corrupt step is unpublished first), malformed or orphaned pins deleted.
+/// left: broken steps and abandoned staging are removed (a corrupt step is
+/// unpublished first), trash deleted, malformed or orphaned pins deleted.
 /// Committed steps and names the protocol does not own are never touched.
 ///
-/// Repair assumes no writer is active: an in-place writer's unfinished step is
-/// indistinguishable from a crashed one.
+/// [`fsck_with`] the default grace and settle periods.
 pub fn fsck<S: Storage, P: Platform>(
     fs: &S,
     platform: &P,
     prefix: &str,
     repair: bool,
 ) -> Result<Vec<FsckEntry>> {
+    fsck_with(fs, platform, prefix, repair, &FsckOptions::default())
+}
+
+/// [`fsck`] with the evidence repair needs set by `options`.
+///
+/// Repair removes a step only on definite evidence that it is broken (a
+/// missing `STABLE`, manifest or listed file, a wrong size, a manifest that
+/// breaks the rules), seen again after `options.settle`, in a tree nothing in
+/// which changed for `options.grace` by the server's clock, and that no
+/// unexpired pin holds. An error reading it is reported, never acted on; a
+/// younger tree may be a writer's at work. docs/PROTOCOL.md argues each rule.
+pub fn fsck_with<S: Storage, P: Platform>(
+    fs: &S,
+    platform: &P,
+    prefix: &str,
+    repair: bool,
+    options: &FsckOptions,
+) -> Result<Vec<FsckEntry>> {
     check_prefix(prefix)?;
     let mut flush = Flusher::new(fs);
+    let mut clock = RepairClock::new(options);
     let mut out = Vec::new();
     let mut root = fs
         .read_dir("")
         .map_err(|e| Error::io("list", &fs.display(""), &e))?;
     root.sort_by(|a, b| a.name.cmp(&b.name));
     let mut live = Vec::new();
+    // Broken steps in old trees, by their place in `out`: looked at again
+    // once the settle period has passed.
+    let mut suspects = Vec::new();
     for entry in &root {
         if entry.name == HANDOFF_DIR {
             continue;
@@ -1122,15 +1147,8 @@ pub fn fsck<S: Storage, P: Platform>(
             });
             continue;
         };
-        let (state, detail) = match check(fs, prefix, step, Verify::Size) {
-            Ok(_) => (StepState::Committed, None),
-            Err(Rejected::NotCommitted(why)) => (StepState::Incomplete, Some(why)),
-            Err(Rejected::Mismatch(e) | Rejected::Unsafe(e)) => {
-                (StepState::Corrupt, Some(e.message().to_string()))
-            }
-            Err(Rejected::Failed(e)) => return Err(e),
-        };
-        let mut action = None;
+        let (state, detail, evidence) = look(fs, prefix, step);
+        live.push(step);
         // An incomplete step with a live pin is one gc unpublished and was
         // about to put back when it died (a reader pinned it meanwhile):
         // finish what gc would have done, if the payload is whole.
@@ -1173,7 +1191,6 @@ pub fn fsck<S: Storage, P: Platform>(
                     action: None,
                 }),
             }
-            live.push(step);
             continue;
         }
         if state == StepState::Committed {
@@ -1181,7 +1198,6 @@ pub fn fsck<S: Storage, P: Platform>(
                 Some(Generation::V2Claimed) => {
                     // gc decided; the next gc finishes it. Repair leaves
                     // committed steps alone.
-                    live.push(step);
                     out.push(FsckEntry {
                         name: entry.name.clone(),
                         state,
@@ -1210,25 +1226,36 @@ pub fn fsck<S: Storage, P: Platform>(
                 Some(Generation::V1) | None => {}
             }
         }
-        if repair && state != StepState::Committed {
-            if state == StepState::Corrupt {
-                // Unpublish before anything else, so no reader accepts it.
-                let stable = join(&entry.name, STABLE_NAME);
-                fs.remove_file(&stable)
-                    .map_err(|e| Error::io("remove", &fs.display(&stable), &e))?;
-                flush.dir(&entry.name)?;
+        let mut detail = detail;
+        if repair && evidence {
+            match clock.abandoned(&mut flush, platform, &entry.name)? {
+                Ok(()) => suspects.push((out.len(), step)),
+                Err(why) => detail = Some(format!("{}; {why}", detail.unwrap_or_default())),
             }
-            move_to_trash(&mut flush, &entry.name, platform)?;
-            action = Some("removed".to_string());
-        } else {
-            live.push(step);
         }
         out.push(FsckEntry {
             name: entry.name.clone(),
             state,
             detail,
-            action,
+            action: None,
         });
+    }
+
+    if !suspects.is_empty() {
+        platform.sleep_ms(millis(options.settle));
+    }
+    for (at, step) in suspects {
+        let entry = &mut out[at];
+        match second_look(&mut flush, platform, &mut clock, prefix, step, entry.state)? {
+            Ok(()) => {
+                entry.action = Some("removed".to_string());
+                live.retain(|&s| s != step);
+            }
+            Err(why) => {
+                let found = entry.detail.take().unwrap_or_default();
+                entry.detail = Some(format!("{found}; {why}"));
+            }
+        }
     }
 
     for (dir, state) in [
@@ -1238,15 +1265,27 @@ pub fn fsck<S: Storage, P: Platform>(
         for entry in list_or_empty(fs, dir)? {
             let path = join(dir, &entry.name);
             let mut action = None;
+            let mut detail = None;
             if repair {
-                remove_tree(fs, &path).map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
-                flush.dir(dir)?;
-                action = Some("removed".to_string());
+                // A publisher at work keeps its staging copy fresh.
+                let abandoned = match state {
+                    StepState::Staging => clock.abandoned(&mut flush, platform, &path)?,
+                    _ => Ok(()),
+                };
+                match abandoned {
+                    Ok(()) => {
+                        remove_tree(fs, &path)
+                            .map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+                        flush.dir(dir)?;
+                        action = Some("removed".to_string());
+                    }
+                    Err(why) => detail = Some(why),
+                }
             }
             out.push(FsckEntry {
                 name: path,
                 state,
-                detail: None,
+                detail,
                 action,
             });
         }
@@ -1280,6 +1319,147 @@ pub fn fsck<S: Storage, P: Platform>(
         }
     }
     Ok(out)
+}
+
+/// What one look at `step` finds: its state, what is wrong with it, and
+/// whether that is evidence repair may act on. An error reading it is not:
+/// an NFS soft mount returns `EIO` for a server that is slow, `ESTALE` and
+/// `EACCES` say nothing of the bytes, `EMFILE` is this process's own limit.
+fn look<S: Storage>(fs: &S, prefix: &str, step: u64) -> (StepState, Option<String>, bool) {
+    match check_as(fs, prefix, step, Verify::Size, ReadErrors::Failed) {
+        Ok(_) => (StepState::Committed, None, false),
+        Err(Rejected::NotCommitted(why)) => (StepState::Incomplete, Some(why), true),
+        Err(Rejected::Mismatch(e) | Rejected::Unsafe(e)) => {
+            (StepState::Corrupt, Some(e.message().to_string()), true)
+        }
+        Err(Rejected::Failed(e)) => (
+            StepState::Corrupt,
+            Some(format!(
+                "{}; an error, not evidence: repair leaves it",
+                e.message()
+            )),
+            false,
+        ),
+    }
+}
+
+/// The server's clock, read once when repair first needs it (not at all
+/// without repair: reading it creates a file), and how old a tree must be.
+struct RepairClock {
+    now: Option<u64>,
+    grace_ms: u64,
+}
+
+impl RepairClock {
+    fn new(options: &FsckOptions) -> RepairClock {
+        RepairClock {
+            now: None,
+            grace_ms: millis(options.grace),
+        }
+    }
+
+    fn now<S: Storage, P: Platform>(
+        &mut self,
+        flush: &mut Flusher<'_, S>,
+        platform: &P,
+    ) -> Result<u64> {
+        match self.now {
+            Some(now) => Ok(now),
+            None => {
+                // Without room for a clock file, as gc does: an early
+                // reading only leaves a tree longer.
+                let skew = millis(GcOptions::DEFAULT_SKEW);
+                Ok(*self.now.insert(Clock::read(flush, platform, skew)?.now))
+            }
+        }
+    }
+
+    /// `Ok(Ok(()))` if nothing in the tree at `path` changed for the grace
+    /// period (a writer at work keeps its tree fresh); else why it is left.
+    fn abandoned<S: Storage, P: Platform>(
+        &mut self,
+        flush: &mut Flusher<'_, S>,
+        platform: &P,
+        path: &str,
+    ) -> Result<Result<(), String>> {
+        let now = self.now(flush, platform)?;
+        let fs = flush.fs;
+        Ok(match newest_mtime(fs, path) {
+            Ok(newest) if now.saturating_sub(newest) > self.grace_ms => Ok(()),
+            Ok(_) => Err(format!(
+                "changed within the grace period ({} s): a writer may be at work, left",
+                self.grace_ms / 1000
+            )),
+            Err(e) => Err(format!(
+                "cannot tell its age ({}): left",
+                Error::io("inspect", &fs.display(path), &e)
+            )),
+        })
+    }
+}
+
+/// Look at `step`, found `state` on definite evidence a settle period ago,
+/// again, and remove it if it still is, in a tree still old, and no pin
+/// holds it (claimed as gc claims a step). `Ok(Err(why))`: left.
+fn second_look<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    clock: &mut RepairClock,
+    prefix: &str,
+    step: u64,
+    state: StepState,
+) -> Result<Result<(), String>> {
+    let fs = flush.fs;
+    let dir = step_name(prefix, step);
+    // First the age: it lists every directory of the tree, which makes this
+    // node drop the failed look-ups it cached there (docs/FILESYSTEM.md, V2
+    // and V4), so that the look after it asks the server for every name.
+    if let Err(why) = clock.abandoned(flush, platform, &dir)? {
+        return Ok(Err(why));
+    }
+    let (again, found, evidence) = look(fs, prefix, step);
+    if !evidence {
+        return Ok(Err(found.unwrap_or_else(|| {
+            format!("{again} when looked at again after the settle period: left")
+        })));
+    }
+    if again != state {
+        return Ok(Err(format!(
+            "{again} when looked at again after the settle period: left"
+        )));
+    }
+    let skew_ms = millis(GcOptions::DEFAULT_SKEW);
+    let now = clock.now(flush, platform)?;
+    let corrupt = state == StepState::Corrupt;
+    let fate = match step_generation(fs, prefix, step)? {
+        None => Fate::Skipped,
+        // Pins read before and after unpublishing, as gc does.
+        Some(Generation::V1) if corrupt => remove_v1(flush, platform, prefix, step, skew_ms)?,
+        Some(Generation::V2) => match claim(fs, prefix, step, now, skew_ms)? {
+            Claim::Claimed if corrupt => remove_claimed(flush, &dir, platform)?,
+            Claim::Claimed => trash(flush, &dir, platform)?,
+            Claim::Pinned => Fate::Pinned,
+            Claim::Taken => Fate::Skipped,
+        },
+        Some(Generation::V2Claimed) if corrupt => remove_claimed(flush, &dir, platform)?,
+        // Incomplete: no pin can be made on it, and the version 1 pins were
+        // read on the first look.
+        Some(_) => trash(flush, &dir, platform)?,
+    };
+    Ok(match fate {
+        Fate::Removed => Ok(()),
+        Fate::Pinned => Err("pinned: left".into()),
+        Fate::Skipped => Err("being removed by another gc or fsck".into()),
+    })
+}
+
+/// [`move_to_trash`] as a [`Fate`].
+fn trash<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    dir: &str,
+    platform: &P,
+) -> Result<Fate> {
+    move_to_trash(flush, dir, platform).map(|()| Fate::Removed)
 }
 
 fn stray_pin<S: Storage>(fs: &S, path: &str, why: &str, repair: bool) -> Result<FsckEntry> {

@@ -10,14 +10,17 @@ use crate::storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 
 pub struct StdDir(pub PathBuf);
 
-/// What a directory flush of this thread does first: `Err` fails the flush.
-pub type DirSyncHook = Box<dyn FnMut(&str) -> io::Result<()>>;
+/// What a call of this thread on a path does first: `Err` fails the call.
+pub type PathHook = Box<dyn FnMut(&str) -> io::Result<()>>;
 
 thread_local! {
     /// Directory listings made by this thread through any [`StdDir`].
     pub static LISTINGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// Runs before every directory flush of this thread, with the path.
-    pub static ON_DIR_SYNC: std::cell::RefCell<Option<DirSyncHook>> =
+    pub static ON_DIR_SYNC: std::cell::RefCell<Option<PathHook>> =
+        const { std::cell::RefCell::new(None) };
+    /// Runs before every open for reading of this thread, with the path.
+    pub static ON_OPEN: std::cell::RefCell<Option<PathHook>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -80,6 +83,7 @@ impl Storage for StdDir {
     }
 
     fn open(&self, path: &str) -> io::Result<fs::File> {
+        ON_OPEN.with(|hook| hook.borrow_mut().as_mut().map_or(Ok(()), |h| h(path)))?;
         if fs::symlink_metadata(self.path(path))?
             .file_type()
             .is_symlink()

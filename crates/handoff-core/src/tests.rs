@@ -48,6 +48,12 @@ fn payload(dir: &Path, tag: &str) {
         .unwrap();
 }
 
+/// Set every time in the tree at `path` two hours back: what a crash that
+/// long ago left (older than gc's and fsck's grace period).
+fn age(path: &Path) {
+    handoff_testkit::age_tree(path, Duration::from_secs(2 * 3600)).unwrap();
+}
+
 struct Fixture {
     _tmp: tempfile::TempDir,
     root: StdDir,
@@ -690,7 +696,10 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
     payload(&f.path(".handoff/trash/step_0.0000"), "x"); // crashed gc
     fs::remove_file(f.path("step_2/adapter.safetensors")).unwrap(); // damage
     fs::write(f.path("notes.txt"), "mine").unwrap();
-    let first = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    // The crashes were long ago; repair's settle period passes at once.
+    age(&f.root.0);
+    let platform = ScriptPlatform::new();
+    let first = fsck(&f.root, &platform, "step_", true).unwrap();
     let state = |name: &str| first.iter().find(|e| e.name == name).map(|e| e.state);
     assert_eq!(state("step_1"), Some(StepState::Committed));
     assert_eq!(state("step_2"), Some(StepState::Corrupt));
@@ -701,7 +710,7 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
     );
     assert_eq!(state(".handoff/trash/step_0.0000"), Some(StepState::Trash));
     assert_eq!(state("notes.txt"), Some(StepState::Stray));
-    let second = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    let second = fsck(&f.root, &platform, "step_", true).unwrap();
     let names: Vec<_> = second
         .iter()
         .map(|e| (e.name.as_str(), e.state, e.action.is_some()))
@@ -713,7 +722,7 @@ fn fsck_repair_settles_crash_leftovers_and_is_idempotent() {
             ("step_1", StepState::Committed, false)
         ]
     );
-    assert_eq!(fsck(&f.root, &RealPlatform, "step_", true).unwrap(), second);
+    assert_eq!(fsck(&f.root, &platform, "step_", true).unwrap(), second);
 }
 
 #[test]
@@ -755,7 +764,8 @@ fn fsck_republishes_a_pinned_version_1_step_an_interrupted_gc_unpublished() {
     unpin(&f.root, "step_", 2, "reader").unwrap_err();
     fs::remove_file(f.path("step_1/STABLE")).unwrap();
     unpin(&f.root, "step_", 1, "reader").unwrap();
-    fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    age(&f.root.0);
+    fsck(&f.root, &ScriptPlatform::new(), "step_", true).unwrap();
     assert!(!f.path("step_1").exists());
 }
 
@@ -1181,3 +1191,6 @@ fn a_publisher_that_stalls_past_the_grace_fails_cleanly_when_gc_takes_its_stagin
     assert!(!f.path("step_2").exists());
     assert!(f.gc(1).unwrap().failed.is_empty());
 }
+
+/// fsck --repair's rules of evidence.
+mod fsck_repair;

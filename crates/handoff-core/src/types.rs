@@ -278,6 +278,29 @@ impl GcOptions {
     }
 }
 
+/// Options of [`fsck_with`](crate::fsck_with): the evidence its repair
+/// needs before it removes a step or a staging directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsckOptions {
+    /// Only a tree nothing in which changed for this long, by the server's
+    /// clock, is taken for abandoned: a younger one may be a writer's at
+    /// work.
+    pub grace: Duration,
+    /// A step found broken is looked at again this much later, and removed
+    /// only if it still is: a node's view of a changing tree lags.
+    pub settle: Duration,
+}
+
+impl Default for FsckOptions {
+    /// gc's default grace period and a reader's default settle time.
+    fn default() -> Self {
+        FsckOptions {
+            grace: GcOptions::DEFAULT_GRACE,
+            settle: WaitOptions::DEFAULT_SETTLE,
+        }
+    }
+}
+
 /// What [`gc`](crate::gc) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {

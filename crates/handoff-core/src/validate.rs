@@ -41,6 +41,35 @@ impl Rejected {
     }
 }
 
+/// What an error reading a step, other than "not there", counts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadErrors {
+    /// A [`Rejected::Mismatch`], retried for the settle time: a reader's
+    /// view, to which an NFS soft mount's transient `EIO` is a lagging cache.
+    Mismatch,
+    /// A [`Rejected::Failed`]: fsck removes a step only on evidence that it
+    /// is broken (a name not there, what was read), never on an error.
+    Failed,
+}
+
+impl ReadErrors {
+    /// Whether `e`, opening `STABLE`, means it is not there.
+    fn absent(self, e: &io::Error) -> bool {
+        match self {
+            ReadErrors::Mismatch => is_absent(e),
+            ReadErrors::Failed => e.kind() == io::ErrorKind::NotFound,
+        }
+    }
+
+    /// The rejection for an error reading `path`, said by `why`.
+    fn reject(self, path: &str, why: String) -> Rejected {
+        match self {
+            ReadErrors::Mismatch => Rejected::mismatch(path, why),
+            ReadErrors::Failed => Rejected::Failed(Error::new(ErrorKind::Io, why).at(path)),
+        }
+    }
+}
+
 /// One attempt: open `STABLE`, the manifest and every listed file afresh, and
 /// check them.
 pub(crate) fn check<S: Storage>(
@@ -49,17 +78,37 @@ pub(crate) fn check<S: Storage>(
     step: u64,
     verify: Verify,
 ) -> Result<Version, Rejected> {
+    check_as(fs, prefix, step, verify, ReadErrors::Mismatch)
+}
+
+/// [`check`], with read errors counted as `errors` says.
+pub(crate) fn check_as<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+    errors: ReadErrors,
+) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
     let stable = join(&dir, STABLE_NAME);
-    let committed = opens(fs, &stable)
-        .map_err(|e| Rejected::Failed(Error::io("open", &fs.display(&stable), &e)))?;
+    let committed = match fs.open(&stable) {
+        Ok(_) => true,
+        Err(e) if errors.absent(&e) => false,
+        Err(e) => {
+            return Err(Rejected::Failed(Error::io(
+                "open",
+                &fs.display(&stable),
+                &e,
+            )));
+        }
+    };
     if !committed {
         return Err(Rejected::NotCommitted(format!(
             "step {step} is not committed: no {}",
             fs.display(&stable)
         )));
     }
-    check_contents(fs, prefix, step, verify)
+    contents(fs, prefix, step, verify, errors)
 }
 
 /// Whether `path` exists, found by opening it rather than by `stat`: an NFS
@@ -93,8 +142,18 @@ pub(crate) fn check_contents<S: Storage>(
     step: u64,
     verify: Verify,
 ) -> Result<Version, Rejected> {
+    contents(fs, prefix, step, verify, ReadErrors::Mismatch)
+}
+
+fn contents<S: Storage>(
+    fs: &S,
+    prefix: &str,
+    step: u64,
+    verify: Verify,
+    errors: ReadErrors,
+) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
-    let manifest = read_manifest(fs, &dir)?;
+    let manifest = manifest_as(fs, &dir, errors)?;
     if manifest.step != step {
         let shown = fs.display(&join(&dir, MANIFEST_NAME));
         return Err(Rejected::unsafe_manifest(
@@ -117,16 +176,11 @@ pub(crate) fn check_contents<S: Storage>(
                     ),
                 ));
             }
-            Err(e) => {
-                return Err(Rejected::mismatch(
-                    &shown(),
-                    format!("cannot open {}: {e}", shown()),
-                ));
-            }
+            Err(e) => return Err(errors.reject(&shown(), format!("cannot open {}: {e}", shown()))),
         };
-        let size = file.size().map_err(|e| {
-            Rejected::mismatch(&shown(), format!("cannot inspect {}: {e}", shown()))
-        })?;
+        let size = file
+            .size()
+            .map_err(|e| errors.reject(&shown(), format!("cannot inspect {}: {e}", shown())))?;
         if size != entry.size {
             let what = if size < entry.size {
                 "short"
@@ -144,7 +198,7 @@ pub(crate) fn check_contents<S: Storage>(
         }
         if verify == Verify::Hash {
             let (read, hash) = hash_file(fs, &mut file, &path)
-                .map_err(|e| Rejected::mismatch(&shown(), e.to_string()))?;
+                .map_err(|e| errors.reject(&shown(), e.to_string()))?;
             if read != entry.size || hash != entry.blake3 {
                 return Err(Rejected::mismatch(
                     &shown(),
@@ -164,6 +218,10 @@ pub(crate) fn check_contents<S: Storage>(
 
 /// Read and parse `<dir>/handoff.manifest.json` of a committed step.
 pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, Rejected> {
+    manifest_as(fs, dir, ReadErrors::Mismatch)
+}
+
+fn manifest_as<S: Storage>(fs: &S, dir: &str, errors: ReadErrors) -> Result<Manifest, Rejected> {
     let path = join(dir, MANIFEST_NAME);
     let shown = fs.display(&path);
     let mut file = match fs.open(&path) {
@@ -174,16 +232,11 @@ pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, R
                 format!("STABLE is present but {shown} is missing"),
             ));
         }
-        Err(e) => {
-            return Err(Rejected::mismatch(
-                &shown,
-                format!("cannot open {shown}: {e}"),
-            ));
-        }
+        Err(e) => return Err(errors.reject(&shown, format!("cannot open {shown}: {e}"))),
     };
     let size = file
         .size()
-        .map_err(|e| Rejected::mismatch(&shown, format!("cannot inspect {shown}: {e}")))?;
+        .map_err(|e| errors.reject(&shown, format!("cannot inspect {shown}: {e}")))?;
     if size > MAX_MANIFEST_BYTES {
         return Err(Rejected::unsafe_manifest(
             &shown,
@@ -198,12 +251,7 @@ pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, R
         match file.read_at(&mut bytes[filled..], filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) => {
-                return Err(Rejected::mismatch(
-                    &shown,
-                    format!("cannot read {shown}: {e}"),
-                ));
-            }
+            Err(e) => return Err(errors.reject(&shown, format!("cannot read {shown}: {e}"))),
         }
     }
     bytes.truncate(filled);

@@ -21,8 +21,9 @@
 //!    writer wrote;
 //! 2. once publish/seal returned OK, no crash loses that version (nor does
 //!    any operation lose versions committed before it);
-//! 3. after any crash, `fsck --repair` leaves only complete committed
-//!    versions and no staging or trash, and a second repair changes nothing;
+//! 3. after any crash, `fsck --repair` (its grace period shorter than the
+//!    time since the crash) leaves only complete committed versions and no
+//!    staging or trash, and a second repair changes nothing;
 //! 4. gc never removes a pinned step;
 //! 5. of two publishers of one step, one wins whole and the other gets a
 //!    conflict.
@@ -621,6 +622,10 @@ fn fsck_on_node<P: Protocol>(
     model: &Model,
     clock: &SimPlatform,
 ) -> Option<Result<(), Error>> {
+    // A process of its own, with its own random names: a crash state's
+    // recovery clock may draw the same as the clock the crash case ran on,
+    // and a clock file the crash left must not collide with the recovery's.
+    let clock = &clock.fork(mix(clock.random_u64() ^ 0xf5c));
     let node = NodeView::new("fsck-node", model, clock, caches(0, 0xf5c));
     p.fsck_repair(&node, clock).map(|r| r.map(|_| ()))
 }
@@ -686,14 +691,15 @@ fn untidy_scenario<P: Protocol>(p: P) -> Scenario {
         .expect("setup: pin");
     handoff_core::StorageFile::write_at(&mut file, pin.as_bytes(), 0).expect("setup: write");
     sc.model.sync_all();
+    // Repair takes only trees older than its grace period for abandoned.
+    sc.clock.advance(RECOVERY_GAP_MS);
     sc.known.insert(2, vec![w2]);
     sc.known.insert(3, vec![w3]);
-    sc.setup.push(
+    sc.setup.push(format!(
         "a publish of step 2 crashed halfway (staging left); step 3 was written in place \
          and never sealed (with a manifest temp file); a gc crashed with step_0 in trash; \
-         a pin on step 5, which is gone; then everything was synced"
-            .to_string(),
-    );
+         a pin on step 5, which is gone; then everything was synced, {RECOVERY_GAP_MS} ms ago"
+    ));
     sc
 }
 

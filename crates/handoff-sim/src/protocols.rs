@@ -18,8 +18,8 @@ use std::time::Duration;
 use handoff_core::layout::{MANIFEST_TMP_PREFIX, is_protocol_name, join, parse_step, step_name};
 use handoff_core::manifest::{MANIFEST_NAME, STABLE_NAME};
 use handoff_core::{
-    Error, ErrorKind, GcOptions, Kind, PinRequest, Platform, StepState, Storage, StorageFile,
-    Target, Verify, WaitOptions, WriteOptions,
+    Error, ErrorKind, FsckOptions, GcOptions, Kind, PinRequest, Platform, StepState, Storage,
+    StorageFile, Target, Verify, WaitOptions, WriteOptions,
 };
 
 use crate::model::{Model, SimPlatform};
@@ -361,7 +361,11 @@ pub trait Protocol: Copy + Send + Sync + 'static {
     /// `fsck --repair`; how many entries it acted on.
     fn fsck_repair<S: Storage>(&self, fs: &S, clock: &SimPlatform) -> Option<Result<usize, Error>> {
         Self::RETAINS.then(|| {
-            handoff_core::fsck(fs, clock, PREFIX, true)
+            let options = FsckOptions {
+                grace: ms(FSCK_GRACE_MS),
+                settle: ms(SETTLE_MS),
+            };
+            handoff_core::fsck_with(fs, clock, PREFIX, true, &options)
                 .map(|entries| entries.iter().filter(|e| e.action.is_some()).count())
         })
     }
@@ -370,6 +374,11 @@ pub trait Protocol: Copy + Send + Sync + 'static {
 /// How long a committed step that does not validate is retried before it is
 /// an integrity error.
 pub const SETTLE_MS: u64 = 30;
+
+/// How long nothing in a tree must have changed before fsck --repair takes
+/// it for abandoned: less than the second between a crash and its recovery
+/// in every scenario, so that repair finds all a crash left.
+pub const FSCK_GRACE_MS: u64 = 500;
 
 /// A reader's options: size checks, polls every 10 ms.
 fn wait_options(timeout_ms: u64, pin: Option<PinRequest>) -> WaitOptions {

@@ -4,7 +4,8 @@
 //! - [`Rng`]: a seeded splitmix64 generator; the same seed gives the same
 //!   sequence on every machine, so a printed seed replays.
 //! - [`Payload`] and [`write_random`]: folders of files to publish, small and
-//!   held in memory for checking, or large and streamed.
+//!   held in memory for checking, or large and streamed; [`age_tree`] makes
+//!   one look long abandoned.
 //! - [`proc`]: the `handoff` binary under test, child processes with a
 //!   deadline, and failures that carry the child's stderr.
 //!
@@ -28,5 +29,5 @@ mod payload;
 pub mod proc;
 mod rng;
 
-pub use payload::{Payload, write_random};
+pub use payload::{Payload, age_tree, write_random};
 pub use rng::{Rng, mix};

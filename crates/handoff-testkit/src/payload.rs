@@ -99,6 +99,23 @@ pub fn write_random(path: &Path, size: u64, rng: &mut Rng) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets every time in the tree at `path` `by` back: a tree last written that
+/// long ago, as gc and fsck judge abandoned trees. Symbolic links are left.
+pub fn age_tree(path: &Path, by: Duration) -> io::Result<()> {
+    let then = std::time::SystemTime::now() - by;
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            age_tree(&entry?.path(), by)?;
+        }
+    }
+    let times = fs::FileTimes::new().set_accessed(then).set_modified(then);
+    File::open(path)?.set_times(times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

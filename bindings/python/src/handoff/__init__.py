@@ -250,7 +250,8 @@ def gc(
 
 def fsck(root: PathLike, repair: bool = False, *, prefix: str = DEFAULT_PREFIX) -> List[FsckEntry]:
     """Classify every entry under ``root``; with ``repair``, finish or undo
-    what a crash left (idempotent). Assumes no writer is running."""
+    what a crash left (idempotent). Removes a step only if it is broken, seen
+    twice 30 s apart, untouched for an hour and not pinned."""
     root_path = _dir(root, "root")
     entries = _runtime.call("fsck", [(root_path, True)], [root_path, prefix, bool(repair)])
     return [FsckEntry(e.name, e.state, e.detail, e.action) for e in entries]
