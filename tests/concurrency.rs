@@ -65,7 +65,9 @@ fn two_sealers_of_one_step_one_wins_with_its_own_manifest() {
         let left: Vec<_> = fs::read_dir(env.root().join("step_1"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(".handoff.manifest.json.tmp") || n == ".handoff.seal")
+            .filter(|n| {
+                n.starts_with(".handoff.manifest.json.tmp") || n.starts_with(".handoff.seal")
+            })
             .collect();
         assert!(left.is_empty(), "round {round}: {left:?}");
     }

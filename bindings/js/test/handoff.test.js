@@ -113,7 +113,8 @@ test('seal in place keeps STABLE for old readers', () => {
 test('seal claimed by another writer conflicts; its own writer takes over', () => {
   const { root, src } = fixture();
   cpSync(src, join(root, 'step_4'), { recursive: true });
-  writeFileSync(join(root, 'step_4', '.handoff.seal'), 'trainer-7');
+  mkdirSync(join(root, 'step_4', '.handoff.seal'));
+  writeFileSync(join(root, 'step_4', '.handoff.seal', 'writer'), 'trainer-7');
   assert.throws(
     () => handoff.seal(root, 4, { writer: 'other' }),
     (e) => e instanceof handoff.ConflictError && /trainer-7/.test(e.message),

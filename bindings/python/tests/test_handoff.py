@@ -126,7 +126,8 @@ def test_seal_in_place_keeps_stable_for_old_readers(root, src):
 
 def test_seal_claimed_by_another_writer_conflicts_and_its_own_takes_over(root, src):
     shutil.copytree(src, root / "step_4")
-    (root / "step_4" / ".handoff.seal").write_text("trainer-7")
+    (root / "step_4" / ".handoff.seal").mkdir()
+    (root / "step_4" / ".handoff.seal" / "writer").write_text("trainer-7")
     with pytest.raises(handoff.ConflictError, match="trainer-7"):
         handoff.seal(root, 4, writer="other")
     assert not (root / "step_4" / "handoff.manifest.json").exists()

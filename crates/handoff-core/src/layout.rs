@@ -21,10 +21,16 @@ pub const CLOCK_PREFIX: &str = ".handoff/clock.";
 /// ever renames another's. Readers ignore it; a seal taking over its own
 /// unfinished claim removes leftovers.
 pub const MANIFEST_TMP_PREFIX: &str = ".handoff.manifest.json.tmp";
-/// A seal's claim on a step directory, created exclusively before anything
-/// else is written and holding the sealer's writer id: one sealer at a time.
-/// Removed once the step is committed (or the seal failed).
+/// A seal's claim on a step directory, made before anything else is
+/// written: a directory holding [`SEAL_CLAIM_WRITER`], renamed into place
+/// whole (a rename onto a directory that is not empty fails), so one sealer
+/// at a time. Removed once the step is committed (or the seal failed).
 pub const SEAL_CLAIM_NAME: &str = ".handoff.seal";
+/// The file in a seal claim that holds the sealer's writer id.
+pub const SEAL_CLAIM_WRITER: &str = "writer";
+/// The start of the name a claim is prepared under:
+/// `<this><random>`, one attempt's own.
+pub const SEAL_CLAIM_TMP_PREFIX: &str = ".handoff.seal.";
 
 /// Whether a name in a step directory is one of the protocol's own, never
 /// payload.
@@ -36,12 +42,18 @@ pub fn is_protocol_name(name: &str) -> bool {
             | STEP_PINS_NAME
             | SEAL_CLAIM_NAME
     ) || name.starts_with(MANIFEST_TMP_PREFIX)
+        || name.starts_with(SEAL_CLAIM_TMP_PREFIX)
 }
 
 /// Where publish stages the step directory `dir`: a name of one attempt's
 /// own, from a random `unique`.
 pub fn staging_name(dir: &str, unique: u64) -> String {
     join(STAGING_DIR, &format!("{dir}.{unique:016x}"))
+}
+
+/// The name a seal claim is prepared under, from a random `unique`.
+pub fn seal_claim_tmp_name(unique: u64) -> String {
+    format!("{SEAL_CLAIM_TMP_PREFIX}{unique:016x}")
 }
 
 /// The temporary name of a manifest being written, from a random `unique`.

@@ -913,7 +913,9 @@ fn seal_leftovers(f: &Fixture, step: u64) -> Vec<String> {
     fs::read_dir(f.path(&format!("step_{step}")))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.starts_with(".handoff.manifest.json.tmp") || name == ".handoff.seal")
+        .filter(|name| {
+            name.starts_with(".handoff.manifest.json.tmp") || name.starts_with(".handoff.seal")
+        })
         .collect()
 }
 
@@ -971,7 +973,8 @@ fn assert_sealed_by(f: &Fixture, step: u64, writer: &str) {
 fn claimed_by(holder: &str) -> Fixture {
     let f = fixture();
     payload(&f.path("step_2"), "a");
-    fs::write(f.path("step_2/.handoff.seal"), holder).unwrap();
+    fs::create_dir(f.path("step_2/.handoff.seal")).unwrap();
+    fs::write(f.path("step_2/.handoff.seal/writer"), holder).unwrap();
     f
 }
 

@@ -4,8 +4,9 @@ use std::io;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
-    HANDOFF_DIR, MANIFEST_TMP_PREFIX, SEAL_CLAIM_NAME, STAGING_DIR, STEP_PINS_NAME, check_prefix,
-    is_protocol_name, manifest_tmp_name, staging_name, step_name,
+    HANDOFF_DIR, MANIFEST_TMP_PREFIX, SEAL_CLAIM_NAME, SEAL_CLAIM_TMP_PREFIX, SEAL_CLAIM_WRITER,
+    STAGING_DIR, STEP_PINS_NAME, check_prefix, is_protocol_name, manifest_tmp_name,
+    seal_claim_tmp_name, staging_name, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
@@ -16,9 +17,9 @@ use crate::types::{PublishReport, Version, WriteOptions};
 /// Seal a payload already written in `<prefix><step>/`.
 ///
 /// Order, and the crash or race each point prevents:
-/// 0. claim the step: create `.handoff.seal` exclusively, holding the
-///    writer id. Of two sealers exactly one creates it; the other gets a
-///    conflict having written nothing. A sealer whose own claim is there
+/// 0. claim the step: rename a directory holding the writer id to
+///    `.handoff.seal`, which fails if a claim is there. Of two sealers
+///    exactly one renames; the other gets a conflict having left nothing. A sealer whose own claim is there
 ///    (same writer id: it died and runs again) takes it over. Then list the
 ///    directory: a `STABLE` there means another sealer committed the step
 ///    and released its claim before ours.
@@ -72,12 +73,11 @@ pub fn seal<S: Storage, P: Platform>(
         return Err(sealed_already(fs, step, &stable));
     }
     let mut flush = Flusher::new(fs);
-    claim_seal(&mut flush, &dir, step, &options.writer)?;
-    let claim = join(&dir, SEAL_CLAIM_NAME);
+    claim_seal(&mut flush, platform, &dir, step, &options.writer)?;
     let result = seal_claimed(&mut flush, platform, &dir, step, options);
     // Committed or not, the claim has done its work: a failed seal leaves
     // nothing that stops a retry, by this writer or another.
-    let _ = fs.remove_file(&claim);
+    release_claim(fs, &join(&dir, SEAL_CLAIM_NAME));
     let manifest = result?;
     Ok(report(fs, &dir, manifest, flush))
 }
@@ -159,15 +159,23 @@ fn sealed_already<S: Storage>(fs: &S, step: u64, stable: &str) -> Error {
     .at(shown)
 }
 
-/// The longest writer id a claim is compared against; a longer claim file is
-/// not one a sealer wrote.
+/// The longest writer id a claim is compared against; a longer file is not
+/// one a sealer wrote.
 const MAX_CLAIM_BYTES: u64 = 64 * 1024;
 
 /// Step 0 of [`seal`]: claim `dir` for `writer`, or take over the claim a
 /// sealer with the same writer id left when it died (removing its
 /// temporary manifests, which only a holder of the claim writes).
-fn claim_seal<S: Storage>(
+///
+/// The claim is a directory holding a file with the writer id, prepared
+/// under a name of this attempt's own and renamed into place whole: a
+/// rename onto a directory that is not empty fails, so of two sealers
+/// exactly one renames, and a claim is never seen without its writer id,
+/// even after a power loss. (An empty `.handoff.seal` is a released claim
+/// whose release was cut short: the rename replaces it.)
+fn claim_seal<S: Storage, P: Platform>(
     flush: &mut Flusher<'_, S>,
+    platform: &P,
     dir: &str,
     step: u64,
     writer: &str,
@@ -175,67 +183,144 @@ fn claim_seal<S: Storage>(
     let fs = flush.fs;
     let claim = join(dir, SEAL_CLAIM_NAME);
     let shown = fs.display(&claim);
-    match fs.create_new(&claim) {
-        Ok(mut file) => {
-            // Durable content, so that after a power loss the claim still
-            // says whose it is and its sealer can take it over.
-            let written = write_all_at(&mut file, writer.as_bytes(), 0)
-                .map_err(|e| Error::io("write", &shown, &e))
-                .and_then(|()| flush.file(&mut file, &claim));
-            if let Err(err) = written {
-                let _ = fs.remove_file(&claim);
-                return Err(err);
-            }
-            Ok(())
+    // A claim released while we looked at it (its sealer finished or gave
+    // up) is tried for again; a few times, as a sealer is quick to release.
+    for _ in 0..8 {
+        if try_claim(flush, platform, dir, writer)? {
+            return Ok(());
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let holder = read_claim(fs, &claim)?;
-            if holder.as_deref() == Some(writer) {
-                for entry in fs
-                    .read_dir(dir)
-                    .map_err(|e| Error::io("list", &fs.display(dir), &e))?
-                {
-                    if entry.name.starts_with(MANIFEST_TMP_PREFIX) {
-                        let path = join(dir, &entry.name);
-                        fs.remove_file(&path)
-                            .map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
-                    }
-                }
+        let holder = match read_claim(fs, &claim)? {
+            Holder::Released => continue,
+            Holder::Unreadable => None,
+            Holder::Writer(holder) if holder == writer => {
+                take_over(fs, dir, writer)?;
                 return Ok(());
             }
-            let whose = match holder {
-                Some(holder) if !holder.is_empty() => format!(
-                    "by writer {holder:?} ({shown} exists); if that seal died, seal again \
-                     with --writer {holder:?} to take it over, or remove {shown}"
-                ),
-                _ => format!(
-                    "by another sealer ({shown} exists, holding no writer id yet); \
-                     if no seal is running, remove {shown}"
-                ),
-            };
-            Err(Error::new(
-                ErrorKind::Conflict,
-                format!("step {step} is being sealed {whose}; left as is"),
-            )
-            .at(shown))
-        }
-        Err(e) => Err(Error::io("create", &shown, &e)),
+            Holder::Writer(holder) => Some(holder),
+        };
+        let whose = match holder {
+            Some(holder) => format!(
+                "by writer {holder:?} ({shown} exists); if that seal died, seal again \
+                 with --writer {holder:?} to take it over, or remove {shown}"
+            ),
+            None => format!("by another sealer ({shown} exists); if none is running, remove it"),
+        };
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("step {step} is being sealed {whose}; left as is"),
+        )
+        .at(shown));
     }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!("step {step} is being sealed: {shown} came and went while we tried to claim it"),
+    )
+    .at(shown)
+    .retryable(true))
 }
 
-/// The writer id in a seal claim; `None` if it is not one a sealer wrote
-/// (too large, or not UTF-8).
-fn read_claim<S: Storage>(fs: &S, claim: &str) -> Result<Option<String>> {
-    let shown = fs.display(claim);
-    let mut file = match fs.open(claim) {
-        Ok(file) => file,
-        // Its sealer finished or gave up meanwhile: no one to take over from.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open", &shown, &e)),
+/// Prepare a claim for `writer` and rename it into place: whether it was
+/// (`false`: a claim is there).
+fn try_claim<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    dir: &str,
+    writer: &str,
+) -> Result<bool> {
+    let fs = flush.fs;
+    let claim = join(dir, SEAL_CLAIM_NAME);
+    let mine = join(dir, &seal_claim_tmp_name(platform.random_u64()));
+    let prepared = (|| {
+        fs.create_dir(&mine)
+            .map_err(|e| Error::io("create", &fs.display(&mine), &e))?;
+        let id = join(&mine, SEAL_CLAIM_WRITER);
+        let mut file = fs
+            .create_new(&id)
+            .map_err(|e| Error::io("create", &fs.display(&id), &e))?;
+        write_all_at(&mut file, writer.as_bytes(), 0)
+            .map_err(|e| Error::io("write", &fs.display(&id), &e))?;
+        flush.file(&mut file, &id)?;
+        flush.dir(&mine)
+    })();
+    let renamed = prepared.and_then(|()| match fs.rename(&mine, &claim) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::AlreadyExists
+                    | io::ErrorKind::DirectoryNotEmpty
+                    | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("rename claim to", &fs.display(&claim), &e)),
+    });
+    if renamed != Ok(true) {
+        release_claim(fs, &mine);
+    }
+    renamed
+}
+
+/// Take over `writer`'s own claim on `dir`, left by a seal that died:
+/// remove the temporary manifests and prepared claims it left.
+fn take_over<S: Storage>(fs: &S, dir: &str, writer: &str) -> Result<()> {
+    for entry in fs
+        .read_dir(dir)
+        .map_err(|e| Error::io("list", &fs.display(dir), &e))?
+    {
+        let path = join(dir, &entry.name);
+        if entry.name.starts_with(MANIFEST_TMP_PREFIX) {
+            fs.remove_file(&path)
+                .map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
+        } else if entry.name.starts_with(SEAL_CLAIM_TMP_PREFIX)
+            && matches!(read_claim(fs, &path)?, Holder::Writer(w) if w == writer)
+        {
+            release_claim(fs, &path);
+        }
+    }
+    Ok(())
+}
+
+/// Remove the seal claim (or prepared claim) `claim`: its writer file, then
+/// the directory. Best effort: what is left is an empty claim, which the
+/// next sealer's rename replaces.
+fn release_claim<S: Storage>(fs: &S, claim: &str) {
+    let _ = fs.remove_file(&join(claim, SEAL_CLAIM_WRITER));
+    let _ = fs.remove_dir(claim);
+}
+
+/// Whose a seal claim is.
+enum Holder {
+    /// The writer id in it.
+    Writer(String),
+    /// None a sealer wrote (too large, or not UTF-8).
+    Unreadable,
+    /// It is gone: its sealer finished or gave up.
+    Released,
+}
+
+/// Whose the seal claim `claim` is.
+fn read_claim<S: Storage>(fs: &S, claim: &str) -> Result<Holder> {
+    let path = join(claim, SEAL_CLAIM_WRITER);
+    let shown = fs.display(&path);
+    // A failure to read a claim that is gone meanwhile (NFS answers a read
+    // of a file another node removed with an error) is a released claim.
+    let failed = |doing: &str, e: io::Error| match fs.stat(claim) {
+        Ok(None) => Ok(Holder::Released),
+        _ if e.kind() == io::ErrorKind::NotFound => Ok(Holder::Released),
+        _ => Err(Error::io(doing, &shown, &e)),
     };
-    let size = file.size().map_err(|e| Error::io("inspect", &shown, &e))?;
+    let mut file = match fs.open(&path) {
+        Ok(file) => file,
+        Err(e) => return failed("open", e),
+    };
+    let size = match file.size() {
+        Ok(size) => size,
+        Err(e) => return failed("inspect", e),
+    };
     if size > MAX_CLAIM_BYTES {
-        return Ok(None);
+        return Ok(Holder::Unreadable);
     }
     let mut bytes = vec![0; size as usize];
     let mut filled = 0;
@@ -243,11 +328,11 @@ fn read_claim<S: Storage>(fs: &S, claim: &str) -> Result<Option<String>> {
         match file.read_at(&mut bytes[filled..], filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) => return Err(Error::io("read", &shown, &e)),
+            Err(e) => return failed("read", e),
         }
     }
     bytes.truncate(filled);
-    Ok(String::from_utf8(bytes).ok())
+    Ok(String::from_utf8(bytes).map_or(Holder::Unreadable, Holder::Writer))
 }
 
 /// The modification time of `path`, by the storage's clock.

@@ -77,7 +77,12 @@ impl Scenario<'_> {
                 root,
                 &["--step", STEP, self.src.to_str().unwrap()],
             ),
-            (Tool::Handoff, Op::Seal) => self.setup.cmd("seal", root, &["--step", STEP]),
+            // A stable writer id, as a trainer that may be restarted
+            // mid-seal needs: run again, it takes over its own claim.
+            (Tool::Handoff, Op::Seal) => {
+                self.setup
+                    .cmd("seal", root, &["--step", STEP, "--writer", "trainer-0"])
+            }
             (Tool::Naive, Op::Publish) => shell(
                 r#"t="$1/.tmp-step_2"; mkdir -p "$t" && cp "$2"/* "$t"/ && touch "$t"/STABLE && mv "$t" "$1"/step_2"#,
                 root,

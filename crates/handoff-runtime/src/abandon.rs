@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use handoff_core::layout::{SEAL_CLAIM_NAME, join, manifest_tmp_name, staging_name, step_name};
+use handoff_core::layout::{
+    SEAL_CLAIM_NAME, SEAL_CLAIM_WRITER, join, manifest_tmp_name, seal_claim_tmp_name, staging_name,
+    step_name,
+};
 use rand_core::TryRng;
 use wasmtime_wasi::Rng;
 
@@ -76,9 +79,10 @@ pub(crate) fn publish(root: &Path, prefix: &str, step: u64, draws: &Draws) -> io
 }
 
 /// Remove what a seal of `<prefix><step>` as `writer` stopped under `root`
-/// left: its temporary manifests and its claim, if the claim is still its
-/// own, so that a retry by any writer can claim the step. A step it
-/// committed before it stopped keeps its `STABLE`; the claim goes either way.
+/// left: its temporary manifests, its prepared claim, and its claim if the
+/// claim is still its own, so that a retry by any writer can claim the
+/// step. A step it committed before it stopped keeps its `STABLE`; the
+/// claim goes either way.
 pub(crate) fn seal(
     root: &Path,
     prefix: &str,
@@ -89,11 +93,12 @@ pub(crate) fn seal(
     let root = Dir::open_ambient_dir(root, ambient_authority())?;
     let dir = step_name(prefix, step);
     for unique in draws.taken() {
-        remove_file(&root, &join(&dir, &manifest_tmp_name(unique)))?;
+        remove_tree(&root, &join(&dir, &manifest_tmp_name(unique)))?;
+        remove_tree(&root, &join(&dir, &seal_claim_tmp_name(unique)))?;
     }
     let claim = join(&dir, SEAL_CLAIM_NAME);
     let mut holder = Vec::new();
-    match root.open(&claim) {
+    match root.open(join(&claim, SEAL_CLAIM_WRITER)) {
         // No longer than the writer id: a longer claim is not this one.
         Ok(file) => file
             .take(writer.len() as u64 + 1)
@@ -103,20 +108,19 @@ pub(crate) fn seal(
         Err(e) => return Err(e),
     }
     if holder == writer.as_bytes() {
-        remove_file(&root, &claim)?;
+        remove_tree(&root, &claim)?;
     }
     Ok(())
 }
 
+/// Remove the file or tree at `path`, if there is one.
 fn remove_tree(root: &Dir, path: &str) -> io::Result<()> {
-    match root.remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn remove_file(root: &Dir, path: &str) -> io::Result<()> {
-    match root.remove_file(path) {
+    let removed = match root.symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => root.remove_dir_all(path),
+        Ok(_) => root.remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

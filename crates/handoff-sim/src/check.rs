@@ -2157,7 +2157,7 @@ mod tests {
                 let first_dir_flush = sync.starts_with("fsync-dir")
                     && results[i + 1..].iter().any(|(later, _)| later == sync);
                 let ordering_only = sync.ends_with("/STABLE")
-                    || sync.ends_with("/.handoff.seal")
+                    || sync.contains("/.handoff.seal.")
                     || (op == Operation::Publish && first_dir_flush);
                 assert_eq!(
                     *caught,
