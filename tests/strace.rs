@@ -76,10 +76,27 @@ pub fn fsync_order(lines: &[String], root: &str) -> Vec<String> {
             } else {
                 path.strip_prefix(root)?
                     .strip_prefix('/')
-                    .map(str::to_string)
+                    .map(without_random)
             }
         })
         .collect()
+}
+
+/// `path` with each name's random suffix (`.<16 hex digits>`, one
+/// attempt's own) written `.<random>`, so two runs' orders compare.
+fn without_random(path: &str) -> String {
+    let names: Vec<String> = path
+        .split('/')
+        .map(|name| match name.rsplit_once('.') {
+            Some((stem, tail))
+                if tail.len() == 16 && tail.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                format!("{stem}.<random>")
+            }
+            _ => name.to_string(),
+        })
+        .collect();
+    names.join("/")
 }
 
 /// Assert the commit sequence of `seal` of `step_dir` (the canonical host

@@ -26,3 +26,6 @@ mod wasi_command;
 
 /// The Python and Node packages' restated defaults against the core's.
 mod defaults;
+
+/// Runs: begin, --run, and writers of older runs refused.
+mod runs;

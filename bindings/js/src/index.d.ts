@@ -25,7 +25,10 @@ export interface FileEntry {
 /** A committed version: every listed file was seen with its size (and hash
  * with verify 'hash') before it was returned. */
 export interface Version {
+  /** For step n of run g > 0: g * 10**12 + n. */
   step: number;
+  /** The run the step belongs to (0 unless a writer began one). */
+  run: number;
   /** The step directory under the root's canonical absolute path. */
   path: string;
   writer: string;
@@ -96,6 +99,8 @@ export interface WriteOptions {
   prefix?: string;
   /** Run gc afterwards, keeping the newest `keep` steps. */
   keep?: number;
+  /** The run to write for, from `begin`; default 0. */
+  run?: U64;
 }
 
 export interface WaitOptions {
@@ -119,6 +124,7 @@ export type WaitTarget = { step: U64 } | { latest: true } | { after: U64 };
 
 export function publish(root: string, step: U64, source: string, options?: WriteOptions): PublishReport;
 export function seal(root: string, step: U64, options?: WriteOptions): PublishReport;
+export function begin(root: string, options?: { prefix?: string }): number;
 export function wait(root: string, step: U64, options?: WaitOptions): Version;
 export function wait(root: string, options: WaitTarget & WaitOptions): Version;
 export function latest(root: string, options?: { verify?: Verify; prefix?: string }): Version | null;

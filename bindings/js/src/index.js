@@ -98,10 +98,10 @@ export function defaultWriterId() {
  * versions are untouched. A step that already exists throws ConflictError
  * and is left as it is. With `keep`, gc runs afterwards.
  */
-export function publish(root, step, source, { writer, createdMs, prefix = DEFAULT_PREFIX, keep } = {}) {
+export function publish(root, step, source, { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = {}) {
   const rootPath = dir(root, 'root');
   const sourcePath = dir(source, 'source');
-  const report = call('publish', [rootPath, sourcePath], [rootPath, u64(step, 'step'), sourcePath, writeOptions(writer, createdMs, prefix)]);
+  const report = call('publish', [rootPath, sourcePath], [rootPath, u64(step, 'step'), sourcePath, writeOptions(writer, createdMs, prefix, run)]);
   return afterWrite(rootPath, report, prefix, keep, 'published');
 }
 
@@ -111,10 +111,22 @@ export function publish(root, step, source, { writer, createdMs, prefix = DEFAUL
  * keep working), flush the step directory and the root. Durable once this
  * returns; a step that already has `STABLE` throws ConflictError.
  */
-export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, keep } = {}) {
+export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = {}) {
   const rootPath = dir(root, 'root');
-  const report = call('seal', [rootPath], [rootPath, u64(step, 'step'), writeOptions(writer, createdMs, prefix)]);
+  const report = call('seal', [rootPath], [rootPath, u64(step, 'step'), writeOptions(writer, createdMs, prefix, run)]);
   return afterWrite(rootPath, report, prefix, keep, 'sealed');
+}
+
+/**
+ * Begin a new run on `root`, for a trainer restarted from an earlier
+ * checkpoint, and return its number: pass it as `run` to every publish or
+ * seal of the restarted trainer. Writers of older runs are refused from then
+ * on (ConflictError, "superseded"), and step n of the run is the step
+ * numbered run * 10**12 + n, after every step of older runs.
+ */
+export function begin(root, { prefix = DEFAULT_PREFIX } = {}) {
+  const rootPath = dir(root, 'root');
+  return num(call('begin', [rootPath], [rootPath, prefix]));
 }
 
 /**
@@ -301,6 +313,7 @@ function version(v) {
   const files = v.files.map((f) => ({ path: f.path, size: num(f.size), blake3: f.blake3 }));
   return {
     step: num(v.step),
+    run: num(v.run),
     path: v.path,
     writer: v.writer,
     createdMs: num(v.createdMs),
@@ -309,11 +322,12 @@ function version(v) {
   };
 }
 
-function writeOptions(writer, createdMs, prefix) {
+function writeOptions(writer, createdMs, prefix, run) {
   return {
     prefix,
     writer: writer ?? defaultWriterId(),
     createdMs: createdMs === undefined || createdMs === null ? undefined : u64(createdMs, 'createdMs'),
+    run: u64(run, 'run'),
   };
 }
 

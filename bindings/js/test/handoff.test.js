@@ -124,6 +124,18 @@ test('seal claimed by another writer conflicts; its own writer takes over', () =
   assert.ok(!existsSync(join(root, 'step_4', '.handoff.seal')));
 });
 
+test("a restarted trainer's run supersedes the old one", () => {
+  const { root, src } = fixture();
+  for (const step of [1, 2, 3]) handoff.publish(root, step, src);
+  const run = handoff.begin(root);
+  assert.equal(run, 1);
+  const report = handoff.publish(root, 2, src, { run });
+  assert.deepEqual([report.version.run, report.version.step], [1, 1e12 + 2]);
+  assert.equal(handoff.latest(root).step, 1e12 + 2);
+  assert.equal(handoff.wait(root, { after: 1, timeoutMs: 1000 }).step, 1e12 + 2);
+  assert.throws(() => handoff.publish(root, 4, src), (e) => e instanceof handoff.ConflictError && /superseded/.test(e.message));
+});
+
 test('latest, pin, gc and unpin', () => {
   const { root, src } = fixture();
   for (const step of [1, 2, 3]) handoff.publish(root, step, src);

@@ -136,6 +136,20 @@ def test_seal_claimed_by_another_writer_conflicts_and_its_own_takes_over(root, s
     assert not (root / "step_4" / ".handoff.seal").exists()
 
 
+def test_a_restarted_trainers_run_supersedes_the_old_one(root, src):
+    for step in (1, 2, 3):
+        handoff.publish(root, step, src)
+    run = handoff.begin(root)
+    assert run == 1
+    # The restarted trainer republishes step 2 in its own run: no conflict.
+    report = handoff.publish(root, 2, src, run=run)
+    assert (report.version.run, report.version.step) == (1, 10**12 + 2)
+    assert handoff.latest(root).step == 10**12 + 2
+    assert handoff.wait(root, after=1, timeout=1).step == 10**12 + 2
+    with pytest.raises(handoff.ConflictError, match="superseded"):
+        handoff.publish(root, 4, src)
+
+
 def test_latest_pin_gc_and_unpin(root, src):
     for step in (1, 2, 3):
         handoff.publish(root, step, src)

@@ -61,6 +61,19 @@ pub enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
+    /// Begin a new run on ROOT and print its number: steps of older runs are
+    /// superseded, and their writers refused
+    #[command(
+        after_help = "A trainer restarted from an earlier checkpoint runs `handoff begin` once, \
+                      then passes the run it printed to every publish or seal (--run G). Step \
+                      N of run G is the step numbered G * 10^12 + N, so every reader, old or \
+                      new, finds the newest run's steps after every older step."
+    )]
+    Begin {
+        /// Where.
+        #[command(flatten)]
+        root: RootArg,
+    },
     /// Wait until a step is committed and validates
     Wait(WaitArgs),
     /// Print each new step as it is committed, in step order, until interrupted.
@@ -154,6 +167,10 @@ pub struct WriteArgs {
     /// After success, run gc keeping the newest N steps (at least 1)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
+    /// The run to write for, as `handoff begin` printed it: the step written
+    /// is step N of run G; refused once a newer run has begun
+    #[arg(long, value_name = "G", default_value_t = 0)]
+    pub run: u64,
 }
 
 /// Options of `gc`.

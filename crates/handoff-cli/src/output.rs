@@ -211,6 +211,15 @@ impl Printer {
         Ok(())
     }
 
+    /// `begin`: `{"run":G}`.
+    pub(crate) fn begun(&self, run: u64) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(&serde_json::json!({ "run": run }));
+        }
+        out!("{run}");
+        Ok(())
+    }
+
     /// `unpin`: `{"step","holder","released":true}`.
     pub(crate) fn released(&self, step: u64, holder: &str) -> anyhow::Result<()> {
         if self.json {
@@ -335,6 +344,7 @@ mod tests {
     fn version() -> Version {
         Version {
             step: 7,
+            run: 0,
             path: "/r/step_7".into(),
             writer: "w".into(),
             created_ms: 1,
@@ -364,7 +374,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             json,
-            r#"{"step":7,"path":"/r/step_7","writer":"w","created_ms":1,"files":[{"path":"a","size":3,"blake3":"00"}],"bytes":3,"elapsed_ms":5.0,"fsyncs":9,"fsync_ms":1.235,"warnings":[]}"#
+            r#"{"step":7,"run":0,"path":"/r/step_7","writer":"w","created_ms":1,"files":[{"path":"a","size":3,"blake3":"00"}],"bytes":3,"elapsed_ms":5.0,"fsyncs":9,"fsync_ms":1.235,"warnings":[]}"#
         );
     }
 

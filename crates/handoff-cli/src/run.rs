@@ -60,6 +60,12 @@ impl<B: Backend> Session<'_, B> {
                 print.written("sealed", &report, start.elapsed(), gc.as_ref())?;
                 gc_outcome(gc.as_ref())
             }
+            Command::Begin { root } => {
+                let run = backend
+                    .begin(&root.root, prefix)
+                    .context("failed to begin a run")?;
+                print.begun(run)
+            }
             Command::Wait(args) => self.wait(args),
             Command::Watch(args) => self.watch(args),
             Command::Ls { root } => {
@@ -102,6 +108,7 @@ impl<B: Backend> Session<'_, B> {
                 .clone()
                 .unwrap_or_else(|| self.backend.default_writer()),
             created_ms: write.created_ms,
+            run: write.run,
         }
     }
 

@@ -139,6 +139,9 @@ impl Backend for Failing {
     fn seal(&self, _: &Path, _: u64, _: &WriteOptions) -> Result<PublishReport, Error> {
         Err(self.0.clone())
     }
+    fn begin(&self, _: &Path, _: &str) -> Result<u64, Error> {
+        Err(self.0.clone())
+    }
     fn wait(&self, _: &Path, _: Target, _: &WaitOptions) -> Result<Version, Error> {
         Err(self.0.clone())
     }

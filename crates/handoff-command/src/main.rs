@@ -126,6 +126,10 @@ impl Backend for Wasi {
         Ok(flush.timed(report))
     }
 
+    fn begin(&self, root: &Path, prefix: &str) -> Result<u64, core::Error> {
+        core::begin(&open(root, Counted::default())?, prefix)
+    }
+
     fn wait(
         &self,
         root: &Path,

@@ -50,6 +50,9 @@ pub trait Backend {
         options: &WriteOptions,
     ) -> Result<PublishReport, Self::Error>;
 
+    /// Begin a new run on `root`: its number ([`begin`](crate::begin)).
+    fn begin(&self, root: &Path, prefix: &str) -> Result<u64, Self::Error>;
+
     /// Wait until `target` is committed and validates ([`wait`](crate::wait)).
     fn wait(
         &self,

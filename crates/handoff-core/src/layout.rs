@@ -13,6 +13,9 @@ pub const PINS_DIR: &str = ".handoff/pins";
 /// Reader pins on steps of protocol version 2, inside the step directory:
 /// created before `STABLE`, removed by gc to claim the step.
 pub const STEP_PINS_NAME: &str = ".handoff.pins";
+/// Runs begun on the root: `runs/<G>`, one empty directory each, made
+/// exclusively by `begin`.
+pub const RUNS_DIR: &str = ".handoff/runs";
 /// Files gc creates for a moment to read the server's clock from their
 /// modification time: `clock.<random>`.
 pub const CLOCK_PREFIX: &str = ".handoff/clock.";
@@ -43,6 +46,36 @@ pub fn is_protocol_name(name: &str) -> bool {
             | SEAL_CLAIM_NAME
     ) || name.starts_with(MANIFEST_TMP_PREFIX)
         || name.starts_with(SEAL_CLAIM_TMP_PREFIX)
+}
+
+/// How many step numbers a run has: step `n` of run `g` is the step
+/// numbered `g * RUN_SPAN + n`, so every reader, even one that knows nothing
+/// of runs, orders steps by (run, step).
+pub const RUN_SPAN: u64 = 1_000_000_000_000;
+/// The highest run: its last step number still fits a `u64`.
+pub const MAX_RUN: u64 = u64::MAX / RUN_SPAN - 1;
+
+/// The step number of step `step` of run `run`: `step` itself in run 0
+/// (as before runs existed), else `run * RUN_SPAN + step`.
+pub fn run_step(run: u64, step: u64) -> Result<u64> {
+    if run == 0 {
+        return Ok(step);
+    }
+    if run > MAX_RUN || step >= RUN_SPAN {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "run {run}, step {step}: a run is at most {MAX_RUN} and a step of a run \
+                 (other than run 0) below {RUN_SPAN}"
+            ),
+        ));
+    }
+    Ok(run * RUN_SPAN + step)
+}
+
+/// The run a step number belongs to.
+pub fn run_of(step: u64) -> u64 {
+    step / RUN_SPAN
 }
 
 /// Where publish stages the step directory `dir`: a name of one attempt's

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod manifest;
 mod read;
 mod retain;
+mod runs;
 mod storage;
 mod tree;
 pub mod types;
@@ -34,6 +35,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use manifest::{FileEntry, Manifest};
 pub use read::{latest, list, wait};
 pub use retain::{check_holder, fsck, fsck_with, gc, pin, unpin};
+pub use runs::begin;
 pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 pub use types::{
     DEFAULT_PREFIX, FsckEntry, FsckOptions, GcFailure, GcOptions, GcReport, PinInfo, PinRequest,

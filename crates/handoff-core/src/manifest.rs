@@ -15,6 +15,10 @@ pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 /// a 470 GB checkpoint in 5 GB shards needs about 20 KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One payload file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -38,6 +42,11 @@ pub struct Manifest {
     /// The step this manifest belongs to; a reader checks it against the
     /// directory name, so a directory copied to another step is caught.
     pub step: u64,
+    /// The run the step belongs to (`handoff begin`): `step` is then
+    /// `run * RUN_SPAN + n`. Absent for run 0, so a manifest of run 0 has
+    /// the bytes it had before runs existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u64,
     /// Who wrote it: lets a reader tell one run's steps from another's.
     pub writer: String,
     /// Creation time, milliseconds since the Unix epoch.
@@ -53,6 +62,7 @@ impl Manifest {
         Manifest {
             version: PROTOCOL_VERSION,
             step,
+            run: 0,
             writer: writer.to_string(),
             created,
             files,

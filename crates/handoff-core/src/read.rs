@@ -1,9 +1,10 @@
 //! The reader's side: `wait`, `latest`, `list`.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{check_prefix, parse_step, step_name};
+use crate::layout::{check_prefix, parse_step, run_of, step_name};
 use crate::manifest::STABLE_NAME;
 use crate::retain::pin;
+use crate::runs::newest_run;
 use crate::storage::{Kind, Platform, Storage, join};
 use crate::types::{StepInfo, StepState, Target, Verify, Version, WaitOptions, millis};
 use crate::validate::{Rejected, check, read_manifest};
@@ -33,7 +34,9 @@ pub fn latest<S: Storage>(fs: &S, prefix: &str, verify: Verify) -> Result<Option
 /// milliseconds; in between, each attempt looks up only step N + 1.
 pub(crate) const LIST_EVERY_MS: u64 = 1000;
 
-/// The lowest committed step above `after` that validates, in one pass.
+/// The lowest committed step above `after` that validates, in one pass;
+/// once a newer run has committed a step, only steps of the newest such run
+/// count (an older run's are superseded, whatever their numbers).
 fn next_after<S: Storage>(
     fs: &S,
     prefix: &str,
@@ -43,6 +46,14 @@ fn next_after<S: Storage>(
 ) -> Result<Option<Version>> {
     let mut steps = steps_desc(fs, prefix)?;
     steps.retain(|&s| s > after);
+    if let (Some(&highest), Some(&lowest)) = (steps.first(), steps.last())
+        && run_of(highest) != run_of(lowest)
+    {
+        let Some(newest) = first_valid(fs, prefix, verify, steps.clone(), relist)? else {
+            return Ok(None);
+        };
+        steps.retain(|&s| run_of(s) == run_of(newest.step));
+    }
     steps.reverse();
     first_valid(fs, prefix, verify, steps, relist)
 }
@@ -169,7 +180,9 @@ pub fn wait<S: Storage, P: Platform>(
                     .map(|next| check(fs, &options.prefix, next, options.verify));
                 let now = platform.now_ms();
                 match next {
-                    Some(Ok(version)) => Ok(version),
+                    // Unless a newer run has begun: then the listing below
+                    // decides whether that run has superseded this one.
+                    Some(Ok(version)) if run_of(version.step) >= newest_run(fs)? => Ok(version),
                     Some(Err(Rejected::Failed(e))) => return Err(e),
                     _ if listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS) => {
                         listed_at = Some(now);

@@ -15,14 +15,23 @@ use crate::layout::{
 use crate::storage::{Kind, Storage};
 use crate::tree::{Flusher, ensure_dir};
 
-/// The newest run begun on the root (0 if none was).
+/// The newest run begun on the root (0 if none was). `.handoff` is listed
+/// first, not `.handoff/runs` looked up: this node may answer a look-up
+/// for a name it found absent before the first `begin` made it (an NFS
+/// negative look-up), where a listing is the server's answer.
 pub(crate) fn newest_run<S: Storage>(fs: &S) -> Result<u64> {
-    let entries = match fs.read_dir(RUNS_DIR) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io("list", &fs.display(RUNS_DIR), &e)),
+    let list = |dir: &str| match fs.read_dir(dir) {
+        Ok(entries) => Ok(entries),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("list", &fs.display(dir), &e)),
     };
-    Ok(entries
+    let begun = list(HANDOFF_DIR)?
+        .iter()
+        .any(|e| join(HANDOFF_DIR, &e.name) == RUNS_DIR);
+    if !begun {
+        return Ok(0);
+    }
+    Ok(list(RUNS_DIR)?
         .iter()
         .filter(|e| e.kind == Kind::Dir)
         .filter_map(|e| parse_step("", &e.name))

@@ -17,6 +17,7 @@ fn opts() -> WriteOptions {
         prefix: "step_".into(),
         writer: "test".into(),
         created_ms: Some(1),
+        run: 0,
     }
 }
 
@@ -375,10 +376,14 @@ fn wait_after_one_for(step: u64) -> (u64, u32) {
 #[test]
 fn waiting_after_n_looks_up_n_plus_1_and_lists_the_root_once_a_second() {
     // The next step is seen at the first poll after it appears, without
-    // listing the root again.
+    // listing the root again; `.handoff` is listed once it is found, for a
+    // newer run that would supersede it.
     let (found_at, listings) = wait_after_one_for(2);
     assert!((50..=60).contains(&found_at), "found at {found_at} ms");
-    assert_eq!(listings, 1, "listed only on the first attempt");
+    assert_eq!(
+        listings, 2,
+        "the root on the first attempt, .handoff at the end"
+    );
     // A skipped step is still found, by the listing a second later.
     let (found_at, listings) = wait_after_one_for(3);
     let list_every = crate::read::LIST_EVERY_MS;
@@ -398,7 +403,10 @@ fn waiting_after_n_and_for_the_latest_list_a_step_sealed_in_place() {
     f.publish(1).unwrap();
     payload(&f.path("step_2"), "x");
     let listings = listings_until_step_2_lands(&f, Target::After(1), seal_step_2);
-    assert_eq!(listings, 6, "root and step at 0, 1 and 2 seconds");
+    assert_eq!(
+        listings, 7,
+        "root and step at 0, 1 and 2 seconds, and .handoff at the end"
+    );
 
     let f = fixture();
     payload(&f.path("step_2"), "x");
@@ -1197,3 +1205,6 @@ fn a_publisher_that_stalls_past_the_grace_fails_cleanly_when_gc_takes_its_stagin
 
 /// fsck --repair's rules of evidence.
 mod fsck_repair;
+
+/// Runs: a restarted trainer's timeline supersedes the one before it.
+mod runs;

@@ -20,8 +20,11 @@ pub const DEFAULT_PREFIX: &str = "step_";
 /// A committed version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Version {
-    /// The step number.
+    /// The step number (for a step of run `g` > 0, `g * RUN_SPAN + n`:
+    /// [`layout::run_step`](crate::layout::run_step)).
     pub step: u64,
+    /// The run the step belongs to (0 unless a writer began one).
+    pub run: u64,
     /// The step directory, as the storage displays it (inside the component:
     /// the guest path, which the runtime makes the host's canonical path).
     pub path: String,
@@ -37,6 +40,7 @@ impl Version {
     pub(crate) fn from_manifest(path: String, manifest: Manifest) -> Version {
         Version {
             step: manifest.step,
+            run: manifest.run,
             path,
             writer: manifest.writer,
             created_ms: manifest.created,
@@ -201,15 +205,20 @@ pub struct WriteOptions {
     /// records the current time. Lets two writers produce identical
     /// manifests for the same input.
     pub created_ms: Option<u64>,
+    /// The run the writer writes for (`handoff begin`); 0, the default, is
+    /// the run of a root where none was begun. A writer of a run older than
+    /// the root's newest is refused as superseded.
+    pub run: u64,
 }
 
 impl WriteOptions {
-    /// Prefix `step_`, this writer id, the current time.
+    /// Prefix `step_`, this writer id, the current time, run 0.
     pub fn new(writer: impl Into<String>) -> WriteOptions {
         WriteOptions {
             prefix: DEFAULT_PREFIX.to_string(),
             writer: writer.into(),
             created_ms: None,
+            run: 0,
         }
     }
 }

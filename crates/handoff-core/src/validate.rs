@@ -4,7 +4,7 @@
 use std::io;
 
 use crate::error::{Error, ErrorKind};
-use crate::layout::step_name;
+use crate::layout::{run_of, step_name};
 use crate::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
 use crate::storage::{Storage, StorageFile, join};
 use crate::tree::hash_file;
@@ -159,6 +159,17 @@ fn contents<S: Storage>(
         return Err(Rejected::unsafe_manifest(
             &shown,
             format!("{shown} belongs to step {}, not {step}", manifest.step),
+        ));
+    }
+    if manifest.run != 0 && manifest.run != run_of(step) {
+        let shown = fs.display(&join(&dir, MANIFEST_NAME));
+        return Err(Rejected::unsafe_manifest(
+            &shown,
+            format!(
+                "{shown} says run {}, but step {step} is of run {}",
+                manifest.run,
+                run_of(step)
+            ),
         ));
     }
     for entry in &manifest.files {

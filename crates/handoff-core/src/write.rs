@@ -5,11 +5,12 @@ use std::io;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     HANDOFF_DIR, MANIFEST_TMP_PREFIX, SEAL_CLAIM_NAME, SEAL_CLAIM_TMP_PREFIX, SEAL_CLAIM_WRITER,
-    STAGING_DIR, STEP_PINS_NAME, check_prefix, is_protocol_name, manifest_tmp_name,
+    STAGING_DIR, STEP_PINS_NAME, check_prefix, is_protocol_name, manifest_tmp_name, run_step,
     seal_claim_tmp_name, staging_name, step_name,
 };
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
+use crate::runs::check_run;
 use crate::storage::{Kind, Platform, Storage, StorageFile, join, write_all_at};
 use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
 use crate::types::{PublishReport, Version, WriteOptions};
@@ -42,6 +43,8 @@ pub fn seal<S: Storage, P: Platform>(
     options: &WriteOptions,
 ) -> Result<PublishReport> {
     check_prefix(&options.prefix)?;
+    let step = run_step(options.run, step)?;
+    check_run(fs, options.run, step)?;
     let dir = step_name(&options.prefix, step);
     match fs
         .stat(&dir)
@@ -146,7 +149,23 @@ fn seal_claimed<S: Storage, P: Platform>(
     if let Err(err) = flush.dir("") {
         return Err(withdraw(fs, dir, err).0);
     }
+    if let Err(err) = check_run(fs, options.run, step) {
+        return Err(superseded(fs, dir, err).0);
+    }
     Ok(manifest)
+}
+
+/// A newer run was begun before this writer's commit point, though after
+/// its last look: take the step back, as after a failed flush, so that no
+/// writer is told it committed a step of a run superseded before that. (A
+/// run begun after the commit point may be taken for one begun before;
+/// that only withdraws a step its writer is told was superseded.)
+fn superseded<S: Storage>(fs: &S, dir: &str, err: Error) -> (Error, bool) {
+    let (err, withdrawn) = withdraw(fs, dir, err);
+    let path = err.path().map(str::to_string);
+    // Retrying cannot help a superseded writer.
+    let err = Error::from_parts(err.kind(), err.message().to_string(), path, false);
+    (err, withdrawn)
 }
 
 /// The conflict of sealing a step whose `STABLE` exists.
@@ -376,6 +395,8 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     options: &WriteOptions,
 ) -> Result<PublishReport> {
     check_prefix(&options.prefix)?;
+    let step = run_step(options.run, step)?;
+    check_run(fs, options.run, step)?;
     let dir = step_name(&options.prefix, step);
     let already = || {
         let shown = fs.display(&dir);
@@ -424,6 +445,9 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
         let manifest = commit_dir(
             &mut flush, platform, &staging, &dirs, step, options, entries,
         )?;
+        // The last look before the commit point: a newer run begun while we
+        // copied supersedes us.
+        check_run(fs, options.run, step)?;
         // Claim the name first: a rename would replace an empty directory,
         // such as one an in-place writer has just made for this step. Only
         // the directory this publisher created is renamed over.
@@ -454,6 +478,13 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             let (err, withdrawn) = withdraw(fs, &dir, err);
             if withdrawn {
                 // Back under staging, which the error path below removes.
+                let _ = fs.rename(&dir, &staging);
+            }
+            return Err(err);
+        }
+        if let Err(err) = check_run(fs, options.run, step) {
+            let (err, withdrawn) = superseded(fs, &dir, err);
+            if withdrawn {
                 let _ = fs.rename(&dir, &staging);
             }
             return Err(err);
@@ -509,7 +540,10 @@ fn commit_dir<S: Storage, P: Platform>(
         flush.dir(&join(dir, sub))?;
     }
     let created = options.created_ms.unwrap_or_else(|| platform.now_ms());
-    let manifest = Manifest::new(step, &options.writer, created, entries);
+    let manifest = Manifest {
+        run: options.run,
+        ..Manifest::new(step, &options.writer, created, entries)
+    };
     let bytes = manifest.to_bytes();
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         // Readers refuse it unread: committing it would publish a step no
@@ -564,6 +598,9 @@ fn commit_dir<S: Storage, P: Platform>(
     // The manifest's and the pin directory's names must be durable before
     // STABLE vouches for them.
     flush.dir(dir)?;
+    // A newer run begun while we hashed supersedes us: the last look before
+    // a seal's commit point (a publish looks again before its own).
+    check_run(fs, options.run, step)?;
 
     let stable = join(dir, STABLE_NAME);
     let mut file = fs.create_new(&stable).map_err(|e| match e.kind() {

@@ -33,6 +33,7 @@ impl From<wit_types::WriteOptions> for core::WriteOptions {
             prefix: o.prefix,
             writer: o.writer,
             created_ms: o.created_ms,
+            run: o.run,
         }
     }
 }
@@ -68,6 +69,7 @@ impl From<core::Version> for wit_types::Version {
     fn from(v: core::Version) -> Self {
         wit_types::Version {
             step: v.step,
+            run: v.run,
             path: v.path,
             writer: v.writer,
             created_ms: v.created_ms,

@@ -54,6 +54,11 @@ impl Guest for Component {
         Ok(core::seal(&root, &WasiPlatform, step, &options.into())?.into())
     }
 
+    fn begin(root: String, prefix: String) -> Result<u64, Error> {
+        let root = open(&root)?;
+        Ok(core::begin(&root, &prefix)?)
+    }
+
     fn wait(root: String, target: Target, options: WaitOptions) -> Result<Version, Error> {
         let root = open(&root)?;
         Ok(core::wait(&root, &WasiPlatform, target.into(), &options.into())?.into())

@@ -11,6 +11,7 @@ impl From<&core::WriteOptions> for wit_types::WriteOptions {
             prefix: o.prefix.clone(),
             writer: o.writer.clone(),
             created_ms: o.created_ms,
+            run: o.run,
         }
     }
 }
@@ -65,6 +66,7 @@ impl From<wit_types::Version> for core::Version {
     fn from(v: wit_types::Version) -> Self {
         core::Version {
             step: v.step,
+            run: v.run,
             path: v.path,
             writer: v.writer,
             created_ms: v.created_ms,

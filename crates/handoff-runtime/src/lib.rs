@@ -471,6 +471,17 @@ impl Backend for Runtime {
         Ok(publish_report(report, stats))
     }
 
+    /// Begin a new run on `root`: its number.
+    fn begin(&self, root: &Path, prefix: &str) -> Result<u64, Error> {
+        let root = preopen_root(root)?;
+        let guest_root = root.path.clone();
+        let (run, _) = self.call(&[root], self.time_limit(CallKind::Other), |h, store| {
+            h.handoff_protocol_protocol()
+                .call_begin(store, &guest_root, prefix)
+        })?;
+        Ok(run)
+    }
+
     /// Wait until `target` is committed under `root` and validates.
     fn wait(&self, root: &Path, target: Target, options: &WaitOptions) -> Result<Version, Error> {
         let root = preopen_root(root)?;

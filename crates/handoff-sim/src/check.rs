@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use handoff_core::layout::parse_step;
+use handoff_core::layout::{RUN_SPAN, parse_step};
 use handoff_core::{Error, ErrorKind, Platform, Storage, Target};
 
 use crate::model::{
@@ -785,9 +785,11 @@ fn replay_command<P: Protocol>(op: Operation, budget: &Budget, at: &[(&str, usiz
 pub fn run<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Outcome {
     match op {
         Operation::ReadLagging | Operation::ReadLaggingSeal => lagging(p, op, budget, focus),
-        Operation::PublishRace | Operation::SealRace | Operation::GcPinRace | Operation::GcRace => {
-            race(p, op, budget, focus)
-        }
+        Operation::PublishRace
+        | Operation::SealRace
+        | Operation::RunRace
+        | Operation::GcPinRace
+        | Operation::GcRace => race(p, op, budget, focus),
         _ => crash(p, op, budget, focus),
     }
 }
@@ -1299,6 +1301,21 @@ fn race_case<P: Protocol>(
                 nodes: Vec::new(),
             })
         }
+        Operation::RunRace => {
+            let sc = Scenario::new(p, &[1]);
+            let second_clock = sc.clock.fork(mix(seed ^ 0xb));
+            let (old, new) = runners();
+            Ok(RaceCase {
+                scenario: sc,
+                swapped,
+                first_name: format!("{WRITER} publishes step 2 of run 0"),
+                first: Box::new(move |m, c| Some(p.write(m, c, Commit::Publish(&old)))),
+                second_name: format!("{RIVAL} begins run 1 and publishes its step 2"),
+                second: Box::new(move |m, c| p.restart(m, c, 2, &new)),
+                second_clock,
+                nodes: Vec::new(),
+            })
+        }
         Operation::GcPinRace => {
             let sc = gc_scenario(p)?;
             let second_clock = sc.clock.fork(mix(seed ^ 0xb));
@@ -1365,6 +1382,15 @@ fn sealers() -> (Written, Written) {
         ..a.clone()
     };
     (a, b)
+}
+
+/// The old trainer's step 2 (run 0) and the restarted one's (run 1).
+fn runners() -> (Written, Written) {
+    let new = Written {
+        step: RUN_SPAN + 2,
+        ..Written::new(2, RIVAL)
+    };
+    (Written::new(2, WRITER), new)
 }
 
 /// Run a race case with the second process after call `at` of the first.
@@ -1470,7 +1496,7 @@ fn race<P: Protocol>(p: P, op: Operation, budget: &Budget, focus: &Focus) -> Out
                 out.states += 1;
                 continue;
             }
-            let judged = judge_race(op, &raced);
+            let judged = judge_race(p, op, &raced);
             let sc = &raced.scenario;
             let calls = &raced.second_calls;
             let trace = |problems: &[String], crash: Option<(usize, usize, usize, &str, &Tree)>| {
@@ -1604,7 +1630,7 @@ impl Judged {
     }
 }
 
-fn judge_race(op: Operation, raced: &Raced) -> Judged {
+fn judge_race<P: Protocol>(p: P, op: Operation, raced: &Raced) -> Judged {
     let sc = &raced.scenario;
     let mut problems = Vec::new();
     match op {
@@ -1643,6 +1669,65 @@ fn judge_race(op: Operation, raced: &Raced) -> Judged {
                 second_done: raced.second_calls.end,
                 before_second: end.clone(),
                 after_second: end.clone(),
+                end,
+            }
+        }
+        Operation::RunRace => {
+            let (old, new) = runners();
+            if let Err(e) = &raced.second {
+                problems.push(format!(
+                    "the restarted trainer's begin and publish failed: {e}"
+                ));
+            }
+            // The old trainer may succeed only if its commit (the rename to
+            // step_2) came before the new run was begun.
+            let ops = &raced.recording.ops;
+            let committed_at = ops.iter().position(|op| op.ends_with("-> step_2"));
+            let begun_at = raced.second_calls.start;
+            let old_won = match &raced.first {
+                Ok(()) if committed_at.is_some_and(|at| at > begun_at) => {
+                    problems.push(
+                        "the old trainer committed step 2 after the new run was begun, and was \
+                         told it succeeded"
+                            .to_string(),
+                    );
+                    true
+                }
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::Conflict && e.message().contains("superseded") => {
+                    false
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "the old trainer must publish or be told it is superseded, not: {e}"
+                    ));
+                    false
+                }
+            };
+            // Whatever the old trainer managed, a watcher that has seen step
+            // 1 is handed the new run's step, and so is the newest.
+            let model = &sc.model;
+            match p.next_after(model, &sc.clock, 1) {
+                Some(step) if step == new.step => {}
+                got => problems.push(format!(
+                    "after step 1 a watcher was handed {got:?}, not the new run's step {}",
+                    new.step
+                )),
+            }
+            let mut base = sc.expect();
+            base.known.insert(old.step, vec![old.clone()]);
+            base.known.insert(new.step, vec![new.clone()]);
+            let mut after_second = base.clone();
+            after_second.must_read.insert(new.step);
+            let mut end = after_second.clone();
+            if old_won {
+                end.must_read.insert(old.step);
+            }
+            Judged {
+                problems,
+                second_done: raced.second_calls.end,
+                before_second: base,
+                after_second,
                 end,
             }
         }

@@ -139,6 +139,9 @@ pub enum Operation {
     PublishRace,
     /// Two sealers of one step written in place, interleaved at every call.
     SealRace,
+    /// A trainer restarted in a new run republishes a step while the old
+    /// trainer still publishes, interleaved at every call.
+    RunRace,
     /// A reader on a lagging node while a version is published.
     ReadLagging,
     /// A reader on a lagging node while a version is sealed in place.
@@ -162,11 +165,12 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in report order.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Seal,
         Operation::Publish,
         Operation::PublishRace,
         Operation::SealRace,
+        Operation::RunRace,
         Operation::ReadLagging,
         Operation::ReadLaggingSeal,
         Operation::Pin,
@@ -185,6 +189,7 @@ impl Operation {
             Operation::Publish => "publish",
             Operation::PublishRace => "publish-race",
             Operation::SealRace => "seal-race",
+            Operation::RunRace => "run-race",
             Operation::ReadLagging => "read-lagging",
             Operation::ReadLaggingSeal => "read-lagging-seal",
             Operation::Pin => "pin",
@@ -250,6 +255,7 @@ pub trait Protocol: Copy + Send + Sync + 'static {
             prefix: PREFIX.to_string(),
             writer: written.writer.clone(),
             created_ms: None,
+            run: 0,
         };
         match commit {
             Commit::Publish(_) => {
@@ -303,6 +309,35 @@ pub trait Protocol: Copy + Send + Sync + 'static {
             .filter(|s| s.state == StepState::Committed)
             .map(|s| s.step)
             .collect())
+    }
+
+    /// A restarted trainer: begin a run, then publish `written` (its payload
+    /// as step `step` of that run, so `written.step` must be the run's
+    /// numbering of it, `run * RUN_SPAN + step`).
+    fn restart<S: Storage>(
+        &self,
+        fs: &S,
+        clock: &SimPlatform,
+        step: u64,
+        written: &Written,
+    ) -> Option<Result<(), Error>> {
+        Self::RETAINS.then(|| {
+            let run = handoff_core::begin(fs, PREFIX)?;
+            let options = WriteOptions {
+                prefix: PREFIX.to_string(),
+                writer: written.writer.clone(),
+                created_ms: None,
+                run,
+            };
+            handoff_core::publish(fs, &written.source(), clock, step, &options).map(|_| ())
+        })
+    }
+
+    /// The step a watcher that has seen `after` is handed next, at once.
+    fn next_after<S: Storage>(&self, fs: &S, clock: &SimPlatform, after: u64) -> Option<u64> {
+        handoff_core::wait(fs, clock, Target::After(after), &wait_options(0, None))
+            .ok()
+            .map(|v| v.step)
     }
 
     /// Take `pin`.

@@ -36,6 +36,7 @@ from ._types import *  # noqa: F403 (the result and error types, listed in _type
 __all__ = [
     "publish",
     "seal",
+    "begin",
     "wait",
     "latest",
     "ls",
@@ -87,6 +88,7 @@ def publish(
     created_ms: Optional[int] = None,
     prefix: str = DEFAULT_PREFIX,
     keep: Optional[int] = None,
+    run: int = 0,
 ) -> PublishReport:
     """Copy the payload under ``source`` into ``<root>/.handoff/staging/``,
     seal it there and rename it to ``<root>/<prefix><step>``.
@@ -97,8 +99,11 @@ def publish(
     ``created_ms`` go into the manifest (defaults: :func:`default_writer_id`,
     now); the same input with the same values gives the same manifest bytes.
     With ``keep``, :func:`gc` runs afterwards keeping the newest ``keep``.
+    ``run`` (from :func:`begin`) writes step ``step`` of that run; a writer
+    of a run older than the newest begun raises :class:`ConflictError`
+    ("superseded").
     """
-    return _write("publish", root, step, source, writer, created_ms, prefix, keep)
+    return _write("publish", root, step, source, writer, created_ms, prefix, keep, run)
 
 
 def seal(
@@ -109,6 +114,7 @@ def seal(
     created_ms: Optional[int] = None,
     prefix: str = DEFAULT_PREFIX,
     keep: Optional[int] = None,
+    run: int = 0,
 ) -> PublishReport:
     """Seal a payload already written in ``<root>/<prefix><step>/``: flush
     every file, write the manifest, create ``STABLE``, flush the step
@@ -116,10 +122,21 @@ def seal(
 
     Once this returns the version is durable, and readers that only look for
     ``STABLE`` keep working. Symbolic links and special files are refused
-    before anything is written; a step that already has ``STABLE`` raises
-    :class:`ConflictError`.
+    before anything is written; a step that already has ``STABLE``, or that
+    another writer is sealing, raises :class:`ConflictError`. ``run`` as for
+    :func:`publish`.
     """
-    return _write("seal", root, step, None, writer, created_ms, prefix, keep)
+    return _write("seal", root, step, None, writer, created_ms, prefix, keep, run)
+
+
+def begin(root: PathLike, *, prefix: str = DEFAULT_PREFIX) -> int:
+    """Begin a new run on ``root``, for a trainer restarted from an earlier
+    checkpoint, and return its number: pass it as ``run=`` to every
+    :func:`publish` or :func:`seal` of the restarted trainer. Writers of
+    older runs are refused from then on, and step ``n`` of the run is the
+    step numbered ``run * 10**12 + n``, after every step of older runs."""
+    root_path = _dir(root, "root")
+    return _runtime.call("begin", [(root_path, True)], [root_path, prefix])
 
 
 def wait(
@@ -266,6 +283,7 @@ def _write(
     created_ms: Optional[int],
     prefix: str,
     keep: Optional[int],
+    run: int,
 ) -> PublishReport:
     """``publish`` (with a source, preopened read-only) or ``seal`` (without),
     then the gc of ``keep``."""
@@ -281,6 +299,7 @@ def _write(
             prefix=prefix,
             writer=default_writer_id() if writer is None else writer,
             created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
+            run=_u64(run, "run"),
         )
     )
     report = _runtime.call(op, preopens, args)
@@ -301,7 +320,7 @@ def _write(
 
 def _version(v) -> Version:
     files = tuple(FileEntry(f.path, f.size, f.blake3) for f in v.files)
-    return Version(v.step, v.path, v.writer, field(v, "created_ms"), files)
+    return Version(v.step, v.run, v.path, v.writer, field(v, "created_ms"), files)
 
 
 def _dir(path: PathLike, what: str) -> str:

@@ -28,6 +28,9 @@ class Version:
     (and hash, with ``verify="hash"``) before this was returned."""
 
     step: int
+    """The step number: for step ``n`` of run ``g`` > 0, ``g * 10**12 + n``."""
+    run: int
+    """The run the step belongs to (0 unless a writer began one)."""
     path: str
     """The step directory, under the root's canonical absolute path."""
     writer: str
