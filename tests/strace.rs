@@ -207,6 +207,18 @@ fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
         assert!(synced < stable_created, "{file} fsynced after STABLE");
         assert!(synced < committed, "{file} fsynced after the commit");
     }
+    // After the rename, both its directories are flushed: the root (the
+    // destination, which Linux's local filesystems and NFS need) and staging
+    // (the source, which the CephFS client ties the rename to).
+    let root = env.root().canonicalize().unwrap().display().to_string();
+    let after: Vec<&String> = lines[committed..].iter().collect();
+    for dir in [root.clone(), format!("{root}/.handoff/staging")] {
+        assert!(
+            after.iter().any(|l| is_fsync_of(l, &dir)),
+            "{dir} not flushed after the rename:\n{}",
+            all()
+        );
+    }
     // The host hashed the source: the manifest vouches for its bytes.
     let manifest = fs::read_to_string(env.root().join("step_4/handoff.manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();

@@ -473,8 +473,9 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
                 return Err(Error::io("rename staging into", &fs.display(&dir), &e));
             }
         }
-        // The rename is durable only once the root is flushed.
-        if let Err(err) = flush.dir("") {
+        // The rename is durable once the root is flushed (F4), or on
+        // CephFS, whose client ties it to the source directory, staging.
+        if let Err(err) = flush.dir("").and_then(|()| flush.dir(STAGING_DIR)) {
             let (err, withdrawn) = withdraw(fs, &dir, err);
             if withdrawn {
                 // Back under staging, which the error path below removes.
