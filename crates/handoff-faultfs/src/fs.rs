@@ -79,6 +79,10 @@ pub(crate) struct World {
     caches: Vec<Handles>,
     kill: KillSwitch,
     stalls: Vec<Stall>,
+    /// Names whose files fail to open, by node, with this errno.
+    failing: Vec<(NodeId, OsString, i32)>,
+    /// The inodes found under those names, by node: their opens fail.
+    failing_inos: Vec<(NodeId, Ino, i32)>,
     /// Stalls that have begun (their request is waiting or went on).
     pub(crate) stalls_begun: u64,
     /// State-changing requests seen, from all nodes (for measuring a run).
@@ -92,6 +96,8 @@ impl World {
             caches: (0..nodes).map(|_| Handles::default()).collect(),
             kill: KillSwitch::default(),
             stalls: Vec::new(),
+            failing: Vec::new(),
+            failing_inos: Vec::new(),
             stalls_begun: 0,
             mutations: 0,
         }
@@ -103,6 +109,33 @@ impl World {
             name: name.to_owned(),
             duration,
         });
+    }
+
+    pub(crate) fn fail_opens(&mut self, node: NodeId, name: &OsStr, errno: Option<i32>) {
+        self.failing.retain(|(n, f, _)| !(*n == node && f == name));
+        self.failing_inos.retain(|(n, _, _)| *n != node);
+        if let Some(errno) = errno {
+            self.failing.push((node, name.to_owned(), errno));
+        }
+    }
+
+    /// A look-up of `name` on `node` found `ino`: if the name's opens are
+    /// to fail, so do the inode's.
+    fn found(&mut self, node: NodeId, name: &OsStr, ino: Ino) {
+        let failing = self
+            .failing
+            .iter()
+            .find(|(n, f, _)| *n == node && f == name);
+        if let Some(&(_, _, errno)) = failing {
+            self.failing_inos.push((node, ino, errno));
+        }
+    }
+
+    fn failing_open(&self, node: NodeId, ino: Ino) -> Option<i32> {
+        self.failing_inos
+            .iter()
+            .find(|(n, i, _)| *n == node && *i == ino)
+            .map(|(_, _, errno)| *errno)
     }
 
     fn take_stall(&mut self, node: NodeId, name: &OsStr) -> Option<Duration> {
@@ -303,12 +336,15 @@ impl NodeFs {
 impl Filesystem for NodeFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let intent = intent(req.pid());
-        match self
-            .world()
+        let mut w = self.world();
+        match w
             .store
             .lookup(self.node, parent.0, name, intent, Instant::now())
         {
-            Ok(attr) => reply.entry(&KERNEL_TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                w.found(self.node, name, attr.ino);
+                reply.entry(&KERNEL_TTL, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -444,6 +480,9 @@ impl Filesystem for NodeFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(errno) = self.world().failing_open(self.node, ino.0) {
+            return reply.error(fuser::Errno::from_i32(errno));
+        }
         match self.open_as(ino.0, Kind::File) {
             Ok(fh) => reply.opened(fh, open_flags()),
             Err(e) => reply.error(errno(e)),

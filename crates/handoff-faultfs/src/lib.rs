@@ -143,7 +143,9 @@
 //! [`FaultFs::set_node_ttls`] gives one node its own cache TTLs (a node
 //! mounted with other options). [`FaultFs::stall_unlink`] makes one node's
 //! next unlink of a name wait, holding only that node's request thread: a
-//! deterministic window for another node to act in. [`FaultFs::stats`]
+//! deterministic window for another node to act in.
+//! [`FaultFs::fail_opens`] makes one node's opens of files of a name fail
+//! with an errno (`EIO` as from a soft mount). [`FaultFs::stats`]
 //! counts how often a node's view lagged.
 //!
 //! Symbolic links, device nodes and hard links are refused with EPERM.
@@ -321,6 +323,15 @@ impl FaultFs {
     pub fn stall_unlink(&self, node: NodeId, name: &str, duration: Duration) {
         self.world()
             .stall_unlink(node, std::ffi::OsStr::new(name), duration);
+    }
+
+    /// Makes node `node`'s opens of every file named `name` fail with
+    /// `errno` (`None`: work again), as a soft NFS mount answers a read with
+    /// `EIO` when the server does not, or a client with `ESTALE` or
+    /// `EACCES`; look-ups and `stat` still work.
+    pub fn fail_opens(&self, node: NodeId, name: &str, errno: Option<i32>) {
+        self.world()
+            .fail_opens(node, std::ffi::OsStr::new(name), errno);
     }
 
     /// How many stalls set with [`FaultFs::stall_unlink`] have begun.

@@ -14,3 +14,6 @@ mod nodes;
 
 // Retention: gc on node A while readers on node B pin (or not) and read.
 mod retention;
+
+// fsck --repair on a node that cannot read what another published.
+mod repair;
