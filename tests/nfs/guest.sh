@@ -9,7 +9,7 @@
 #   HANDOFF_BIN   the handoff binary to test
 #   LANE_VERS     4.2 (default mount options) or 3 (vers=3,nolock)
 #   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE,
-#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN
+#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN, LANE_RUNS_RUNS
 #   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #   LANE_CRASH    1: after the scenarios, run writers on node a and crash the
@@ -503,6 +503,45 @@ scenario_naive() {
     report naive-reader naive "$runs" "${fails:-0}"
 }
 
+# ---- runs --------------------------------------------------------------------
+# The old trainer runs on node b, whose client has looked for .handoff/runs
+# (and may cache that it is not there: a negative look-up) before node a, the
+# restarted trainer, begins a run and publishes that run's step 2. The old
+# trainer's next publish must be refused as superseded, and a watcher on b
+# past step 3 must be handed the new run's step, not the old run's step 4.
+scenario_runs() {
+    local runs=${LANE_RUNS_RUNS:-3} fails=0 i s rc run new
+    for i in $(seq "$runs"); do
+        local r=runs/r$i d=/run/lane/runs.$i why="" ok=1
+        mkdir -p "$d" "$MA/$r"
+        for s in 1 2 3; do
+            rm -rf "$d/src"; small_payload "$d/src" "$s"
+            "$HB" publish --root "$MB/$r" --step "$s" "$d/src" >/dev/null 2>"$d/old$s.err" \
+                || { ok=0; why="old publish $s: $(head -c 200 "$d/old$s.err")"; }
+        done
+        stat "$MB/$r/.handoff/runs" >/dev/null 2>&1
+        run=$("$HB" begin --root "$MA/$r" 2>"$d/begin.err") \
+            || { ok=0; why="$why begin: $(head -c 200 "$d/begin.err")"; }
+        new=$(( ${run:-0} * 1000000000000 + 2 ))
+        rm -rf "$d/src"; small_payload "$d/src" 2
+        "$HB" publish --root "$MA/$r" --run "${run:-0}" --step 2 "$d/src" >/dev/null 2>"$d/new.err" \
+            || { ok=0; why="$why new publish: $(head -c 200 "$d/new.err")"; }
+        rm -rf "$d/src"; small_payload "$d/src" 4
+        "$HB" publish --root "$MB/$r" --step 4 "$d/src" >/dev/null 2>"$d/old4.err"
+        rc=$?
+        if [ $rc != 5 ] || ! grep -q superseded "$d/old4.err"; then
+            ok=0; why="$why the old trainer's publish of step 4 exited $rc: $(head -c 200 "$d/old4.err")"
+        fi
+        "$HB" wait --root "$MB/$r" --after 3 --timeout 10s --json >"$d/next.json" 2>"$d/next.err"
+        if ! grep -q "^{\"step\":$new," "$d/next.json"; then
+            ok=0; why="$why a watcher past 3 got $(head -c 60 "$d/next.json") $(head -c 200 "$d/next.err")"
+        fi
+        [ $ok = 1 ] || fails=$((fails + 1))
+        echo "nfs-guest: runs-superseded run=$i ok=$ok $why"
+    done
+    report runs-superseded handoff "$runs" "$fails"
+}
+
 T_RUN=${EPOCHREALTIME/./}
 # The scenarios run at the same time, each in its own directory of the export
 # (so each has its own directory caches on node b): most of their time is
@@ -523,19 +562,20 @@ launch() {
             naive-reader) scenario_naive ;;
             pin-vs-gc) scenario_pin_gc ;;
             watch-pin-vs-gc) scenario_watch_pin_gc ;;
+            runs-superseded) scenario_runs ;;
         esac >/run/lane/report/$s 2>&1 &
         pids+=($!)
     done
 }
 launch publish-seen seal-seen looked-before
 timed=("${pids[@]}")
-launch naive-reader
+launch naive-reader runs-superseded
 # Wait for these by id: a bare `wait` would also wait for the tee above.
 [ ${#timed[@]} = 0 ] || wait "${timed[@]}"
 echo "nfs-guest: timed readers done after $(ms_since $T_RUN) ms"
 launch pin-vs-gc watch-pin-vs-gc
 [ ${#pids[@]} = 0 ] || wait "${pids[@]}"
-for s in publish-seen seal-seen looked-before naive-reader pin-vs-gc watch-pin-vs-gc; do
+for s in publish-seen seal-seen looked-before naive-reader runs-superseded pin-vs-gc watch-pin-vs-gc; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
     grep '^nfs: scenario=' /run/lane/report/$s | tee -a "$R"
