@@ -10,6 +10,11 @@
 //!   `test -f STABLE`, then read at once. Broken: a file missing, short or
 //!   different.
 //!
+//! - runs (`nodes_a_restarted_trainers_run_supersedes_the_old_one`): a
+//!   restarted trainer on B begins run 1 while node A, where the old trainer
+//!   and a watcher run, caches `.handoff/runs` as absent. Broken: A's old
+//!   run publishes a step, or a reader on A returns anything but run 1's.
+//!
 //! `node_caches_through_the_kernel` checks, without handoff, that the
 //! caches behave through a real mount as the crate's rules state.
 
@@ -323,6 +328,184 @@ fn nodes_two_sealers_of_one_step_one_wins_with_its_own_manifest() {
     }
     tally.report("nodes-seal-race", "handoff", started.elapsed());
     assert_eq!(tally.accepted_broken, 0, "{:?}", tally.examples);
+}
+
+/// Step 2 of run 1, as every reader must number it.
+const RUN_1_STEP_2: u64 = 1_000_000_000_002;
+
+/// The step a `wait --json` printed, or its exit code and stderr.
+fn waited_step(out: &std::process::Output) -> Result<u64, String> {
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["step"].as_u64())
+        .ok_or_else(|| format!("exit {}: {}", code(out), stderr(out)))
+}
+
+/// A trainer restarted from step 1 on node B begins run 1 and publishes its
+/// step 2 while the old trainer on node A is still at work, and node A
+/// holds `.handoff/runs` as absent from a look-up made before the run
+/// existed (an NFS negative look-up, kept up to a minute). A's next publish
+/// is superseded; a watcher on A from before the begin, a `wait --after 3`
+/// after it and `--latest` all give run 1's step 2, never an old step.
+#[test]
+fn nodes_a_restarted_trainers_run_supersedes_the_old_one() {
+    let Some(setup) = setup() else { return };
+    let _serial = serial();
+    let started = Instant::now();
+    let seeds = seeds(20);
+    // A root per seed: a run, once begun, stays.
+    let names: Vec<String> = (0..seeds).map(|seed| format!("root{seed}")).collect();
+    let rig = two_nodes("runs", &names);
+    // Negative entries outlive a whole seed, so A's absent `runs` is still
+    // cached when the old trainer publishes again.
+    rig.fs.set_delays(Delays {
+        negative_ttl: Duration::from_secs(30),
+        ..DELAYS
+    });
+    let mut tally = Tally::default();
+    for (seed, name) in (0..seeds).zip(&names) {
+        rig.fs.set_seed(seed);
+        tally.seeds += 1;
+        let mut rng = SeededRng::new(seed);
+        let (a, b) = (rig.at(0).join(name), rig.at(1).join(name));
+        let (old, new) = (
+            adapter(&format!("runs-old-{seed}")),
+            adapter(&format!("runs-new-{seed}")),
+        );
+        let (old_src, new_src) = (
+            rig.dir.join(format!("old{seed}")),
+            rig.dir.join(format!("new{seed}")),
+        );
+        old.write_to(&old_src).unwrap();
+        new.write_to(&new_src).unwrap();
+        let publish = |root: &Path, args: &[&str], src: &Path| {
+            let mut args = args.to_vec();
+            args.push(src.to_str().unwrap());
+            run(setup.cmd("publish", root, &args), DEADLINE)
+        };
+        // In odd seeds the old trainer's step 4 committed before the begin,
+        // so `wait --after 3` on A finds it at once and must still see, past
+        // A's cache, that run 1 has superseded it.
+        let last_old = 3 + seed % 2;
+        let (last, refused) = (last_old.to_string(), (last_old + 1).to_string());
+        for step in 1..=last_old {
+            let step = step.to_string();
+            let out = publish(&a, &["--step", &step], &old_src);
+            assert!(
+                out.status.success(),
+                "seed {seed}: run 0 step {step}: {}",
+                stderr(&out)
+            );
+        }
+        // B looks before the run exists: its caches hold the absent names.
+        let out = run(
+            setup.cmd("wait", &b, &["--after", &last, "--timeout", "100ms"]),
+            DEADLINE,
+        );
+        assert_eq!(code(&out), 3, "seed {seed}: wait on B: {}", stderr(&out));
+        let out = run(setup.cmd("ls", &b, &[]), DEADLINE);
+        assert!(
+            out.status.success(),
+            "seed {seed}: ls on B: {}",
+            stderr(&out)
+        );
+        // So does A, as any tool looking for runs would (handoff itself
+        // lists `.handoff` instead).
+        let runs_at_a = a.join(".handoff/runs");
+        assert!(
+            fs::metadata(&runs_at_a).is_err(),
+            "seed {seed}: runs before begin"
+        );
+        let outs = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let args = [
+                    "--after",
+                    &last,
+                    "--json",
+                    "--timeout",
+                    "20s",
+                    "--poll",
+                    "20ms",
+                ];
+                run(setup.cmd("wait", &a, &args), DEADLINE)
+            });
+            let begun = run(setup.cmd("begin", &b, &["--json"]), DEADLINE);
+            let run_no = serde_json::from_slice::<serde_json::Value>(&begun.stdout)
+                .ok()
+                .and_then(|v| v["run"].as_u64());
+            assert_eq!(
+                run_no,
+                Some(1),
+                "seed {seed}: begin on B: {}",
+                stderr(&begun)
+            );
+            // The scenario is hostile only if A still holds `runs` absent.
+            if fs::metadata(&runs_at_a).is_err() {
+                tally.count("a_cached_no_runs");
+            }
+            // The begin is done: however the two interleave, A's run 0 is
+            // superseded before its publish starts.
+            let pause = Duration::from_millis(rng.below(40));
+            let (a, old_src, refused) = (&a, &old_src, &refused);
+            let old_step = scope.spawn(move || {
+                std::thread::sleep(pause);
+                publish(a, &["--step", refused], old_src)
+            });
+            let new_step = publish(&b, &["--run", "1", "--step", "2"], &new_src);
+            [new_step, old_step.join().unwrap(), watcher.join().unwrap()]
+        });
+        let [new_step, old_step, watched] = &outs;
+        if new_step.status.success() {
+            tally.count("new_published");
+        } else {
+            tally.broken(format!(
+                "seed={seed}: run 1 step 2 on B: {}",
+                stderr(new_step)
+            ));
+        }
+        if code(old_step) == 5 && stderr(old_step).contains("superseded") {
+            tally.count("old_refused");
+        } else {
+            tally.broken(format!(
+                "seed={seed}: run 0 step {refused} on A after run 1 began: exit {}: {}",
+                code(old_step),
+                stderr(old_step)
+            ));
+        }
+        if fs::read_dir(&b)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_str() == Some(&format!("step_{refused}")))
+        {
+            tally.broken(format!("seed={seed}: step_{refused} is on the server"));
+        }
+        let after = run(
+            setup.cmd("wait", &a, &["--after", "3", "--json", "--timeout", "5s"]),
+            DEADLINE,
+        );
+        let latest = run(
+            setup.cmd("wait", &a, &["--latest", "--json", "--timeout", "5s"]),
+            DEADLINE,
+        );
+        for (what, out) in [("watcher", watched), ("after", &after), ("latest", &latest)] {
+            match waited_step(out) {
+                Ok(RUN_1_STEP_2) => tally.count(&format!("{what}_run_1")),
+                got => tally.broken(format!("seed={seed}: {what} on A gave {got:?}")),
+            }
+        }
+        if let Err(why) = new.check(&a.join(format!("step_{RUN_1_STEP_2}"))) {
+            tally.broken(format!("seed={seed}: run 1 step 2 read on A: {why}"));
+        }
+    }
+    tally.add_stats("a", rig.fs.stats(0));
+    tally.add_stats("b", rig.fs.stats(1));
+    tally.report("nodes-runs", "handoff", started.elapsed());
+    assert_eq!(tally.accepted_broken, 0, "{:?}", tally.examples);
+    assert_eq!(
+        tally.get("a_cached_no_runs"),
+        tally.seeds,
+        "node A saw the run begun on B at once: the scenario cannot fail ({:?})",
+        tally.detail
+    );
 }
 
 fn kind<T>(r: std::io::Result<T>) -> Result<(), std::io::ErrorKind> {
