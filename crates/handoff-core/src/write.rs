@@ -42,10 +42,7 @@ pub fn seal<S: Storage, P: Platform>(
     step: u64,
     options: &WriteOptions,
 ) -> Result<PublishReport> {
-    check_prefix(&options.prefix)?;
-    let step = run_step(options.run, step)?;
-    check_run(fs, options.run, step)?;
-    let dir = step_name(&options.prefix, step);
+    let (step, dir) = written_step(fs, step, options)?;
     match fs
         .stat(&dir)
         .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
@@ -83,6 +80,15 @@ pub fn seal<S: Storage, P: Platform>(
     release_claim(fs, &join(&dir, SEAL_CLAIM_NAME));
     let manifest = result?;
     Ok(report(fs, &dir, manifest, flush))
+}
+
+/// The number and directory of step `step` of the writer's run, once the
+/// writer is found to write for the newest run begun.
+fn written_step<S: Storage>(fs: &S, step: u64, options: &WriteOptions) -> Result<(u64, String)> {
+    check_prefix(&options.prefix)?;
+    let step = run_step(options.run, step)?;
+    check_run(fs, options.run, step)?;
+    Ok((step, step_name(&options.prefix, step)))
 }
 
 /// Steps 1–5 of [`seal`], holding the claim.
@@ -394,10 +400,7 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     step: u64,
     options: &WriteOptions,
 ) -> Result<PublishReport> {
-    check_prefix(&options.prefix)?;
-    let step = run_step(options.run, step)?;
-    check_run(fs, options.run, step)?;
-    let dir = step_name(&options.prefix, step);
+    let (step, dir) = written_step(fs, step, options)?;
     let already = || {
         let shown = fs.display(&dir);
         let what = match fs.stat(&join(&dir, STABLE_NAME)) {
