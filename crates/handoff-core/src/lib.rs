@@ -12,7 +12,8 @@
 //! - `storage`: the traits every effect goes through;
 //! - `tree`: counted flushes, durable directory creation, streamed hashing;
 //! - `validate`: one attempt to accept a committed step;
-//! - `retain` (pin, gc, fsck), then `read` (wait, which may pin) and `write`;
+//! - `runs` (begin, and which run a writer may write for), `retain` (pin,
+//!   gc, fsck), then `read` (wait, which may pin) and `write`;
 //! - [`Backend`]: the same operations on a root given by its path, as the
 //!   runtime and the WASI command provide them.
 #![deny(missing_docs)]
