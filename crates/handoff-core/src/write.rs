@@ -451,18 +451,19 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
         // The last look before the commit point: a newer run begun while we
         // copied supersedes us.
         check_run(fs, options.run, step)?;
-        // Claim the name first: a rename would replace an empty directory,
-        // such as one an in-place writer has just made for this step. Only
-        // the directory this publisher created is renamed over.
-        match fs.create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(already()),
-            Err(e) => return Err(Error::io("create", &fs.display(&dir), &e)),
+        // A rename replaces an empty directory, such as one an in-place
+        // writer made for this step while we copied: look again, by a
+        // listing (this node may answer a look-up from its cache of the
+        // first look), just before the rename. A crash leaves nothing under
+        // the step's name, so a publish run again after one can succeed.
+        let root = fs
+            .read_dir("")
+            .map_err(|e| Error::io("list", &fs.display(""), &e))?;
+        if root.iter().any(|entry| entry.name == dir) {
+            return Err(already());
         }
         match fs.rename(&staging, &dir) {
             Ok(()) => {}
-            // Someone wrote into the claimed directory (a writer that
-            // tolerates an existing one): the step is theirs now.
             Err(e)
                 if matches!(
                     e.kind(),
@@ -471,10 +472,7 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             {
                 return Err(already());
             }
-            Err(e) => {
-                let _ = fs.remove_dir(&dir);
-                return Err(Error::io("rename staging into", &fs.display(&dir), &e));
-            }
+            Err(e) => return Err(Error::io("rename staging into", &fs.display(&dir), &e)),
         }
         // The rename is durable once the root is flushed (F4), or on
         // CephFS, whose client ties it to the source directory, staging.
