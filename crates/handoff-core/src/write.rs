@@ -456,10 +456,16 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
         // listing (this node may answer a look-up from its cache of the
         // first look), just before the rename. A crash leaves nothing under
         // the step's name, so a publish run again after one can succeed.
-        let root = fs
-            .read_dir("")
-            .map_err(|e| Error::io("list", &fs.display(""), &e))?;
-        if root.iter().any(|entry| entry.name == dir) {
+        let there = match fs.read_dir("") {
+            Ok(root) => root.iter().any(|entry| entry.name == dir),
+            // A root the host cannot list whole (a name that is not UTF-8,
+            // which WASI refuses) still has the step looked up.
+            Err(_) => fs
+                .stat(&dir)
+                .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
+                .is_some(),
+        };
+        if there {
             return Err(already());
         }
         match fs.rename(&staging, &dir) {
