@@ -180,9 +180,14 @@ pub fn wait<S: Storage, P: Platform>(
                     .map(|next| check(fs, &options.prefix, next, options.verify));
                 let now = platform.now_ms();
                 match next {
-                    // Unless a newer run has begun: then the listing below
-                    // decides whether that run has superseded this one.
-                    Some(Ok(version)) if run_of(version.step) >= newest_run(fs)? => Ok(version),
+                    // Unless a newer run has begun (or `.handoff` cannot be
+                    // read to tell): then the listing below decides, by the
+                    // committed steps alone, whether one has superseded it.
+                    Some(Ok(version))
+                        if newest_run(fs).is_ok_and(|newest| run_of(version.step) >= newest) =>
+                    {
+                        Ok(version)
+                    }
                     Some(Err(Rejected::Failed(e))) => return Err(e),
                     _ if listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS) => {
                         listed_at = Some(now);

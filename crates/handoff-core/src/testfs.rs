@@ -246,6 +246,7 @@ impl Platform for RealPlatform {
 /// What a [`Hooked`] storage lets a test see and fail: opens and changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    List,
     Open,
     CreateDir,
     CreateNew,
@@ -284,7 +285,7 @@ impl<B: Fn(Op, &str) -> Option<io::Error>, A: Fn(Op, &str)> Storage for Hooked<B
         self.inner.stat(path)
     }
     fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
-        self.inner.read_dir(path)
+        self.hooked(Op::List, path, || self.inner.read_dir(path))
     }
     fn create_dir(&self, path: &str) -> io::Result<()> {
         self.hooked(Op::CreateDir, path, || self.inner.create_dir(path))

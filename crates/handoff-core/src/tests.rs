@@ -1174,7 +1174,8 @@ fn a_publisher_that_stalls_past_the_grace_fails_cleanly_when_gc_takes_its_stagin
         inner: StdDir(f.root.0.clone()),
         before: |_: Op, _: &str| None,
         after: |op: Op, path: &str| {
-            let first = op != Op::Open && path.starts_with(".handoff/staging/");
+            let changed = !matches!(op, Op::Open | Op::List);
+            let first = changed && path.starts_with(".handoff/staging/");
             if let Some(publisher) = first.then(|| publisher.take()).flatten() {
                 go.send(()).unwrap();
                 *published.borrow_mut() = Some(publisher.join().unwrap());

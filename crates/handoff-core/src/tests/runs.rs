@@ -6,7 +6,7 @@ use std::fs;
 
 use super::{assert_error, fixture, flush_normally, opts, published};
 use crate::layout::{RUN_SPAN, run_step};
-use crate::testfs::RealPlatform;
+use crate::testfs::{Op, RealPlatform};
 use crate::*;
 
 fn run(run: u64) -> WriteOptions {
@@ -111,6 +111,22 @@ fn every_reader_finds_the_newest_runs_step_after_every_older_one() {
         })
         .max();
     assert_eq!(stable_only, Some(RUN_SPAN + 6));
+}
+
+#[test]
+fn a_reader_that_cannot_list_handoff_still_waits_by_committed_steps() {
+    let f = published(1..=2);
+    // A reader with no access to `.handoff` (another user's, mode 0700).
+    let denied = super::hooked(&f, |op, path: &str| {
+        (op == Op::List && path == ".handoff")
+            .then(|| std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    });
+    let options = WaitOptions {
+        timeout: Some(std::time::Duration::from_secs(5)),
+        ..super::wait_opts(Verify::Size, 0)
+    };
+    let next = wait(&denied, &RealPlatform, Target::After(1), &options).unwrap();
+    assert_eq!(next.step, 2);
 }
 
 #[test]
