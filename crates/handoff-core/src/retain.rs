@@ -1297,12 +1297,18 @@ pub fn fsck_with<S: Storage, P: Platform>(
         let dir = join(PINS_DIR, &entry.name);
         let step = parse_step(prefix, &entry.name).filter(|_| entry.kind == Kind::Dir);
         let Some(step) = step else {
-            out.push(stray_pin(
-                fs,
-                &dir,
-                "not a pin directory of this prefix",
-                repair,
-            )?);
+            // Every prefix keeps its version 1 pins here: a directory that
+            // is not this prefix's may hold another prefix's live pins.
+            // Only what is no pin directory at all is repaired.
+            let (why, repair) = if entry.kind == Kind::Dir {
+                (
+                    "not a pin directory of this prefix (another prefix's?): left",
+                    false,
+                )
+            } else {
+                ("not a pin directory", repair)
+            };
+            out.push(stray_pin(fs, &dir, why, repair)?);
             continue;
         };
         for (holder, pin) in step_pins(fs, prefix, step)? {

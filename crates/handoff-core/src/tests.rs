@@ -1209,3 +1209,25 @@ mod fsck_repair;
 
 /// Runs: a restarted trainer's timeline supersedes the one before it.
 mod runs;
+
+#[test]
+fn repair_with_one_prefix_leaves_another_prefixs_pins() {
+    let f = published(1..=1);
+    // A version 1 pin of prefix `ckpt_`, and a file that is no pin
+    // directory of any prefix.
+    fs::create_dir_all(f.path(".handoff/pins/ckpt_3")).unwrap();
+    fs::write(f.path(".handoff/pins/ckpt_3/reader"), "{}").unwrap();
+    fs::write(f.path(".handoff/pins/junk"), "").unwrap();
+    let entries = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    let other = entries
+        .iter()
+        .find(|e| e.name == ".handoff/pins/ckpt_3")
+        .unwrap();
+    assert_eq!(other.action, None, "{other:?}");
+    assert!(f.path(".handoff/pins/ckpt_3/reader").exists());
+    let junk = entries
+        .iter()
+        .find(|e| e.name == ".handoff/pins/junk")
+        .unwrap();
+    assert_eq!(junk.action.as_deref(), Some("removed"), "{junk:?}");
+}
