@@ -30,7 +30,8 @@ Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
 #[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Step directory prefix
-    #[arg(long, global = true, value_name = "P", default_value = DEFAULT_PREFIX)]
+    #[arg(long, global = true, value_name = "P", default_value = DEFAULT_PREFIX,
+          value_parser = parse_prefix)]
     pub prefix: String,
     /// Print one JSON object (for `watch`, one per line); a failure too
     #[arg(long, global = true)]
@@ -268,6 +269,14 @@ pub struct WatchArgs {
     /// How to check and hold what is returned.
     #[command(flatten)]
     pub read: ReadArgs,
+}
+
+/// `--prefix`: checked as the protocol checks it, so a bad one is a usage
+/// error (exit 2), not a failed call.
+pub fn parse_prefix(text: &str) -> Result<String, String> {
+    handoff_core::layout::check_prefix(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A pin holder id, checked here so a bad one is a usage error. The same

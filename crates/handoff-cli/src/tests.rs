@@ -40,6 +40,16 @@ fn wait_needs_exactly_one_target() {
 }
 
 #[test]
+fn bad_prefixes_are_usage_errors() {
+    for bad in ["a/b", ".hidden"] {
+        let err = parse(&["ls", "--root", "r", "--prefix", bad]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad}");
+        assert!(err.to_string().contains("invalid prefix"), "{err}");
+    }
+    assert!(parse(&["ls", "--root", "r", "--prefix", "ckpt_"]).is_ok());
+}
+
+#[test]
 fn bad_durations_are_usage_errors() {
     let err = parse(&["wait", "--root", "r", "--latest", "--timeout", "soon"]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
