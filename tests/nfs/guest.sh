@@ -9,7 +9,7 @@
 #   HANDOFF_BIN   the handoff binary to test
 #   LANE_VERS     4.2 (default mount options) or 3 (vers=3,nolock)
 #   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE,
-#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN, LANE_RUNS_RUNS
+#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN, LANE_RUNS_RUNS, LANE_RUNS_SEALRACE
 #   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #   LANE_CRASH    1: after the scenarios, run writers on node a and crash the
@@ -542,6 +542,39 @@ scenario_runs() {
     report runs-superseded handoff "$runs" "$fails"
 }
 
+# ---- two sealers -----------------------------------------------------------------
+# The payload of step k is written in place through a's mount; then a and b
+# each run `handoff seal` of step k at once, as writers "a" and "b", on their
+# own clients. Exactly one must exit 0 and the other 5, and the manifest on
+# the server's own disk must name the one that exited 0.
+scenario_seal_race() {
+    local runs=${LANE_RUNS_SEALRACE:-5} fails=0 i pa pb ra rb winner got
+    mkdir -p "$MA/sealrace"
+    for i in $(seq "$runs"); do
+        local d=/run/lane/sealrace.$i ok=1 why=""
+        mkdir -p "$d"
+        make_payload "$MA/sealrace/step_$i" "$i"
+        "$HB" seal --root "$MA/sealrace" --step "$i" --writer a >/dev/null 2>"$d/a.err" &
+        pa=$!
+        "$HB" seal --root "$MB/sealrace" --step "$i" --writer b >/dev/null 2>"$d/b.err" &
+        pb=$!
+        wait $pa; ra=$?
+        wait $pb; rb=$?
+        case "$ra $rb" in
+            "0 5") winner=a ;;
+            "5 0") winner=b ;;
+            *) ok=0; winner=""; why="exits a=$ra b=$rb: $(head -c 200 "$d/a.err") $(head -c 200 "$d/b.err")" ;;
+        esac
+        got=$(grep -o '"writer":"[^"]*"' "$MX/sealrace/step_$i/handoff.manifest.json" 2>/dev/null)
+        if [ -n "$winner" ] && [ "$got" != "\"writer\":\"$winner\"" ]; then
+            ok=0; why="$why $winner won but the manifest on disk has ${got:-none}"
+        fi
+        [ $ok = 1 ] || fails=$((fails + 1))
+        echo "nfs-guest: seal-race run=$i ok=$ok winner=${winner:-none} $why"
+    done
+    report seal-race handoff "$runs" "$fails"
+}
+
 T_RUN=${EPOCHREALTIME/./}
 # The scenarios run at the same time, each in its own directory of the export
 # (so each has its own directory caches on node b): most of their time is
@@ -563,19 +596,20 @@ launch() {
             pin-vs-gc) scenario_pin_gc ;;
             watch-pin-vs-gc) scenario_watch_pin_gc ;;
             runs-superseded) scenario_runs ;;
+            seal-race) scenario_seal_race ;;
         esac >/run/lane/report/$s 2>&1 &
         pids+=($!)
     done
 }
 launch publish-seen seal-seen looked-before
 timed=("${pids[@]}")
-launch naive-reader runs-superseded
+launch naive-reader runs-superseded seal-race
 # Wait for these by id: a bare `wait` would also wait for the tee above.
 [ ${#timed[@]} = 0 ] || wait "${timed[@]}"
 echo "nfs-guest: timed readers done after $(ms_since $T_RUN) ms"
 launch pin-vs-gc watch-pin-vs-gc
 [ ${#pids[@]} = 0 ] || wait "${pids[@]}"
-for s in publish-seen seal-seen looked-before naive-reader runs-superseded pin-vs-gc watch-pin-vs-gc; do
+for s in publish-seen seal-seen looked-before naive-reader runs-superseded seal-race pin-vs-gc watch-pin-vs-gc; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
     grep '^nfs: scenario=' /run/lane/report/$s | tee -a "$R"

@@ -154,23 +154,21 @@ fn contents<S: Storage>(
 ) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
     let manifest = manifest_as(fs, &dir, errors)?;
-    if manifest.step != step {
+    // A directory copied under another step's (or run's) number.
+    let elsewhere = if manifest.step != step {
+        Some(format!("belongs to step {}, not {step}", manifest.step))
+    } else if manifest.run != 0 && manifest.run != run_of(step) {
+        let run = run_of(step);
+        Some(format!(
+            "says run {}, but step {step} is of run {run}",
+            manifest.run
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = elsewhere {
         let shown = fs.display(&join(&dir, MANIFEST_NAME));
-        return Err(Rejected::unsafe_manifest(
-            &shown,
-            format!("{shown} belongs to step {}, not {step}", manifest.step),
-        ));
-    }
-    if manifest.run != 0 && manifest.run != run_of(step) {
-        let shown = fs.display(&join(&dir, MANIFEST_NAME));
-        return Err(Rejected::unsafe_manifest(
-            &shown,
-            format!(
-                "{shown} says run {}, but step {step} is of run {}",
-                manifest.run,
-                run_of(step)
-            ),
-        ));
+        return Err(Rejected::unsafe_manifest(&shown, format!("{shown} {why}")));
     }
     for entry in &manifest.files {
         let path = join(&dir, &entry.path);

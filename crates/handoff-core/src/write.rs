@@ -151,6 +151,9 @@ fn seal_claimed<S: Storage, P: Platform>(
         // bytes the file no longer holds: refuse while nothing is committed.
         unchanged(fs, &path, entry.size, before)?;
     }
+    // A newer run begun while we hashed supersedes us: the last look before
+    // the commit (publish looks again before its rename instead).
+    check_run(fs, options.run, step)?;
     let manifest = commit_dir(flush, platform, dir, &dirs, step, options, entries)?;
     if let Err(err) = flush.dir("") {
         return Err(withdraw(fs, dir, err).0);
@@ -606,9 +609,6 @@ fn commit_dir<S: Storage, P: Platform>(
     // The manifest's and the pin directory's names must be durable before
     // STABLE vouches for them.
     flush.dir(dir)?;
-    // A newer run begun while we hashed supersedes us: the last look before
-    // a seal's commit point (a publish looks again before its own).
-    check_run(fs, options.run, step)?;
 
     let stable = join(dir, STABLE_NAME);
     let mut file = fs.create_new(&stable).map_err(|e| match e.kind() {
