@@ -55,6 +55,48 @@ fn publish_refuses_a_source_symlink_and_leaves_nothing_visible() {
 }
 
 #[test]
+fn publish_refuses_a_source_that_is_or_holds_the_root() {
+    let env = Env::new();
+    env.publish(1);
+    let root = env.root();
+    let inside = root.join("incoming");
+    payload(&inside, "a", 100);
+    let parent = root.parent().unwrap().to_path_buf();
+    for (source, needle) in [
+        (root.clone(), "is the root itself"),
+        (root.join("step_1"), "is inside the root"),
+        (inside.clone(), "is inside the root"),
+        (parent, "contains the root"),
+    ] {
+        let out = env.run("publish", &["--step", "2", source.to_str().unwrap()]);
+        assert_exit(&out, 1, needle);
+        assert!(
+            stderr(&out).contains(source.to_str().unwrap()),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!root.join("step_2").exists(), "{}", source.display());
+    }
+    // What was there is untouched, and nothing was staged.
+    let out = env.run("wait", &["--step", "1", "--verify", "hash"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let staging = root.join(".handoff/staging");
+    assert!(!staging.exists() || fs::read_dir(staging).unwrap().count() == 0);
+}
+
+#[test]
+fn publish_refuses_a_top_level_stable_or_manifest_in_the_source() {
+    let env = Env::new();
+    for name in ["STABLE", MANIFEST] {
+        fs::write(env.src().join(name), b"x").unwrap();
+        let out = env.run("publish", &["--step", "5", env.src().to_str().unwrap()]);
+        assert_exit(&out, 1, &format!("`{name}` is a name handoff reserves"));
+        assert!(!env.root().join("step_5").exists());
+        fs::remove_file(env.src().join(name)).unwrap();
+    }
+}
+
+#[test]
 fn a_truncated_payload_exits_4_naming_the_file() {
     let env = Env::new();
     env.publish(1);

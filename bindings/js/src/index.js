@@ -10,6 +10,7 @@
 // loop free.
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { instantiate } from '../gen/handoff.js';
 import { bulk } from './bulk.js';
@@ -101,6 +102,8 @@ export function defaultWriterId() {
 export function publish(root, step, source, { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = {}) {
   const rootPath = dir(root, 'root');
   const sourcePath = dir(source, 'source');
+  const overlapping = overlap(rootPath, sourcePath);
+  if (overlapping) throw new HandoffError(`source ${source}: ${overlapping}`, 'source', { path: sourcePath });
   const report = call('publish', [rootPath, sourcePath], [rootPath, u64(step, 'step'), sourcePath, writeOptions(writer, createdMs, prefix, run)]);
   return afterWrite(rootPath, report, prefix, keep, 'published');
 }
@@ -341,6 +344,34 @@ function dir(path, what) {
   }
   if (!statSync(canonical).isDirectory()) throw new HandoffError(`${what} ${path}: not a directory`, what, { path: canonical });
   return canonical;
+}
+
+/**
+ * How a publish source overlaps the root, or null. Folders are told apart by
+ * device and inode, found through `..`, so a second name for the root (a bind
+ * mount, another mount of the export) is still seen.
+ */
+function overlap(root, source) {
+  const ident = (path) => {
+    const st = statSync(path, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  };
+  const ancestors = (path) => {
+    const seen = new Set();
+    for (;;) {
+      path = join(path, '..');
+      const parent = ident(path);
+      if (seen.has(parent)) return seen;
+      seen.add(parent);
+    }
+  };
+  const rootId = ident(root);
+  const sourceId = ident(source);
+  const also = 'publish copies a payload from outside the root (to commit a step written in place, use seal)';
+  if (rootId === sourceId) return `is the root itself: ${also}`;
+  if (ancestors(source).has(rootId)) return `is inside the root ${root}: ${also}`;
+  if (ancestors(root).has(sourceId)) return `contains the root ${root}: publishing it would copy the root, and the copy being made, into the new step`;
+  return null;
 }
 
 function reason(e) {

@@ -73,6 +73,35 @@ test('a second publish is a conflict and the first stays intact', () => {
   assert.deepEqual(readdirSync(join(root, '.handoff', 'staging')), []);
 });
 
+test('a source that is, is inside or holds the root is refused before anything is written', () => {
+  const { dir, root, src } = fixture();
+  cpSync(src, join(root, 'incoming'), { recursive: true });
+  for (const [source, needle] of [
+    [root, /is the root itself/],
+    [join(root, 'incoming'), /is inside the root/],
+    [dir, /contains the root/],
+  ]) {
+    assert.throws(
+      () => handoff.publish(root, 2, source),
+      (e) => e instanceof handoff.HandoffError && e.kind === 'source' && needle.test(e.message) && e.message.includes(source),
+    );
+  }
+  assert.deepEqual(readdirSync(root), ['incoming']);
+});
+
+test('a top-level STABLE or manifest in the source is refused', () => {
+  const { root, src } = fixture();
+  for (const name of ['STABLE', 'handoff.manifest.json']) {
+    writeFileSync(join(src, name), 'x');
+    assert.throws(
+      () => handoff.publish(root, 5, src),
+      (e) => e.kind === 'invalid-input' && e.message.includes(`\`${name}\` is a name handoff reserves`),
+    );
+    rmSync(join(src, name));
+  }
+  assert.equal(existsSync(join(root, 'step_5')), false);
+});
+
 test('corruption is an integrity error with verify hash', () => {
   const { root, src } = fixture();
   handoff.publish(root, 1, src);

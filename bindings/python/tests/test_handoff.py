@@ -203,6 +203,29 @@ def test_gc_reports_what_it_cannot_remove_and_goes_on(root, src):
     assert ".handoff.pins" in str(failure.error)
 
 
+def test_a_source_that_is_inside_or_holds_the_root_is_refused(root, src):
+    shutil.copytree(src, root / "incoming")
+    for source, needle in [
+        (root, "is the root itself"),
+        (root / "incoming", "is inside the root"),
+        (root.parent, "contains the root"),
+    ]:
+        with pytest.raises(handoff.HandoffError, match=needle) as caught:
+            handoff.publish(root, 2, source)
+        assert caught.value.kind == "source" and str(source) in str(caught.value)
+    assert sorted(os.listdir(root)) == ["incoming"]
+
+
+def test_a_top_level_stable_or_manifest_in_the_source_is_refused(root, src):
+    for name in ["STABLE", "handoff.manifest.json"]:
+        (src / name).write_bytes(b"x")
+        with pytest.raises(handoff.HandoffError, match=f"`{name}` is a name handoff reserves") as caught:
+            handoff.publish(root, 5, src)
+        assert caught.value.kind == "invalid-input"
+        (src / name).unlink()
+    assert not (root / "step_5").exists()
+
+
 def test_publish_keep_runs_gc(root, src):
     for step in (1, 2, 3):
         report = handoff.publish(root, step, src, keep=2)

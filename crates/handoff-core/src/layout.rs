@@ -84,6 +84,31 @@ pub fn staging_name(dir: &str, unique: u64) -> String {
     join(STAGING_DIR, &format!("{dir}.{unique:016x}"))
 }
 
+/// The step a staging folder's name (`<prefix><step>.<16 hex digits>`, a
+/// name in `STAGING_DIR`) is for, if it is one of `prefix`'s: gc and fsck
+/// of one prefix leave every other prefix's staging alone.
+pub fn parse_staging(prefix: &str, name: &str) -> Option<u64> {
+    parse_step(prefix, staging_dir(name)?)
+}
+
+/// Whether `name` in `STAGING_DIR` is some prefix's staging folder, and not
+/// `prefix`'s: what gc and fsck of `prefix` leave alone. A name of no
+/// prefix at all is nobody's, and any of them may clean it up.
+pub fn is_other_prefix_staging(prefix: &str, name: &str) -> bool {
+    let theirs = staging_dir(name).is_some_and(|dir| {
+        let digits = dir.trim_end_matches(|c: char| c.is_ascii_digit());
+        digits.len() < dir.len()
+    });
+    theirs && parse_staging(prefix, name).is_none()
+}
+
+/// The step folder name a staging folder's name was made from.
+fn staging_dir(name: &str) -> Option<&str> {
+    let (dir, unique) = name.rsplit_once('.')?;
+    let hex = unique.len() == 16 && unique.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(dir)
+}
+
 /// The name a seal claim is prepared under, from a random `unique`.
 pub fn seal_claim_tmp_name(unique: u64) -> String {
     format!("{SEAL_CLAIM_TMP_PREFIX}{unique:016x}")
@@ -137,6 +162,21 @@ pub fn parse_step(prefix: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_names_parse_for_their_own_prefix_only() {
+        let name = staging_name("step_42", 0xabc);
+        let name = name.strip_prefix(&format!("{STAGING_DIR}/")).unwrap();
+        assert_eq!(parse_staging("step_", name), Some(42));
+        assert_eq!(parse_staging("ckpt_", name), None);
+        assert_eq!(parse_staging("step_", "step_42"), None);
+        assert_eq!(parse_staging("step_", "step_42.xyz"), None);
+        assert_eq!(parse_staging("step_", "ckpt_42.0000000000000abc"), None);
+        assert!(is_other_prefix_staging("ckpt_", name));
+        assert!(!is_other_prefix_staging("step_", name));
+        assert!(!is_other_prefix_staging("step_", "junk"));
+        assert!(!is_other_prefix_staging("ckpt_", "junk.0000000000000abc"));
+    }
 
     #[test]
     fn step_names_round_trip_and_strays_do_not_parse() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
     CLOCK_PREFIX, HANDOFF_DIR, PINS_DIR, STAGING_DIR, STEP_PINS_NAME, TRASH_DIR, check_prefix,
-    parse_step, step_name,
+    is_other_prefix_staging, parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
 use crate::storage::{Kind, Platform, Storage, join, write_all_at};
@@ -718,6 +718,9 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
     match list_or_empty(fs, STAGING_DIR) {
         Ok(entries) => {
             for entry in entries {
+                if is_other_prefix_staging(prefix, &entry.name) {
+                    continue; // its own prefix's gc looks after it
+                }
                 let path = join(STAGING_DIR, &entry.name);
                 match remove_staging(&mut flush, platform, &path, clock.now, options) {
                     Ok(true) => report.staging_removed.push(entry.name),
@@ -1263,6 +1266,9 @@ pub fn fsck_with<S: Storage, P: Platform>(
         (TRASH_DIR, StepState::Trash),
     ] {
         for entry in list_or_empty(fs, dir)? {
+            if state == StepState::Staging && is_other_prefix_staging(prefix, &entry.name) {
+                continue; // its own prefix's fsck looks after it
+            }
             let path = join(dir, &entry.name);
             let mut action = None;
             let mut detail = None;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use handoff_testkit::Payload;
 
-use crate::manifest::{MANIFEST_NAME, Manifest};
+use crate::manifest::{MANIFEST_NAME, Manifest, STABLE_NAME};
 use crate::testfs::{
     Hooked, LISTINGS, NATIVE_COPY, NativeCopy, Op, RealPlatform, ScriptPlatform, StdDir, no_hook,
 };
@@ -199,6 +199,32 @@ fn seal_refuses_symlinks_before_writing_anything() {
     );
     assert!(!f.path("step_4/STABLE").exists());
     assert!(!f.path("step_4").join(MANIFEST_NAME).exists());
+}
+
+#[test]
+fn publish_refuses_names_the_protocol_reserves_at_the_top_of_the_source() {
+    // A top-level `STABLE`, manifest, pin folder or seal claim in the source
+    // would stand for the protocol's own in the new step, or be dropped.
+    for name in [STABLE_NAME, MANIFEST_NAME, ".handoff.pins", ".handoff.seal"] {
+        let f = fixture();
+        if name.ends_with("pins") || name.ends_with("seal") {
+            fs::create_dir(f.src.0.join(name)).unwrap();
+        } else {
+            fs::write(f.src.0.join(name), b"x").unwrap();
+        }
+        let err = f.publish(1).unwrap_err();
+        assert_error(&err, ErrorKind::InvalidInput, &[name, "reserves"]);
+        assert_eq!(err.path(), Some(f.src.display(name).as_str()));
+        assert!(!f.path("step_1").exists(), "{name}: nothing published");
+        let staged = fs::read_dir(f.path(".handoff/staging")).map_or(0, |d| d.count());
+        assert_eq!(staged, 0, "{name}: nothing staged");
+    }
+    // Deeper down they are payload like any other name.
+    let f = fixture();
+    fs::write(f.src.0.join("sub").join(STABLE_NAME), b"x").unwrap();
+    fs::write(f.src.0.join("sub").join(MANIFEST_NAME), b"{}").unwrap();
+    let report = f.publish(1).unwrap();
+    assert_eq!(report.version.files.len(), 4);
 }
 
 /// That `err` is of `kind` and its message names every one of `needles`.
@@ -750,6 +776,32 @@ fn gc_removes_abandoned_staging_only() {
     assert_eq!(
         gc(&f.root, &RealPlatform, &o).unwrap().staging_removed,
         ["step_2.fresh"]
+    );
+}
+
+#[test]
+fn gc_and_fsck_of_one_prefix_leave_another_prefixs_staging() {
+    let f = fixture();
+    f.publish(1).unwrap();
+    let theirs = "ckpt_2.00000000000000aa";
+    payload(&f.path(&format!(".handoff/staging/{theirs}")), "x");
+    age(&f.path(&format!(".handoff/staging/{theirs}")));
+    let mut o = gc_opts(1);
+    o.grace = Duration::from_millis(10);
+    assert!(
+        gc(&f.root, &RealPlatform, &o)
+            .unwrap()
+            .staging_removed
+            .is_empty()
+    );
+    let found = fsck(&f.root, &RealPlatform, "step_", true).unwrap();
+    assert!(found.iter().all(|e| !e.name.contains(theirs)), "{found:?}");
+    assert!(f.path(&format!(".handoff/staging/{theirs}")).exists());
+    // Its own prefix's gc removes it.
+    o.prefix = "ckpt_".into();
+    assert_eq!(
+        gc(&f.root, &RealPlatform, &o).unwrap().staging_removed,
+        [theirs]
     );
 }
 

@@ -112,7 +112,7 @@ fn seal_claimed<S: Storage, P: Platform>(
     }
     // Refuse links, special files and an empty payload before anything is
     // written.
-    let (files, dirs) = walk_payload(fs, dir)?;
+    let (files, dirs) = walk_payload(fs, dir, Reserved::Skip)?;
     if files.is_empty() {
         let shown = fs.display(dir);
         return Err(Error::new(
@@ -423,7 +423,7 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     {
         return Err(already());
     }
-    let (files, dirs) = walk_payload(source, "")?;
+    let (files, dirs) = walk_payload(source, "", Reserved::Refuse)?;
     if files.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -679,10 +679,27 @@ fn report<S: Storage>(
     }
 }
 
+/// What [`walk_payload`] does with a top-level name the protocol reserves
+/// (`STABLE`, the manifest, the pin folder, a seal's claim).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserved {
+    /// Leave it out: the tree is a step folder, where those are the
+    /// protocol's own.
+    Skip,
+    /// Refuse the payload: the tree is a publish source, where such a file
+    /// would be dropped or, copied, would stand for the protocol's own.
+    Refuse,
+}
+
 /// List a payload tree: files and directories relative to `dir`, sorted, with
-/// parents before children. At the top level the protocol's own files (and
-/// its pin directory) are skipped. Anything but a regular file or a directory is refused.
-pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>, Vec<String>)> {
+/// parents before children. Top-level names the protocol reserves are
+/// skipped or refused, as `reserved` says. Anything but a regular file or a
+/// directory is refused.
+pub(crate) fn walk_payload<S: Storage>(
+    fs: &S,
+    dir: &str,
+    reserved: Reserved,
+) -> Result<(Vec<String>, Vec<String>)> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut pending = vec![String::new()];
@@ -694,7 +711,20 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries {
             if rel.is_empty() && is_protocol_name(&entry.name) {
-                continue;
+                if reserved == Reserved::Skip {
+                    continue;
+                }
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{}: `{}` is a name handoff reserves at the top of a step, so a \
+                         payload cannot hold it (to publish a copy of a committed step, \
+                         leave out its STABLE and {MANIFEST_NAME})",
+                        fs.display(&join(dir, &entry.name)),
+                        entry.name
+                    ),
+                )
+                .at(fs.display(&join(dir, &entry.name))));
             }
             let child = join(&rel, &entry.name);
             match entry.kind {
@@ -703,24 +733,17 @@ pub(crate) fn walk_payload<S: Storage>(fs: &S, dir: &str) -> Result<(Vec<String>
                     dirs.push(child.clone());
                     pending.push(child);
                 }
-                Kind::Symlink => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
+                Kind::Symlink | Kind::Other => {
+                    let shown = fs.display(&join(dir, &child));
+                    let message = if entry.kind == Kind::Symlink {
                         format!(
-                            "{} is a symbolic link: handoff publishes regular files only, \
-                         replace it with the file it points to",
-                            fs.display(&join(dir, &child))
-                        ),
-                    ));
-                }
-                Kind::Other => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!(
-                            "{} is not a regular file or directory",
-                            fs.display(&join(dir, &child))
-                        ),
-                    ));
+                            "{shown} is a symbolic link: handoff publishes regular files only, \
+                             replace it with the file it points to"
+                        )
+                    } else {
+                        format!("{shown} is not a regular file or directory")
+                    };
+                    return Err(Error::new(ErrorKind::InvalidInput, message).at(shown));
                 }
             }
         }

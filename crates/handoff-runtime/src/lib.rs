@@ -37,6 +37,7 @@ mod component;
 mod convert;
 mod error;
 mod imports;
+mod overlap;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -420,8 +421,18 @@ impl Backend for Runtime {
         options: &WriteOptions,
     ) -> Result<PublishReport, Error> {
         let root = preopen_root(root)?;
+        let source_path = source;
         let source = preopen_dir(source, FsPerms::ReadOnly)
             .map_err(|(path, reason)| Error::Source { path, reason })?;
+        let source_error = |reason: String| Error::Source {
+            path: source_path.to_path_buf(),
+            reason,
+        };
+        match overlap::describe(Path::new(&root.path), Path::new(&source.path)) {
+            Ok(None) => {}
+            Ok(Some(reason)) => return Err(source_error(reason)),
+            Err(e) => return Err(source_error(e.to_string())),
+        }
         let guest_root = root.path.clone();
         let guest_source = source.path.clone();
         let draws = Draws::default();

@@ -25,7 +25,7 @@ import datetime
 import math
 import os
 import socket
-from typing import List, Optional, Union
+from typing import List, Optional, Set, Tuple, Union
 
 from wasmtime.component import Variant
 
@@ -292,6 +292,9 @@ def _write(
     args = [root_path, _u64(step, "step")]
     if source is not None:
         source_path = _dir(source, "source")
+        overlap = _overlap(root_path, source_path)
+        if overlap is not None:
+            raise HandoffError(f"source {os.fspath(source)}: {overlap}", "source", path=source_path)
         preopens.append((source_path, False))
         args.append(source_path)
     args.append(
@@ -333,6 +336,35 @@ def _dir(path: PathLike, what: str) -> str:
     if not os.path.isdir(canonical):
         raise HandoffError(f"{what} {os.fspath(path)}: not a directory", what, path=canonical)
     return canonical
+
+
+def _overlap(root: str, source: str) -> Optional[str]:
+    """How a publish source overlaps the root, or None. Folders are told
+    apart by device and inode, found through ``..``, so a second name for
+    the root (a bind mount, another mount of the export) is still seen."""
+
+    def ident(path: str) -> Tuple[int, int]:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+
+    def ancestors(path: str) -> Set[Tuple[int, int]]:
+        seen: Set[Tuple[int, int]] = set()
+        while True:
+            path = os.path.join(path, "..")
+            parent = ident(path)
+            if parent in seen:
+                return seen
+            seen.add(parent)
+
+    root_id, source_id = ident(root), ident(source)
+    also = "publish copies a payload from outside the root (to commit a step written in place, use seal)"
+    if root_id == source_id:
+        return f"is the root itself: {also}"
+    if root_id in ancestors(source):
+        return f"is inside the root {root}: {also}"
+    if source_id in ancestors(root):
+        return f"contains the root {root}: publishing it would copy the root, and the copy being made, into the new step"
+    return None
 
 
 def _u64(value: int, name: str) -> int:

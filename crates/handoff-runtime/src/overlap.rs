@@ -1,0 +1,100 @@
+//! Refusing a publish whose source and root overlap.
+//!
+//! A source equal to the root, or inside it, would be copied into a staging
+//! folder that is itself under the source (1,651 fsyncs of the root's own
+//! tree were seen); a root inside the source would copy the staging copy
+//! into itself. Paths alone cannot tell: a bind mount or a second NFS mount
+//! shows one folder under two names. A folder's identity is its device and
+//! inode, so the check walks up each path comparing those.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// How `source` and `root` overlap, as a sentence, or `None` when neither
+/// is the other or inside it. Both must be existing directories.
+pub(crate) fn describe(root: &Path, source: &Path) -> io::Result<Option<String>> {
+    let root_id = id(root)?;
+    let source_id = id(source)?;
+    if root_id == source_id {
+        return Ok(Some(
+            "is the root itself: publish copies a payload from outside the root \
+             (to commit a step written in place, use seal)"
+                .to_string(),
+        ));
+    }
+    if ancestors(source)?.contains(&root_id) {
+        return Ok(Some(format!(
+            "is inside the root {}: publish copies a payload from outside the root \
+             (to commit a step written in place, use seal)",
+            root.display()
+        )));
+    }
+    if ancestors(root)?.contains(&source_id) {
+        return Ok(Some(format!(
+            "contains the root {}: publishing it would copy the root, and the \
+             copy being made, into the new step",
+            root.display()
+        )));
+    }
+    Ok(None)
+}
+
+fn id(path: &Path) -> io::Result<(u64, u64)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// The identities of the folders above `dir`, up to `/`, found through
+/// `..` so that a folder reached by two names is still recognised.
+fn ancestors(dir: &Path) -> io::Result<HashSet<(u64, u64)>> {
+    let mut seen = HashSet::new();
+    let mut current = dir.to_path_buf();
+    loop {
+        current.push("..");
+        let parent = id(&current)?;
+        // `/..` is `/` itself.
+        if !seen.insert(parent) {
+            return Ok(seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separate_folders_do_not_overlap() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("root")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("src")).unwrap();
+        let found = describe(&tmp.path().join("root"), &tmp.path().join("src")).unwrap();
+        assert_eq!(found, None);
+    }
+
+    #[test]
+    fn source_equal_to_inside_or_containing_the_root_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let same = describe(&root, &root).unwrap().unwrap();
+        assert!(same.contains("is the root itself"), "{same}");
+        let inside = describe(&root, &root.join("a/b")).unwrap().unwrap();
+        assert!(inside.contains("is inside the root"), "{inside}");
+        let outer = describe(&root.join("a"), tmp.path()).unwrap().unwrap();
+        assert!(outer.contains("contains the root"), "{outer}");
+    }
+
+    #[test]
+    fn a_second_name_for_the_root_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("payload")).unwrap();
+        let alias = tmp.path().join("alias");
+        std::os::unix::fs::symlink(&root, &alias).unwrap();
+        let found = describe(&root, &alias.join("payload")).unwrap().unwrap();
+        assert!(found.contains("is inside the root"), "{found}");
+    }
+}
