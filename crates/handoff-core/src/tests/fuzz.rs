@@ -184,6 +184,63 @@ fn valid_manifest() -> impl Strategy<Value = Manifest> {
         })
 }
 
+/// One way to break a rule in a valid manifest's entries or version.
+#[derive(Clone, Debug)]
+enum Breakage {
+    /// An entry twice.
+    Duplicate(Index),
+    /// Two neighbours swapped: unsorted.
+    Swap(Index),
+    /// One hash digit replaced by this (uppercase or not hex).
+    Digit(Index, Index, char),
+    /// One hash a digit short or long.
+    HashLength(Index, bool),
+    /// A version this build does not read.
+    Version(u32),
+}
+
+fn breakage() -> impl Strategy<Value = Breakage> {
+    prop_oneof![
+        any::<Index>().prop_map(Breakage::Duplicate),
+        any::<Index>().prop_map(Breakage::Swap),
+        (
+            any::<Index>(),
+            any::<Index>(),
+            prop::char::ranges(vec!['A'..='F', 'g'..='z'].into())
+        )
+            .prop_map(|(i, j, c)| Breakage::Digit(i, j, c)),
+        (any::<Index>(), any::<bool>()).prop_map(|(i, long)| Breakage::HashLength(i, long)),
+        prop_oneof![Just(0), PROTOCOL_VERSION + 1..=u32::MAX].prop_map(Breakage::Version),
+    ]
+}
+
+/// `m` (of at least two entries) with the rule `how` says broken.
+fn broken(mut m: Manifest, how: &Breakage) -> Manifest {
+    let n = m.files.len();
+    match how {
+        Breakage::Duplicate(i) => {
+            let i = i.index(n);
+            m.files.insert(i, m.files[i].clone());
+        }
+        Breakage::Swap(i) => m.files.swap(i.index(n - 1), i.index(n - 1) + 1),
+        Breakage::Digit(i, j, c) => {
+            let hash = &mut m.files[i.index(n)].blake3;
+            let j = j.index(hash.len());
+            hash.replace_range(j..j + 1, &c.to_string());
+        }
+        Breakage::HashLength(i, long) => {
+            let hash = &mut m.files[i.index(n)].blake3;
+            if *long {
+                hash.push('0');
+            } else {
+                hash.pop();
+            }
+        }
+        Breakage::Version(v) => m.version = *v,
+    }
+    m
+}
+
 /// Any JSON value, small.
 fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -447,6 +504,16 @@ proptest! {
     }
 
     #[test]
+    fn one_broken_rule_refuses_the_whole_manifest(
+        m in valid_manifest().prop_filter("two entries", |m| m.files.len() >= 2),
+        how in breakage(),
+    ) {
+        let bad = broken(m, &how);
+        let err = Manifest::parse(&bad.to_bytes()).unwrap_err();
+        prop_assert!(err.permanent, "{how:?}: {err}");
+    }
+
+    #[test]
     fn sizes_past_64_bits_are_refused(
         m in valid_manifest(),
         sizes in prop::collection::vec(u64::MAX / 2 + 1..=u64::MAX, 2..4),
@@ -577,7 +644,12 @@ proptest! {
 
     #[test]
     fn parsed_pin_names_are_a_holders(
-        name in "([A-Za-z0-9._:@/+ -]{0,10}\\+){0,3}[0-9]{0,21}\\+[0-9a-fA-FxX]{14,17}",
+        name in (
+            prop_oneof![holder(), "[A-Za-z0-9._:@/+ -]{0,10}"],
+            prop_oneof!["[0-9]{1,20}", "[0-9+a-f-]{0,3}|[0-9]{20,22}"],
+            prop_oneof!["[0-9a-f]{16}", "[0-9a-fA-FxX+]{14,17}"],
+        )
+            .prop_map(|(h, ttl, unique)| format!("{h}+{ttl}+{unique}")),
     ) {
         if let Some((h, ttl)) = parse_pin_file_name(&name) {
             prop_assert!(check_holder(h).is_ok(), "{h:?}");
