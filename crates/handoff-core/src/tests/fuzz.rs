@@ -573,7 +573,7 @@ proptest! {
     #[test]
     fn parsed_step_names_are_canonical(
         prefix in prefixish(),
-        tail in "[0-9+ a-]{0,22}|[0-9]{19,21}|٣|0[0-9]{1,3}",
+        tail in "[0-9+ a-]{0,22}|[0-9]{19,21}|٣|0[0-9]{1,3}|[+-]?[0-9]{1,4}",
     ) {
         let name = format!("{prefix}{tail}");
         if let Some(step) = parse_step(&prefix, &name) {
