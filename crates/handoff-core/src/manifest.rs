@@ -82,7 +82,8 @@ impl Manifest {
         // Bytes that are not a manifest may be a torn read through a stale
         // cache: a later read can succeed. A well-formed manifest that breaks
         // a rule (its version, an unsafe path, duplicate or unsorted entries,
-        // a malformed hash) is what the writer wrote: no retry helps.
+        // a malformed hash, sizes past 64 bits) is what the writer wrote: no
+        // retry helps.
         let retry = |reason: String| BadManifest {
             reason,
             permanent: false,
@@ -101,8 +102,18 @@ impl Manifest {
             )));
         }
         let mut previous: Option<&str> = None;
+        let mut total = 0u64;
         for file in &manifest.files {
             check_payload_path(&file.path).map_err(never)?;
+            // No filesystem holds that much: a total past 64 bits would
+            // wrap in every sum of the sizes ([`Manifest::bytes`]).
+            total = total.checked_add(file.size).ok_or_else(|| {
+                never(format!(
+                    "entry {:?} brings the payload past {} bytes",
+                    file.path,
+                    u64::MAX
+                ))
+            })?;
             if let Some(prev) = previous {
                 if prev == file.path {
                     return Err(never(format!("duplicate entry {:?}", file.path)));
@@ -139,7 +150,8 @@ pub struct BadManifest {
     /// What is wrong, without the file's name.
     pub reason: String,
     /// Whether reading it again cannot help: valid JSON that breaks a rule
-    /// (version, unsafe path, duplicate or unsorted entries, malformed hash).
+    /// (version, unsafe path, duplicate or unsorted entries, malformed hash,
+    /// sizes past 64 bits).
     /// Otherwise (not a manifest at all) the read may have been torn by a
     /// lagging cache.
     pub permanent: bool,
@@ -256,6 +268,14 @@ mod tests {
             Manifest::parse(&m.to_bytes()).is_ok(),
             "version 1 stays readable"
         );
+        m.files[0].size = u64::MAX;
+        m.files.push(FileEntry {
+            size: 1,
+            ..entry("b")
+        });
+        let err = Manifest::parse(&m.to_bytes()).unwrap_err();
+        assert!(err.permanent && err.reason.contains("past"), "{err}");
+        m.files.pop();
         m.files[0].blake3 = "XYZ".into();
         assert!(
             Manifest::parse(&m.to_bytes())

@@ -67,12 +67,12 @@ fn step_pins_dir(prefix: &str, step: u64) -> String {
 /// A version 2 pin's file name, `<holder>+<ttl_ms>+<16 hex digits>`: the
 /// whole pin, so that one exclusive create makes it (no content to be read
 /// half-written). `+` cannot occur in a holder.
-fn pin_file_name(holder: &str, ttl_ms: u64, unique: u64) -> String {
+pub(crate) fn pin_file_name(holder: &str, ttl_ms: u64, unique: u64) -> String {
     format!("{holder}+{ttl_ms}+{unique:016x}")
 }
 
 /// The holder and ttl of a version 2 pin's file name.
-fn parse_pin_file_name(name: &str) -> Option<(&str, u64)> {
+pub(crate) fn parse_pin_file_name(name: &str) -> Option<(&str, u64)> {
     let mut parts = name.rsplitn(3, '+');
     let unique = parts.next()?;
     let ttl = parts.next()?;

@@ -1262,6 +1262,9 @@ mod fsck_repair;
 /// Runs: a restarted trainer's timeline supersedes the one before it.
 mod runs;
 
+/// Generated hostile inputs for the parsers and the path checks.
+mod fuzz;
+
 #[test]
 fn repair_with_one_prefix_leaves_another_prefixs_pins() {
     let f = published(1..=1);
