@@ -228,3 +228,36 @@ fn a_full_file_system_is_named() {
         );
     }
 }
+
+#[test]
+fn permission_denied_is_named() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new();
+    // The root belongs to this user; another user may read it, not write.
+    for dir in [env.tmp.path(), &env.root()] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_handoff"))
+        .args(["publish", "--no-cache", "--step", "1", "--root"])
+        .arg(env.root())
+        .arg(env.src())
+        .output();
+    let out = match out {
+        Ok(out) if !stderr(&out).starts_with("setpriv:") => out,
+        other => {
+            eprintln!("skipped: cannot run as another user (setpriv): {other:?}");
+            return;
+        }
+    };
+    let root = env.root().canonicalize().unwrap();
+    assert_exit(
+        &out,
+        1,
+        &format!(
+            "failed to create {}: permission denied (EACCES)",
+            root.join(".handoff").display()
+        ),
+    );
+}
