@@ -58,6 +58,17 @@ fn json_failures_are_one_object_naming_kind_and_path() {
     let error = failure(&out, 1, "not-found");
     assert_eq!(error["path"], missing.display().to_string());
 
+    let component = env.tmp.path().join("missing.wasm");
+    let out = handoff()
+        .args(["ls", "--json", "--component"])
+        .arg(&component)
+        .arg("--root")
+        .arg(env.root())
+        .output()
+        .unwrap();
+    let error = failure(&out, 1, "bad-component");
+    assert_eq!(error["path"], component.display().to_string());
+
     fs::write(root.join("step_1/adapter_model.safetensors"), b"changed").unwrap();
     let out = env.run("wait", &["--step", "1", "--settle", "0s", "--json"]);
     failure(&out, 4, "integrity");
