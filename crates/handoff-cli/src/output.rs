@@ -2,6 +2,7 @@
 //! types through serde, plus what only the CLI measures), and a failure with
 //! its exit code.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use handoff_core::{Backend, FsckEntry, GcReport, PinInfo, PublishReport, StepInfo, Version};
@@ -115,7 +116,8 @@ impl Failure {
     /// Print it (stderr, and with `json` stdout) and return its exit code.
     pub fn report(&self, json: bool) -> u8 {
         if json {
-            println!("{}", self.json());
+            // A reader of stdout that went away must not stop the report.
+            let _ = writeln!(std::io::stdout(), "{}", self.json());
         }
         self.report_text()
     }
@@ -194,7 +196,8 @@ pub fn usage_error(err: &clap::Error, args: impl IntoIterator<Item = std::ffi::O
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
     if json {
-        println!("{}", Failure::new(kind::USAGE, clap_message(err)).json());
+        let failure = Failure::new(kind::USAGE, clap_message(err));
+        let _ = writeln!(std::io::stdout(), "{}", failure.json());
     }
     code
 }

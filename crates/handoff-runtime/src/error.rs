@@ -127,7 +127,7 @@ pub(crate) fn explain(err: handoff_core::Error) -> handoff_core::Error {
     };
     let path = Path::new(path);
     let found = match cause {
-        "I/O error (EIO)" => read_only(path).map(|mounted| {
+        "I/O error (EIO)" if modifies(before) => read_only(path).map(|mounted| {
             format!(
                 "read-only file system (EROFS): {} is on a file system mounted read-only",
                 mounted.display()
@@ -159,6 +159,14 @@ pub(crate) fn explain(err: handoff_core::Error) -> handoff_core::Error {
         ),
         None => err,
     }
+}
+
+/// Whether the operation a message says failed (the last `failed to ...`)
+/// writes: only a write meets `EROFS`, so a read's `EIO` stays one.
+fn modifies(message: &str) -> bool {
+    const READS: [&str; 5] = ["inspect", "list", "open", "read", "hash"];
+    let op = message.rsplit("failed to ").next().unwrap_or_default();
+    !READS.iter().any(|read| op.starts_with(read))
 }
 
 /// `path`, or for a path not there yet its nearest existing ancestor, if
@@ -266,6 +274,20 @@ mod tests {
             let err = io_error(message, &dir.join("x"));
             assert_eq!(explain(err.clone()), err);
         }
+    }
+
+    #[test]
+    fn only_writes_are_taken_for_a_read_only_file_system() {
+        assert!(modifies(
+            "failed to publish step 1 from s: failed to create /r/.handoff"
+        ));
+        assert!(modifies(
+            "failed to seal step 1: failed to rename claim to /r/x"
+        ));
+        assert!(!modifies(
+            "failed to wait for step 1: failed to read /r/step_1/a"
+        ));
+        assert!(!modifies("failed to list the root: failed to list /r"));
     }
 
     #[test]
