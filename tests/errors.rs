@@ -272,3 +272,21 @@ fn permission_denied_is_named() {
         ),
     );
 }
+
+#[test]
+fn a_failure_after_partial_output_ends_with_its_json_line() {
+    let env = Env::new();
+    env.publish(1);
+    // Step 1 is printed at once; the wait for step 2 is stopped by the
+    // deadline of each call.
+    let out = env.run("watch", &["--from", "1", "--json", "--deadline", "300ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["step"], 1, "{stdout}");
+    assert_eq!(lines[1]["error"]["kind"], "deadline-exceeded", "{stdout}");
+    assert_exit(&out, 3, "failed to watch for the next step");
+}
