@@ -112,7 +112,7 @@ fn a_truncated_payload_exits_4_naming_the_file() {
     // may help (a lagging cache can show a file short).
     let out = env.run("wait", &[&wait[..], &["--json"]].concat());
     let error = json_failure(&out, 4);
-    assert_eq!(error["class"], "integrity");
+    assert_eq!(error["kind"], "integrity");
     let file = env
         .root()
         .canonicalize()
@@ -269,7 +269,7 @@ fn a_component_call_over_its_deadline_is_an_error_not_a_hang() {
         ])
         .output()
         .unwrap();
-    assert_exit(&out, 1, "time limit");
+    assert_exit(&out, 3, "time limit");
     assert!(
         start.elapsed() < std::time::Duration::from_secs(5),
         "{:?}",
@@ -284,7 +284,7 @@ fn a_write_stopped_by_its_deadline_leaves_nothing_in_the_way() {
     payload(&env.src(), "big", 256 << 20);
     let src = env.src().display().to_string();
     let out = env.run("publish", &["--deadline", "20ms", "--step", "1", &src]);
-    assert_exit(&out, 1, "time limit");
+    assert_exit(&out, 3, "time limit");
     let staging = env.root().join(".handoff/staging");
     let left: Vec<_> = fs::read_dir(&staging)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
@@ -297,7 +297,7 @@ fn a_write_stopped_by_its_deadline_leaves_nothing_in_the_way() {
     let step_2 = env.root().join("step_2");
     payload(&step_2, "big", 256 << 20);
     let out = env.run("seal", &["--deadline", "20ms", "--step", "2"]);
-    assert_exit(&out, 1, "time limit");
+    assert_exit(&out, 3, "time limit");
     assert!(!step_2.join(".handoff.seal").exists());
     assert_ok(&env.run("seal", &["--step", "2"]));
 }

@@ -354,6 +354,9 @@ fn gc_reports_what_it_cannot_remove_goes_on_and_exits_6() {
     assert_eq!(failed[0]["error"]["kind"], "io");
     let message = failed[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains(".handoff.pins"), "{message}");
+    // stdout is still one object: the report, carrying the failure.
+    assert_eq!(v["error"]["kind"], "gc-incomplete", "{v}");
+    assert_eq!(v["error"]["exit_code"], 6, "{v}");
     assert!(env.root().join("step_1/STABLE").exists());
 
     let out = env.run("gc", &["--keep", "1"]);

@@ -24,7 +24,7 @@ fn a_restarted_trainer_begins_a_run_that_supersedes_the_old_one() {
     let out = env.run("publish", &["--step", "4", &src]);
     assert_exit(&out, 5, "superseded");
     let failure = json_failure(&env.run("publish", &["--step", "4", "--json", &src]), 5);
-    assert_eq!(failure["class"], "conflict");
+    assert_eq!(failure["kind"], "conflict");
     // A run never begun is a usage mistake, not a conflict.
     let out = env.run("publish", &["--run", "7", "--step", "4", &src]);
     assert_exit(&out, 1, "never begun");

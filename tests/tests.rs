@@ -29,3 +29,6 @@ mod defaults;
 
 /// Runs: begin, --run, and writers of older runs refused.
 mod runs;
+
+/// Every failure names its path and cause; exit codes; --json failures.
+mod errors;

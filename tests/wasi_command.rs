@@ -308,7 +308,7 @@ fn json_keys_match_the_native_cli() {
                 )
             });
             if name == "conflict" || name == "timed-out" {
-                assert_eq!(v["error"]["class"], name, "{r:?}: {v}");
+                assert_eq!(v["error"]["kind"], name, "{r:?}: {v}");
                 assert_eq!(code(&out), v["error"]["exit_code"], "{r:?}: {v}");
             } else {
                 assert_ok(&out);
@@ -403,7 +403,7 @@ fn plain_build_exits_1_and_keeps_the_class() {
         let conflict = run(&["publish", "--root", &root, "--step", "1", "--json", &src]);
         assert_exit(&conflict, 1, "handoff: error (conflict): ");
         let v: Value = serde_json::from_slice(&conflict.stdout).unwrap();
-        assert_eq!(v["error"]["class"], "conflict");
+        assert_eq!(v["error"]["kind"], "conflict");
         assert_eq!(v["error"]["exit_code"], 5);
         eprintln!(
             "{r:?}, plain build: conflict exits {}, JSON {v}",

@@ -56,15 +56,20 @@ enum HostCommand {
 }
 
 fn main() -> ExitCode {
-    // Usage errors exit 2 inside `parse`.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(handoff_cli::usage_error(&e, std::env::args_os())),
+    };
     let json = cli.global.json;
     ExitCode::from(handoff_cli::report::<Runtime>(run(cli), json))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.global.json && matches!(cli.command, HostCommand::Demo(_)) {
-        anyhow::bail!("demo prints text only: --json does not apply to it");
+        return Err(handoff_cli::Usage(
+            "demo prints text only: --json does not apply to it".to_string(),
+        )
+        .into());
     }
     let progress = shows_progress(cli.global.json, std::io::stderr().is_terminal());
     let runtime = runtime(&cli.host, progress)?;
@@ -159,10 +164,11 @@ mod tests {
     }
 
     #[test]
-    fn host_failures_exit_1_and_protocol_outcomes_keep_their_code() {
+    fn host_failures_have_their_kind_and_protocol_outcomes_keep_their_code() {
         use handoff_core::{Backend, ErrorKind};
         use handoff_runtime::Error;
-        let code = |e: Error| handoff_cli::exit_code(Runtime::kind(&e));
+        let failure = |e: Error| handoff_cli::failure::<Runtime>(&e.into());
+        let code = |e: Error| failure(e).exit_code();
         let protocol = |kind| Error::Protocol(handoff_core::Error::new(kind, ""));
         assert_eq!(code(protocol(ErrorKind::TimedOut)), 3);
         assert_eq!(code(protocol(ErrorKind::Integrity)), 4);
@@ -170,6 +176,24 @@ mod tests {
         assert_eq!(code(protocol(ErrorKind::NotFound)), 1);
         assert_eq!(Runtime::kind(&Error::Trap(String::new())), None);
         assert_eq!(code(Error::Trap(String::new())), 1);
+        assert_eq!(failure(Error::Trap(String::new())).kind, "trap");
+        let late = Error::DeadlineExceeded {
+            limit: Duration::from_secs(1),
+        };
+        assert_eq!(
+            (failure(late.clone()).kind, code(late)),
+            ("deadline-exceeded", 3)
+        );
+        let root = Error::Root {
+            path: "/no/root".into(),
+            reason: "No such file or directory".into(),
+            kind: ErrorKind::NotFound,
+        };
+        let root = failure(root);
+        assert_eq!(
+            (root.kind, root.path.as_deref()),
+            ("not-found", Some("/no/root"))
+        );
     }
 
     #[test]

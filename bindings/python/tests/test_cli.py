@@ -72,7 +72,8 @@ def test_exit_codes_are_the_native_cli_s(root, src):
 def test_a_missing_root_or_source_is_named(tmp_path, src):
     out = handoff_cmd("ls", "--root", tmp_path / "nope", "--json", check=1)
     error = json.loads(out.stdout)["error"]
-    assert error["class"] == "other" and str(tmp_path / "nope") in error["message"]
+    assert error["kind"] == "not-found" and str(tmp_path / "nope") in error["message"]
+    assert error["path"] == str(tmp_path / "nope") and error["exit_code"] == 1
     assert "No such file or directory" in out.stderr
     (tmp_path / "file").write_text("")
     out = handoff_cmd("publish", "--root", tmp_path, "--step", "1", tmp_path / "file", check=1)

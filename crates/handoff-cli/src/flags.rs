@@ -15,13 +15,17 @@ Exit codes:
   0  success
   1  any other error (bad root, bad component, I/O, ...)
   2  usage error
-  3  timed out: the step was never committed
+  3  timed out: the step was never committed (wait --timeout), or the call
+     was stopped by its --deadline
   4  integrity: the step is committed but a file is missing, short or differs
      from its hash, or the manifest is unsafe
   5  conflict: the step is already published, or another writer is at it
      (what is there stays intact)
   6  gc (or the gc of --keep) could not remove everything it should: it went
      on with the rest, and its report (stdout) names each under \"failed\"
+
+With --json a failure is also one object on stdout:
+{\"error\":{\"exit_code\":N,\"kind\":\"...\",\"message\":\"...\",\"path\":...,\"retryable\":B}}
 
 Durations are written 500ms, 30s, 2m, 1h (or 1m30s).";
 

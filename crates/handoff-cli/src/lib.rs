@@ -7,7 +7,8 @@
 //!   runs `handoff-core` directly inside whatever runtime runs it.
 //!
 //! Each provides the core's [`Backend`]; [`run`] does the rest, and [`report`] turns the outcome into the message and the exit
-//! code. The modules follow the path of a call: [`flags`] (what was asked),
+//! code ([`failure`]: the one mapping from an error to its kind, exit code
+//! and `--json` object). The modules follow the path of a call: [`flags`] (what was asked),
 //! `run` (the core's options, the call), `output` (what is printed).
 //!
 //! ```no_run
@@ -22,7 +23,10 @@
 //!     command: handoff_cli::Command,
 //! }
 //!
-//! let cli = Cli::parse();
+//! let cli = match Cli::try_parse() {
+//!     Ok(cli) => cli,
+//!     Err(e) => std::process::exit(handoff_cli::usage_error(&e, std::env::args_os()).into()),
+//! };
 //! let json = cli.global.json;
 //! let result = handoff_cli::run(&backend, &cli.global, cli.command);
 //! std::process::exit(handoff_cli::report::<B>(result, json).into());
@@ -39,29 +43,21 @@ pub use flags::{Command, EXIT_CODES, Global};
 /// What the command line runs against: the core's operations on a root
 /// given by its path (the runtime's, or the WASI command's).
 pub use handoff_core::Backend;
-pub use output::exit_code;
+pub use output::{Failure, KINDS, Usage, exit_code, failure, kind, usage_error};
 pub use run::run;
 
 /// Print the outcome of [`run`] (or of anything before it) and return the
-/// exit code: 0, the failure's [`exit_code`], or 6 after a gc that printed
-/// its report and could not remove everything. The message names the
-/// class (`handoff: error (conflict): ...`), and with `json` the failure is
-/// also printed to stdout as
-/// `{"error":{"class":"conflict","exit_code":5,"message":"...","path":...,"retryable":false}}`.
+/// exit code: 0, or the exit code of its [`failure`]. The message names the
+/// kind (`handoff: error (conflict): ...`), and with `json` the failure is
+/// also printed to stdout as one object ([`Failure`]). A gc that could not
+/// remove everything (exit 6) has already printed its report, which carries
+/// that failure as `"error"` with `json`.
 pub fn report<B: Backend>(result: anyhow::Result<()>, json: bool) -> u8 {
-    let err = match result {
-        Ok(()) => return 0,
-        Err(err) if is_broken_pipe(&err) => return 0,
-        Err(err) => err,
-    };
-    if err.downcast_ref::<output::GcIncomplete>().is_some() {
-        // Its report, failures and all, is already on stdout.
-        eprintln!("handoff: error (gc-incomplete): {err:#}");
-        return output::GC_INCOMPLETE;
+    match result {
+        Ok(()) => 0,
+        Err(err) if is_broken_pipe(&err) => 0,
+        Err(err) => output::report_failure::<B>(&err, json),
     }
-    let protocol = classify::<B>(&err);
-    output::Printer { json }.failure(protocol, &format!("{err:#}"));
-    exit_code(protocol.map(handoff_core::Error::kind))
 }
 
 /// The protocol's outcome in a failure: that of the first backend error in

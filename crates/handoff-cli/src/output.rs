@@ -2,11 +2,10 @@
 //! types through serde, plus what only the CLI measures), and a failure with
 //! its exit code.
 
+use std::io::Write as _;
 use std::time::Duration;
 
-use handoff_core::{
-    Error, ErrorKind, FsckEntry, GcReport, PinInfo, PublishReport, StepInfo, Version,
-};
+use handoff_core::{Backend, FsckEntry, GcReport, PinInfo, PublishReport, StepInfo, Version};
 use serde::Serialize;
 use serde_json::json;
 
@@ -20,20 +19,197 @@ macro_rules! out {
     };
 }
 
-/// The documented exit code of a failure of `kind` (`None`: not a protocol
-/// outcome).
-pub fn exit_code(kind: Option<ErrorKind>) -> u8 {
-    match kind {
-        Some(ErrorKind::TimedOut) => 3,
-        Some(ErrorKind::Integrity) => 4,
-        Some(ErrorKind::Conflict) => 5,
-        _ => 1,
+/// Every kind of failure, by its stable name as messages and `--json` give
+/// it, with its exit code: the protocol's outcomes (`ErrorKind::as_str`),
+/// the runtime's own failures, and the command line's.
+pub const KINDS: &[(&str, u8)] = &[
+    (kind::USAGE, 2),
+    ("timed-out", 3),
+    (kind::DEADLINE_EXCEEDED, 3),
+    ("integrity", 4),
+    ("conflict", 5),
+    (kind::GC_INCOMPLETE, 6),
+    ("not-found", 1),
+    ("invalid-input", 1),
+    ("durability", 1),
+    ("io", 1),
+    ("bad-component", 1),
+    ("trap", 1),
+    ("memory-exceeded", 1),
+    ("setup", 1),
+    (kind::OTHER, 1),
+];
+
+/// The names of the failure kinds the command line itself reports.
+pub mod kind {
+    /// A flag or argument that cannot be used (exit 2).
+    pub const USAGE: &str = "usage";
+    /// A call stopped at its time limit, `--deadline` (exit 3).
+    pub const DEADLINE_EXCEEDED: &str = "deadline-exceeded";
+    /// A gc that printed its report and could not remove everything (exit 6).
+    pub const GC_INCOMPLETE: &str = "gc-incomplete";
+    /// Anything without a kind of its own (exit 1).
+    pub const OTHER: &str = "other";
+}
+
+/// The documented exit code of a failure of `kind` ([`KINDS`]; 1 for a
+/// name not listed).
+pub fn exit_code(kind: &str) -> u8 {
+    KINDS
+        .iter()
+        .find(|(name, _)| *name == kind)
+        .map_or(1, |&(_, code)| code)
+}
+
+/// A failure as the command line reports it: on stderr
+/// `handoff: error (KIND): MESSAGE`, with `--json` also one object on stdout,
+/// `{"error":{"exit_code":5,"kind":"conflict","message":"...","path":"/r/step_7","retryable":false}}`
+/// (`path` null where no file is concerned), and the exit code of its kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Its stable name ([`KINDS`]).
+    pub kind: &'static str,
+    /// What failed and why, naming the file concerned.
+    pub message: String,
+    /// The file or directory concerned, where there is one.
+    pub path: Option<String>,
+    /// Whether the same call may succeed later with nothing changed.
+    pub retryable: bool,
+}
+
+impl Failure {
+    /// A failure of `kind` (one of [`KINDS`]) concerning no particular file.
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+            path: None,
+            retryable: false,
+        }
+    }
+
+    /// The same failure, concerning `path`.
+    pub fn at(mut self, path: impl Into<String>) -> Failure {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Its exit code.
+    pub fn exit_code(&self) -> u8 {
+        exit_code(self.kind)
+    }
+
+    /// Its `--json` object.
+    pub fn json(&self) -> serde_json::Value {
+        // serde_json's maps are sorted: this is the documented key order.
+        json!({
+            "error": {
+                "exit_code": self.exit_code(),
+                "kind": self.kind,
+                "message": self.message,
+                "path": self.path,
+                "retryable": self.retryable,
+            }
+        })
+    }
+
+    /// Print it (stderr, and with `json` stdout) and return its exit code.
+    pub fn report(&self, json: bool) -> u8 {
+        if json {
+            // A reader of stdout that went away must not stop the report.
+            let _ = writeln!(std::io::stdout(), "{}", self.json());
+        }
+        self.report_text()
+    }
+
+    /// Print it on stderr only (its JSON, if any, is already out) and return
+    /// its exit code.
+    fn report_text(&self) -> u8 {
+        match self.kind {
+            kind::OTHER => eprintln!("handoff: error: {}", self.message),
+            kind => eprintln!("handoff: error ({kind}): {}", self.message),
+        }
+        self.exit_code()
     }
 }
 
-/// The exit code of a gc that went on past what it could not remove
-/// (`GcReport::failed` not empty), after printing its report.
-pub const GC_INCOMPLETE: u8 = 6;
+/// The failure `err` is, from what its chain holds: a usage error, a gc that
+/// could not remove everything, or the backend's failure (its kind, file
+/// and retry); `other` for anything else. The one mapping from an error to
+/// an exit code and a JSON object.
+pub fn failure<B: Backend>(err: &anyhow::Error) -> Failure {
+    let message = format!("{err:#}");
+    for cause in err.chain() {
+        if cause.is::<Usage>() {
+            return Failure::new(kind::USAGE, message);
+        }
+        if cause.is::<GcIncomplete>() {
+            return Failure::new(kind::GC_INCOMPLETE, message);
+        }
+        if let Some(e) = cause.downcast_ref::<B::Error>() {
+            return Failure {
+                kind: B::kind_name(e),
+                message,
+                path: B::path(e),
+                retryable: B::protocol_error(e).is_some_and(handoff_core::Error::is_retryable),
+            };
+        }
+    }
+    Failure::new(kind::OTHER, message)
+}
+
+/// Print `err` as [`failure`] says and return its exit code. A gc's
+/// failures are already on stdout, with `--json` inside its report's
+/// `"error"`.
+pub(crate) fn report_failure<B: Backend>(err: &anyhow::Error, json: bool) -> u8 {
+    let failure = failure::<B>(err);
+    match failure.kind {
+        kind::GC_INCOMPLETE => failure.report_text(),
+        _ => failure.report(json),
+    }
+}
+
+/// A flag or argument that cannot be used, found after parsing (a
+/// combination of flags, or a flag that does not apply): exit 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A command line clap refused (or `--help`, `--version`): print what clap
+/// says, with `--json` among `args` also the usage failure as JSON on
+/// stdout, and return the exit code (2; 0 for help and version).
+pub fn usage_error(err: &clap::Error, args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
+    let code = u8::try_from(err.exit_code()).unwrap_or(2);
+    let _ = err.print();
+    if code == 0 {
+        return 0;
+    }
+    let json = args
+        .into_iter()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if json {
+        let failure = Failure::new(kind::USAGE, clap_message(err));
+        let _ = writeln!(std::io::stdout(), "{}", failure.json());
+    }
+    code
+}
+
+/// clap's message without its `error: ` and its usage and help lines, on
+/// one line.
+fn clap_message(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let text = text.split("\n\n").next().unwrap_or_default();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
 /// A gc, alone or after `publish`/`seal --keep`, that printed its report
 /// and could not remove this many entries: the report names each, with why.
@@ -64,10 +240,13 @@ pub(crate) fn gc_outcome(report: Option<&GcReport>) -> anyhow::Result<()> {
     }
 }
 
-/// A failure's class as messages and `--json` name it: the kind
-/// (`timed-out`, `conflict`, ...) or `other`.
-pub fn class(kind: Option<ErrorKind>) -> &'static str {
-    kind.map_or("other", ErrorKind::as_str)
+/// The `"error"` a gc report printed as JSON carries when the gc could not
+/// remove everything: the failure [`report`](crate::report) then exits 6
+/// with.
+fn gc_error(report: Option<&GcReport>) -> Option<serde_json::Value> {
+    let err = gc_outcome(report).err()?;
+    let mut object = Failure::new(kind::GC_INCOMPLETE, format!("{err:#}")).json();
+    Some(object["error"].take())
 }
 
 /// A version as `publish`, `seal`, `wait` and `watch` print it:
@@ -91,7 +270,8 @@ impl<'a> Shown<'a> {
 }
 
 /// `publish` and `seal`: the version, then `"fsyncs","fsync_ms","warnings"`
-/// and, with `--keep`, `"gc"`.
+/// and, with `--keep`, `"gc"` (and `"error"` if that gc could not remove
+/// everything).
 #[derive(Serialize)]
 struct Written<'a> {
     #[serde(flatten)]
@@ -101,6 +281,8 @@ struct Written<'a> {
     warnings: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     gc: Option<&'a GcReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
 }
 
 /// Prints to stdout, as text or as one JSON object a call.
@@ -128,6 +310,7 @@ impl Printer {
                 fsync_ms: round3(report.fsync_ms),
                 warnings: &report.warnings,
                 gc,
+                error: gc_error(gc),
             });
         }
         for warning in &report.warnings {
@@ -241,10 +424,19 @@ impl Printer {
     }
 
     /// `gc`: `{"removed":[..],"kept":[..],"pinned":[..],"staging_removed":[..],
-    /// "invalid":[..],"failed":[{"name","error":{"kind","message","path","retryable"}}]}`.
+    /// "invalid":[..],"failed":[{"name","error":{"kind","message","path","retryable"}}]}`,
+    /// and when `failed` is not empty the gc-incomplete failure as `"error"`.
     pub(crate) fn gc(&self, report: &GcReport) -> anyhow::Result<()> {
         if self.json {
-            return self.json(report);
+            #[derive(Serialize)]
+            struct Gc<'a> {
+                #[serde(flatten)]
+                report: &'a GcReport,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                error: Option<serde_json::Value>,
+            }
+            let error = gc_error(Some(report));
+            return self.json(&Gc { report, error });
         }
         self.gc_text(report)
     }
@@ -299,37 +491,6 @@ impl Printer {
         }
         Ok(())
     }
-
-    /// Any failure: `handoff: error (conflict): ...` on stderr and, with
-    /// `--json`, `{"error":{"class":"conflict","exit_code":5,"message":"...",
-    /// "path":...,"retryable":false}}` on stdout, so the class survives a
-    /// runtime that cannot pass the exit code on. `path` and `retryable` are
-    /// the protocol error's (null and false for any other failure).
-    pub(crate) fn failure(&self, protocol: Option<&Error>, message: &str) {
-        let kind = protocol.map(Error::kind);
-        if self.json {
-            let _ = self.json(&failure_json(protocol, message));
-        }
-        match kind {
-            None => eprintln!("handoff: error: {message}"),
-            Some(kind) => eprintln!("handoff: error ({kind}): {message}"),
-        }
-    }
-}
-
-/// The JSON of a failure (serde_json's maps are sorted: this is the
-/// documented order of the keys).
-fn failure_json(protocol: Option<&Error>, message: &str) -> serde_json::Value {
-    let kind = protocol.map(Error::kind);
-    json!({
-        "error": {
-            "class": class(kind),
-            "exit_code": exit_code(kind),
-            "message": message,
-            "path": protocol.and_then(Error::path),
-            "retryable": protocol.is_some_and(Error::is_retryable),
-        }
-    })
 }
 
 fn round3(ms: f64) -> f64 {
@@ -370,6 +531,7 @@ mod tests {
             fsync_ms: round3(report.fsync_ms),
             warnings: &report.warnings,
             gc: None,
+            error: None,
         })
         .unwrap();
         assert_eq!(
@@ -393,26 +555,69 @@ mod tests {
     }
 
     #[test]
-    fn failures_carry_the_protocol_errors_kind_path_and_retry() {
-        let timed_out = Error::new(ErrorKind::TimedOut, "late").at("/r/step_3/STABLE");
+    fn failures_are_one_object_with_kind_code_message_path_and_retry() {
+        let failure = Failure {
+            retryable: true,
+            ..Failure::new("timed-out", "failed: late").at("/r/step_3/STABLE")
+        };
         assert_eq!(
-            failure_json(Some(&timed_out), "failed: late").to_string(),
-            r#"{"error":{"class":"timed-out","exit_code":3,"message":"failed: late","path":"/r/step_3/STABLE","retryable":true}}"#
+            failure.json().to_string(),
+            r#"{"error":{"exit_code":3,"kind":"timed-out","message":"failed: late","path":"/r/step_3/STABLE","retryable":true}}"#
         );
         assert_eq!(
-            failure_json(None, "trap").to_string(),
-            r#"{"error":{"class":"other","exit_code":1,"message":"trap","path":null,"retryable":false}}"#
+            Failure::new(kind::OTHER, "trap").json().to_string(),
+            r#"{"error":{"exit_code":1,"kind":"other","message":"trap","path":null,"retryable":false}}"#
         );
     }
 
     #[test]
-    fn exit_codes_and_classes_follow_the_kind() {
-        assert_eq!(exit_code(Some(ErrorKind::TimedOut)), 3);
-        assert_eq!(exit_code(Some(ErrorKind::Integrity)), 4);
-        assert_eq!(exit_code(Some(ErrorKind::Conflict)), 5);
-        assert_eq!(exit_code(Some(ErrorKind::NotFound)), 1);
-        assert_eq!(exit_code(None), 1);
-        assert_eq!(class(Some(ErrorKind::TimedOut)), "timed-out");
-        assert_eq!(class(None), "other");
+    fn exit_codes_follow_the_kind() {
+        assert_eq!(exit_code("usage"), 2);
+        assert_eq!(exit_code("timed-out"), 3);
+        assert_eq!(exit_code("deadline-exceeded"), 3);
+        assert_eq!(exit_code("integrity"), 4);
+        assert_eq!(exit_code("conflict"), 5);
+        assert_eq!(exit_code("gc-incomplete"), 6);
+        assert_eq!(exit_code("not-found"), 1);
+        assert_eq!(exit_code("no-such-kind"), 1);
+        // Every protocol kind is listed.
+        use handoff_core::ErrorKind as K;
+        for k in [
+            K::TimedOut,
+            K::Integrity,
+            K::Conflict,
+            K::NotFound,
+            K::InvalidInput,
+            K::Durability,
+            K::Io,
+        ] {
+            assert!(KINDS.iter().any(|(name, _)| *name == k.as_str()), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_gc_report_that_could_not_remove_everything_carries_the_error() {
+        let mut report = GcReport::default();
+        assert_eq!(gc_error(Some(&report)), None);
+        report.failed.push(handoff_core::GcFailure {
+            name: "step_1".into(),
+            error: handoff_core::Error::new(handoff_core::ErrorKind::Io, "busy"),
+        });
+        let error = gc_error(Some(&report)).unwrap();
+        assert_eq!(error["kind"], "gc-incomplete");
+        assert_eq!(error["exit_code"], 6);
+    }
+
+    #[test]
+    fn clap_messages_lose_their_usage_lines() {
+        use clap::{Arg, Command};
+        let err = Command::new("t")
+            .arg(Arg::new("n").long("n").required(true))
+            .try_get_matches_from(["t"])
+            .unwrap_err();
+        assert_eq!(
+            clap_message(&err),
+            "the following required arguments were not provided: --n <n>"
+        );
     }
 }

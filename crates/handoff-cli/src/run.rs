@@ -11,7 +11,7 @@ use handoff_core::{
 
 use crate::Backend;
 use crate::flags::{Command, GcArgs, Global, WaitArgs, WatchArgs, WriteArgs};
-use crate::output::{Printer, gc_outcome};
+use crate::output::{Printer, Usage, gc_outcome};
 
 /// Run one subcommand against `backend`, printing its output.
 pub fn run<B: Backend>(backend: &B, global: &Global, command: Command) -> anyhow::Result<()> {
@@ -40,6 +40,7 @@ impl<B: Backend> Session<'_, B> {
                 source,
                 write,
             } => {
+                check_run(&write, step.step)?;
                 let start = Instant::now();
                 let report = backend
                     .publish(&step.root, step.step, &source, &self.write_options(&write))
@@ -52,6 +53,7 @@ impl<B: Backend> Session<'_, B> {
                 gc_outcome(gc.as_ref())
             }
             Command::Seal { step, write } => {
+                check_run(&write, step.step)?;
                 let start = Instant::now();
                 let report = backend
                     .seal(&step.root, step.step, &self.write_options(&write))
@@ -247,6 +249,15 @@ impl<B: Backend> Session<'_, B> {
             _ => Ok(()),
         }
     }
+}
+
+/// `--run G --step N` that name no step (a run above the highest, a step
+/// of a run other than 0 beyond its span): a usage error, before anything
+/// is called.
+fn check_run(write: &WriteArgs, step: u64) -> anyhow::Result<()> {
+    handoff_core::layout::run_step(write.run, step)
+        .map(drop)
+        .map_err(|e| Usage(format!("--run, --step: {e}")).into())
 }
 
 /// Waits for the consumer of `watch --pin` to ask for the next version: a

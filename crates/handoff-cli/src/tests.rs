@@ -249,3 +249,26 @@ fn a_gc_that_could_not_remove_everything_exits_6_after_its_report() {
     let help = Cli::command().render_long_help().to_string();
     assert!(help.contains("6  gc"), "{help}");
 }
+
+#[test]
+fn a_run_and_step_that_name_no_step_are_a_usage_error() {
+    for args in [
+        [
+            "seal",
+            "--root",
+            "r",
+            "--step",
+            "1000000000000",
+            "--run",
+            "1",
+        ],
+        ["seal", "--root", "r", "--step", "1", "--run", "99999999"],
+    ] {
+        let cli = parse(&args).unwrap();
+        let backend = Failing(Error::new(ErrorKind::Io, "not to be called"), None);
+        let result = run(&backend, &cli.global, cli.command);
+        let err = result.unwrap_err();
+        assert_eq!(failure::<Failing>(&err).kind, "usage", "{err:#}");
+        assert_eq!(report::<Failing>(Err(err), false), 2);
+    }
+}

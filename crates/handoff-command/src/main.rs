@@ -34,9 +34,9 @@ paths. wasmtime: --dir HOST_DIR::/root, then --root /root.
 
 Exit codes 3 to 6 go through wasi:cli/exit exit-with-code (WASI 0.2.12).
 A build with --no-default-features imports only exit(ok|err) for older
-runtimes: every failure then exits 1. Either way the class is in the message
+runtimes: every failure then exits 1. Either way the kind is in the message
 (handoff: error (conflict): ...) and, with --json, on stdout as
-{\"error\":{\"class\":\"conflict\",\"exit_code\":5,\"message\":\"...\"}}.";
+{\"error\":{\"exit_code\":5,\"kind\":\"conflict\",\"message\":\"...\",\"path\":...}}.";
 
 /// Publish, seal, wait for and retain model-weight versions on a shared filesystem (WASI command)
 #[derive(Debug, Parser)]
@@ -55,11 +55,8 @@ struct Cli {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // `--help` and `--version` exit 0, usage errors 2.
-            let _ = e.print();
-            exit(u8::try_from(e.exit_code()).unwrap_or(2));
-        }
+        // `--help` and `--version` exit 0, usage errors 2.
+        Err(e) => exit(handoff_cli::usage_error(&e, std::env::args_os())),
     };
     let json = cli.global.json;
     let result = handoff_cli::run(&Wasi, &cli.global, cli.command);

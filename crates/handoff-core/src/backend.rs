@@ -28,6 +28,19 @@ pub trait Backend {
         Self::protocol_error(error).map(Error::kind)
     }
 
+    /// The failure's kind as the CLI's messages and `--json` name it: the
+    /// protocol outcome's ([`ErrorKind::as_str`]), or the provider's own for
+    /// a failure that is not one (the runtime's `bad-component`,
+    /// `deadline-exceeded`, ...); `other` where neither applies.
+    fn kind_name(error: &Self::Error) -> &'static str {
+        Self::kind(error).map_or("other", ErrorKind::as_str)
+    }
+
+    /// The file or directory a failure concerns, where there is one.
+    fn path(error: &Self::Error) -> Option<String> {
+        Self::protocol_error(error).and_then(|e| e.path().map(str::to_string))
+    }
+
     /// The writer id to record when none is given.
     fn default_writer(&self) -> String;
 

@@ -1,5 +1,7 @@
 //! The one conversion between the core's types and the WIT records, on the
-//! host's side of the boundary (the component has the other).
+//! host's side of the boundary (the component has the other). A protocol
+//! error crossing it gains the cause only the host can see
+//! ([`explain`](crate::error::explain)).
 
 use handoff_core::{self as core, millis};
 
@@ -163,6 +165,11 @@ impl From<wit_types::Error> for core::Error {
             W::Durability => K::Durability,
             W::Io => K::Io,
         };
-        core::Error::from_parts(kind, e.message, e.path, e.retryable)
+        crate::error::explain(core::Error::from_parts(
+            kind,
+            e.message,
+            e.path,
+            e.retryable,
+        ))
     }
 }

@@ -405,6 +405,14 @@ impl Backend for Runtime {
         error.protocol()
     }
 
+    fn kind_name(error: &Error) -> &'static str {
+        error.kind_name()
+    }
+
+    fn path(error: &Error) -> Option<String> {
+        error.path()
+    }
+
     /// `<hostname>:<pid>` ([`default_writer_id`]).
     fn default_writer(&self) -> String {
         default_writer_id()
@@ -423,10 +431,11 @@ impl Backend for Runtime {
         let root = preopen_root(root)?;
         let source_path = source;
         let source = preopen_dir(source, FsPerms::ReadOnly)
-            .map_err(|(path, reason)| Error::Source { path, reason })?;
+            .map_err(|(path, reason, kind)| Error::Source { path, reason, kind })?;
         let source_error = |reason: String| Error::Source {
             path: source_path.to_path_buf(),
             reason,
+            kind: ErrorKind::InvalidInput,
         };
         match overlap::describe(Path::new(&root.path), Path::new(&source.path)) {
             Ok(None) => {}
@@ -633,21 +642,40 @@ fn epoch_ticks(d: Duration) -> u64 {
 }
 
 fn preopen_root(root: &Path) -> Result<Preopen, Error> {
-    preopen_dir(root, FsPerms::ReadWrite).map_err(|(path, reason)| Error::Root { path, reason })
+    preopen_dir(root, FsPerms::ReadWrite).map_err(|(path, reason, kind)| Error::Root {
+        path,
+        reason,
+        kind,
+    })
 }
 
 /// Resolve `path` to a canonical absolute directory the guest can be given
-/// under the same name, so paths in its messages are real paths.
-fn preopen_dir(path: &Path, perms: FsPerms) -> Result<Preopen, (PathBuf, String)> {
-    let fail = |reason: String| (path.to_path_buf(), reason);
-    let canonical = std::fs::canonicalize(path).map_err(|e| fail(e.to_string()))?;
-    let meta = std::fs::metadata(&canonical).map_err(|e| fail(e.to_string()))?;
+/// under the same name, so paths in its messages are real paths. A failure
+/// is the path, what was seen, and its kind (`not-found` for a missing one).
+fn preopen_dir(
+    path: &Path,
+    perms: FsPerms,
+) -> Result<Preopen, (PathBuf, String, handoff_core::ErrorKind)> {
+    use handoff_core::ErrorKind as K;
+    let fail = |reason: String, kind| (path.to_path_buf(), reason, kind);
+    let io = |e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => K::NotFound,
+            _ => K::Io,
+        };
+        fail(e.to_string(), kind)
+    };
+    let canonical = std::fs::canonicalize(path).map_err(io)?;
+    let meta = std::fs::metadata(&canonical).map_err(io)?;
     if !meta.is_dir() {
-        return Err(fail("not a directory".to_string()));
+        return Err(fail("not a directory".to_string(), K::InvalidInput));
     }
-    let text = canonical
-        .to_str()
-        .ok_or_else(|| fail("the path is not valid UTF-8, which WASI paths must be".to_string()))?;
+    let text = canonical.to_str().ok_or_else(|| {
+        fail(
+            "the path is not valid UTF-8, which WASI paths must be".to_string(),
+            K::InvalidInput,
+        )
+    })?;
     Ok(Preopen {
         path: text.to_string(),
         perms,
@@ -669,15 +697,17 @@ mod tests {
     #[test]
     fn preopen_dir_refuses_missing_paths_and_files() {
         let tmp = tempfile::tempdir().unwrap();
-        let (path, reason) =
+        let (path, reason, kind) =
             preopen_dir(&tmp.path().join("missing"), FsPerms::ReadOnly).unwrap_err();
         assert!(path.ends_with("missing"));
         assert!(reason.contains("No such file"), "{reason}");
+        assert_eq!(kind, handoff_core::ErrorKind::NotFound);
 
         let file = tmp.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let (_, reason) = preopen_dir(&file, FsPerms::ReadOnly).unwrap_err();
+        let (_, reason, kind) = preopen_dir(&file, FsPerms::ReadOnly).unwrap_err();
         assert_eq!(reason, "not a directory");
+        assert_eq!(kind, handoff_core::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -427,29 +427,91 @@ fn kind(t: DescriptorType) -> Kind {
     }
 }
 
-/// A WASI error code as an `io::Error` whose kind the core understands.
+/// A WASI error code as an `io::Error` whose kind the core understands and
+/// whose message is the cause in plain words with its POSIX name, e.g.
+/// `read-only file system (EROFS)` ([`cause`]).
 pub fn error(code: ErrorCode) -> io::Error {
+    let (kind, cause) = cause(code);
+    match cause {
+        Some(cause) => io::Error::new(kind, cause),
+        None => io::Error::new(kind, code.message()),
+    }
+}
+
+/// The `io::ErrorKind` of a WASI error code, and the words messages give
+/// it: what happened, then the POSIX name in parentheses, the part a host
+/// may look at to say more (a host that maps an errno WASI has no code for
+/// to `io` leaves `I/O error (EIO)`). `None`: the code's own description.
+pub fn cause(code: ErrorCode) -> (io::ErrorKind, Option<&'static str>) {
     use io::ErrorKind as K;
-    let kind = match code {
-        ErrorCode::NoEntry => K::NotFound,
-        ErrorCode::Exist => K::AlreadyExists,
-        ErrorCode::NotEmpty => K::DirectoryNotEmpty,
-        ErrorCode::NotDirectory => K::NotADirectory,
-        ErrorCode::IsDirectory => K::IsADirectory,
-        ErrorCode::Access | ErrorCode::NotPermitted | ErrorCode::ReadOnly => K::PermissionDenied,
-        ErrorCode::Invalid => K::InvalidInput,
-        ErrorCode::Unsupported => K::Unsupported,
-        ErrorCode::InsufficientSpace => K::StorageFull,
-        ErrorCode::Quota => K::QuotaExceeded,
-        ErrorCode::FileTooLarge => K::FileTooLarge,
-        _ => K::Other,
-    };
-    io::Error::new(kind, code.message())
+    match code {
+        ErrorCode::NoEntry => (K::NotFound, Some("no such file or directory (ENOENT)")),
+        ErrorCode::Exist => (K::AlreadyExists, Some("already exists (EEXIST)")),
+        ErrorCode::NotEmpty => (
+            K::DirectoryNotEmpty,
+            Some("directory not empty (ENOTEMPTY)"),
+        ),
+        ErrorCode::NotDirectory => (K::NotADirectory, Some("not a directory (ENOTDIR)")),
+        ErrorCode::IsDirectory => (K::IsADirectory, Some("is a directory (EISDIR)")),
+        ErrorCode::Access => (K::PermissionDenied, Some("permission denied (EACCES)")),
+        ErrorCode::NotPermitted => (K::PermissionDenied, Some("operation not permitted (EPERM)")),
+        ErrorCode::ReadOnly => (K::ReadOnlyFilesystem, Some("read-only file system (EROFS)")),
+        ErrorCode::Invalid => (K::InvalidInput, Some("invalid argument (EINVAL)")),
+        ErrorCode::Unsupported => (K::Unsupported, Some("not supported (ENOTSUP)")),
+        ErrorCode::InsufficientSpace => (K::StorageFull, Some("no space left on device (ENOSPC)")),
+        ErrorCode::Quota => (K::QuotaExceeded, Some("disk quota exceeded (EDQUOT)")),
+        ErrorCode::FileTooLarge => (K::FileTooLarge, Some("file too large (EFBIG)")),
+        ErrorCode::Io => (K::Other, Some("I/O error (EIO)")),
+        ErrorCode::IllegalByteSequence => (
+            K::InvalidData,
+            Some("a name that is not valid UTF-8 (EILSEQ)"),
+        ),
+        ErrorCode::Loop => (K::Other, Some("too many levels of symbolic links (ELOOP)")),
+        ErrorCode::NameTooLong => (
+            K::InvalidFilename,
+            Some("file name too long (ENAMETOOLONG)"),
+        ),
+        ErrorCode::Busy => (K::ResourceBusy, Some("device or resource busy (EBUSY)")),
+        ErrorCode::Interrupted => (K::Interrupted, Some("interrupted (EINTR)")),
+        ErrorCode::WouldBlock => (K::WouldBlock, Some("would block (EAGAIN)")),
+        ErrorCode::CrossDevice => (K::CrossesDevices, Some("cross-device link (EXDEV)")),
+        _ => (K::Other, None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::beneath;
+    use super::*;
+
+    #[test]
+    fn causes_say_what_happened_and_name_the_errno() {
+        let read_only = error(ErrorCode::ReadOnly);
+        assert_eq!(read_only.kind(), io::ErrorKind::ReadOnlyFilesystem);
+        assert_eq!(read_only.to_string(), "read-only file system (EROFS)");
+        assert_eq!(
+            error(ErrorCode::Access).to_string(),
+            "permission denied (EACCES)"
+        );
+        assert_eq!(
+            error(ErrorCode::NotPermitted).to_string(),
+            "operation not permitted (EPERM)"
+        );
+        let full = error(ErrorCode::InsufficientSpace);
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(full.to_string(), "no space left on device (ENOSPC)");
+        assert_eq!(error(ErrorCode::Io).to_string(), "I/O error (EIO)");
+        assert!(
+            error(ErrorCode::IllegalByteSequence)
+                .to_string()
+                .ends_with("(EILSEQ)")
+        );
+        assert_eq!(error(ErrorCode::NoEntry).kind(), io::ErrorKind::NotFound);
+        // A code with no words of its own keeps WASI's description.
+        assert_eq!(
+            error(ErrorCode::Pipe).to_string(),
+            ErrorCode::Pipe.message()
+        );
+    }
 
     #[test]
     fn paths_beneath_a_preopen() {

@@ -13,6 +13,7 @@ its output are real paths, as the native CLI prints them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -71,18 +72,19 @@ def _directories(argv: Sequence[str]) -> Tuple[Optional[str], List[_Dir]]:
     return sub, dirs
 
 
-def _canonical(path: str) -> Tuple[Optional[str], str]:
-    """``(canonical absolute path, "")`` of a directory, or ``(None, why not)``
-    in the words the native CLI uses."""
+def _canonical(path: str) -> Tuple[Optional[str], str, str]:
+    """``(canonical absolute path, "", "")`` of a directory, or
+    ``(None, why not, kind)`` in the words and kinds the native CLI uses."""
     try:
         real = os.path.realpath(path, strict=True)
     except OSError as e:
-        return None, f"{e.strerror} (os error {e.errno})" if e.errno else str(e)
+        kind = "not-found" if e.errno == errno.ENOENT else "io"
+        return None, f"{e.strerror} (os error {e.errno})" if e.errno else str(e), kind
     if not os.path.isdir(real):
-        return None, "not a directory"
+        return None, "not a directory", "invalid-input"
     if not _is_utf8(real):
-        return None, "the path is not valid UTF-8, which WASI paths must be"
-    return real, ""
+        return None, "the path is not valid UTF-8, which WASI paths must be", "invalid-input"
+    return real, "", ""
 
 
 def _is_utf8(text: str) -> bool:
@@ -94,13 +96,15 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _fail(message: str, json_out: bool) -> int:
-    """Report a failure found before the command runs, as the CLI does."""
+def _fail(message: str, json_out: bool, kind: str, path: Optional[str] = None) -> int:
+    """Report a failure found before the command runs, as the CLI does: its
+    kind on stderr and, with ``--json``, the CLI's error object on stdout."""
+    code = 2 if kind == "usage" else 1
     if json_out:
-        failure = {"error": {"class": "other", "exit_code": 1, "message": message}}
-        print(json.dumps(failure, separators=(",", ":")))
-    print(f"handoff: error: {message}", file=sys.stderr)
-    return 1
+        error = {"exit_code": code, "kind": kind, "message": message, "path": path, "retryable": False}
+        print(json.dumps({"error": error}, separators=(",", ":")))
+    print(f"handoff: error ({kind}): {message}", file=sys.stderr)
+    return code
 
 
 def _command_path() -> str:
@@ -121,23 +125,23 @@ def run(argv: Sequence[str]) -> int:
         flag = ""
         if value.startswith("--root="):
             flag, value = "--root=", value[len("--root=") :]
-        real, why = _canonical(value)
+        real, why, kind = _canonical(value)
         if real is None:
-            return _fail(f"{d.what} {value}: {why}", json_out)
+            return _fail(f"{d.what} {value}: {why}", json_out, kind, value)
         argv[d.index] = flag + real
         preopens.append((real, d.writable))
     for number, arg in enumerate(argv, start=1):
         if not _is_utf8(arg):
             # As clap answers an argument it cannot read: a usage error.
-            print(f"handoff: error: argument {number} is not valid UTF-8", file=sys.stderr)
-            return 2
+            return _fail(f"argument {number} is not valid UTF-8", json_out, "usage")
 
     wasm_path = _command_path()
     try:
         with open(wasm_path, "rb") as f:
             wasm = f.read()
     except OSError as e:
-        return _fail(f"bad component {wasm_path}: cannot read it: {e.strerror or e}", json_out)
+        message = f"bad component {wasm_path}: cannot read it: {e.strerror or e}"
+        return _fail(message, json_out, "bad-component", wasm_path)
 
     engine = Engine(Config())
     try:
@@ -145,7 +149,7 @@ def run(argv: Sequence[str]) -> int:
         linker = Linker(engine)
         linker.add_wasip2()
     except WasmtimeError as e:
-        return _fail(f"bad component {wasm_path}: {e}", json_out)
+        return _fail(f"bad component {wasm_path}: {e}", json_out, "bad-component", wasm_path)
 
     wasi = WasiConfig()
     wasi.argv = ["handoff", *argv]
@@ -169,14 +173,15 @@ def run(argv: Sequence[str]) -> int:
         interface = component.get_export_index(_RUN)
         run_index = component.get_export_index("run", interface) if interface else None
         if run_index is None:
-            return _fail(f"bad component {wasm_path}: it does not export {_RUN}#run", json_out)
+            message = f"bad component {wasm_path}: it does not export {_RUN}#run"
+            return _fail(message, json_out, "bad-component", wasm_path)
         func = instance.get_func(store, run_index)
         assert func is not None
         result = func(store)
     except ExitTrap as e:
         return e.code
     except WasmtimeError as e:
-        return _fail(f"component trapped: {e}", json_out)
+        return _fail(f"component trapped: {e}", json_out, "trap")
     sys.stdout.flush()
     # `run` returns `result` (no payload): None is ok.
     return 0 if result is None else 1
