@@ -308,23 +308,38 @@ fn seal_refuses_a_payload_that_changes_while_it_seals() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let env = Env::new();
-    payload(&env.root().join("step_1"), "a", 4 << 20);
-    let file = env.root().join("step_1/adapter_model.safetensors");
-    // A writer that has not finished: it appends for as long as seal runs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let appender = {
-        let stop = stop.clone();
-        let mut file = fs::OpenOptions::new().append(true).open(&file).unwrap();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                file.write_all(b"x").unwrap();
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-        })
-    };
-    let out = env.run("seal", &["--step", "1"]);
-    stop.store(true, Ordering::Relaxed);
-    appender.join().unwrap();
-    assert_exit(&out, 1, "changed while it was sealed");
-    assert!(!env.root().join("step_1/STABLE").exists());
+    // A writer that has not finished appends for as long as seal runs. On a
+    // loaded machine it may not be scheduled at all while one seal runs, so
+    // the seal is tried on up to five steps: the change must be caught on
+    // one, and never leave STABLE on a step whose seal failed.
+    let mut caught = None;
+    for step in 1..=5u64 {
+        let dir = env.root().join(format!("step_{step}"));
+        payload(&dir, "a", 4 << 20);
+        let file = dir.join("adapter_model.safetensors");
+        let stop = Arc::new(AtomicBool::new(false));
+        let appender = {
+            let stop = stop.clone();
+            let mut file = fs::OpenOptions::new().append(true).open(&file).unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    file.write_all(b"x").unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            })
+        };
+        let out = env.run("seal", &["--step", &step.to_string()]);
+        stop.store(true, Ordering::Relaxed);
+        appender.join().unwrap();
+        if code(&out) != 0 {
+            assert_exit(&out, 1, "changed while it was sealed");
+            assert!(!dir.join("STABLE").exists());
+            caught = Some(step);
+            break;
+        }
+    }
+    assert!(
+        caught.is_some(),
+        "an append during seal was never caught in 5 tries"
+    );
 }
