@@ -11,6 +11,9 @@ mod publish_wait;
 /// Bad input: every case ends in a clear error and loses nothing.
 mod bad_input;
 
+/// The compiled-component cache: what it trusts.
+mod cache;
+
 /// The syscall order of `seal`, observed with strace.
 mod strace;
 

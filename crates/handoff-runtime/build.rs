@@ -1,4 +1,5 @@
-//! Builds the handoff guest component so the runtime can embed it.
+//! Builds the handoff guest component so the runtime can embed it, and
+//! compiles it ahead of time so the runtime need not compile it at all.
 //!
 //! The guest is a workspace member built for `wasm32-wasip2` by a nested
 //! cargo with its own target directory (`target/guest`): sharing the outer
@@ -9,6 +10,14 @@
 //! `HANDOFF_GUEST_WASM=/path/to/handoff_guest.wasm` skips the nested build and
 //! embeds that file instead (for packagers that build the guest separately).
 //!
+//! The component is then compiled to native code with wasmtime and the
+//! runtime's own engine configuration (`src/engine_config.rs`, included here
+//! and in the runtime), for the baseline CPU of the target triple (`TARGET`)
+//! rather than the features of the build machine, so the binary runs, and
+//! accepts its own artifact, on any CPU of that architecture. The artifact
+//! lands next to the wasm as `handoff_guest.cwasm`; the runtime embeds both
+//! (the wasm to compile in memory should its artifact ever be refused).
+//!
 //! A toolchain without the `wasm32-wasip2` standard library gets it through
 //! `rustup target add`: rustup does not act on `rust-toolchain.toml`'s
 //! `targets` for a toolchain that is already installed, nor at all where
@@ -18,6 +27,8 @@ use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+include!("src/engine_config.rs");
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
@@ -58,11 +69,43 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let embedded = out_dir.join("handoff_guest.wasm");
+    build_guest(&workspace, &embedded);
+    precompile(&embedded, &out_dir.join("handoff_guest.cwasm"));
+}
 
+/// Compile the component at `wasm` with the runtime's engine configuration
+/// for the target's baseline CPU, and write the artifact to `out`.
+fn precompile(wasm: &Path, out: &Path) {
+    println!("cargo::rerun-if-changed=src/engine_config.rs");
+    let target = env::var("TARGET").expect("cargo sets TARGET for build scripts");
+    let mut config = engine_config();
+    if let Err(e) = config.target(&target) {
+        fail(&format!("wasmtime cannot compile for {target}: {e:#}"));
+    }
+    let engine = wasmtime::Engine::new(&config).unwrap_or_else(|e| {
+        fail(&format!(
+            "cannot create a wasmtime engine for {target}: {e:#}"
+        ))
+    });
+    let bytes = std::fs::read(wasm)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
+    let artifact = engine.precompile_component(&bytes).unwrap_or_else(|e| {
+        fail(&format!(
+            "compiling the handoff component {} for {target} failed: {e:#}",
+            wasm.display()
+        ))
+    });
+    if let Err(e) = std::fs::write(out, artifact) {
+        fail(&format!("cannot write {}: {e}", out.display()));
+    }
+}
+
+/// Build the guest component (or take the prebuilt one) into `embedded`.
+fn build_guest(workspace: &Path, embedded: &Path) {
     println!("cargo::rerun-if-env-changed=HANDOFF_GUEST_WASM");
     if let Some(prebuilt) = env::var_os("HANDOFF_GUEST_WASM") {
         println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
-        copy(Path::new(&prebuilt), &embedded);
+        copy(Path::new(&prebuilt), embedded);
         return;
     }
 
@@ -124,7 +167,7 @@ fn main() {
     }
 
     let built = guest_target.join("wasm32-wasip2/release/handoff_guest.wasm");
-    copy(&built, &embedded);
+    copy(&built, embedded);
 }
 
 /// Adds the guest's Rust target to the active toolchain when its standard

@@ -66,7 +66,9 @@ pub fn run(
         "root {}; component {} ({} in {:.1} ms)",
         root.display(),
         load.component,
-        if load.from_cache {
+        if load.precompiled {
+            "precompiled"
+        } else if load.from_cache {
             "cached"
         } else {
             "compiled"

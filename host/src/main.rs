@@ -35,7 +35,8 @@ struct HostOptions {
     /// Run this component file instead of the embedded one
     #[arg(long, global = true, value_name = "PATH")]
     component: Option<PathBuf>,
-    /// Compile the component instead of using (or filling) the on-disk cache
+    /// Compile the --component file instead of using (or filling) the
+    /// on-disk cache (the embedded component never uses it)
     #[arg(long, global = true)]
     no_cache: bool,
     /// Hash and copy inside the component instead of natively (slower; for
@@ -99,7 +100,13 @@ fn runtime(host: &HostOptions, progress: bool) -> anyhow::Result<Runtime> {
     if progress {
         builder = builder.progress(Arc::new(progress::StderrBar::new()));
     }
-    Ok(builder.build()?)
+    let runtime = builder.build()?;
+    // The component loaded all the same; say why it had to be compiled
+    // (an untrusted cache directory, a bad entry replaced), once.
+    if let Some(problem) = &runtime.load_info().cache_problem {
+        eprintln!("handoff: warning: {problem}");
+    }
+    Ok(runtime)
 }
 
 #[cfg(test)]

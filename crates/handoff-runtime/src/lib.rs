@@ -23,8 +23,9 @@
 //! # }
 //! ```
 //!
-//! A [`Runtime`] compiles (or loads from its on-disk cache) the component
-//! once; every call then gets a fresh, isolated instance that sees only the
+//! A [`Runtime`] loads the component once: the embedded one from the native
+//! code compiled for it when this crate was built, a custom one from the
+//! on-disk cache or by compiling it; every call then gets a fresh, isolated instance that sees only the
 //! root (read-write) and, for `publish`, the source (read-only), each at its
 //! canonical absolute path. Its operations are the core's [`Backend`] trait,
 //! and every value they take and return is the core's (re-exported here).
@@ -45,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::abandon::{Draws, Recording};
@@ -77,6 +78,13 @@ pub fn default_writer_id() -> String {
 /// The handoff component built from this workspace, embedded at build time.
 pub const DEFAULT_COMPONENT: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/handoff_guest.wasm"));
+
+/// The embedded component compiled to native code by the build script, with
+/// [`engine_config`] for the target's baseline CPU.
+const PRECOMPILED_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/handoff_guest.cwasm"));
+
+include!("engine_config.rs");
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -128,8 +136,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Whether to load and store compiled components in the on-disk cache
-    /// (on by default). Without it every build compiles the component.
+    /// Whether to load and store a custom [`component`](Self::component)'s
+    /// compiled code in the on-disk cache (on by default). Without it every
+    /// build compiles that component. The embedded component never uses the
+    /// cache: its compiled code is part of this crate.
+    ///
+    /// The cache is used only where its directory and entries are the
+    /// user's and not writable by group or others; anywhere else the
+    /// component is compiled in memory and [`LoadInfo::cache_problem`] says
+    /// why.
     pub fn cache(mut self, enabled: bool) -> Self {
         self.cache = enabled;
         self
@@ -169,36 +184,8 @@ impl RuntimeBuilder {
     /// `handoff` world.
     pub fn build(self) -> Result<Runtime, Error> {
         let start = Instant::now();
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        // Epoch checks let a looping component be stopped at its deadline.
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| Error::Setup(format!("{e:#}")))?;
+        let engine = Engine::new(&engine_config()).map_err(|e| Error::Setup(format!("{e:#}")))?;
 
-        let (name, wasm) = match &self.component {
-            None => ("<embedded>".to_string(), DEFAULT_COMPONENT.to_vec()),
-            Some(path) => {
-                let name = path.display().to_string();
-                let wasm = std::fs::read(path).map_err(|e| Error::BadComponent {
-                    path: name.clone(),
-                    reason: format!("cannot read it: {e}"),
-                })?;
-                (name, wasm)
-            }
-        };
-        let cache_dir = if self.cache {
-            self.cache_dir.or_else(cache::default_dir)
-        } else {
-            None
-        };
-        let (component, mut load) = component::load(&engine, &name, &wasm, cache_dir.as_deref())?;
-
-        // Resolve imports and exports now, once, so a component of another
-        // world is reported here and each call only instantiates.
-        let wrong_world = |e: wasmtime::Error| Error::BadComponent {
-            path: name.clone(),
-            reason: format!("it does not implement the handoff world: {e:#}"),
-        };
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::Setup(format!("{e:#}")))?;
@@ -212,8 +199,30 @@ impl RuntimeBuilder {
             |s| s,
         )
         .map_err(|e| Error::Setup(format!("{e:#}")))?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = HandoffPre::new(instance_pre).map_err(wrong_world)?;
+        // Resolve imports and exports now, once, so a component of another
+        // world is reported here and each call only instantiates.
+        let resolve = |component: &wasmtime::component::Component| {
+            HandoffPre::new(linker.instantiate_pre(component)?)
+        };
+
+        let (pre, mut load) = match &self.component {
+            None => component::load_embedded(
+                &engine,
+                PRECOMPILED_COMPONENT,
+                DEFAULT_COMPONENT,
+                resolve,
+            )?,
+            Some(path) => {
+                let name = path.display().to_string();
+                let wasm = component::read_file(path)?;
+                let cache_dir = if self.cache {
+                    self.cache_dir.or_else(cache::default_dir)
+                } else {
+                    None
+                };
+                component::load(&engine, &name, &wasm, cache_dir.as_deref(), resolve)?
+            }
+        };
         load.load_time = start.elapsed();
 
         start_epoch_ticker(&engine)?;

@@ -145,7 +145,7 @@ def run(argv: Sequence[str]) -> int:
 
     engine = Engine(Config())
     try:
-        component, _ = _runtime._compile_cached(engine, wasm)
+        component, _ = _runtime._compile_cached(engine, wasm, "default")
         linker = Linker(engine)
         linker.add_wasip2()
     except WasmtimeError as e:

@@ -1,7 +1,7 @@
 """Run the handoff component through the ``wasmtime`` package.
 
 The component is compiled once per process (or loaded from the on-disk cache
-of compiled artifacts); every call then gets a fresh store and instance that
+of compiled artifacts, when that cache can be trusted); every call then gets a fresh store and instance that
 sees only the directories it is given, each preopened at its canonical
 absolute host path so the component's messages name real paths.
 """
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, ExportIndex, Linker, Record, Variant
@@ -37,7 +39,10 @@ MEMORY_LIMIT = 512 * 1024 * 1024
 #: How often the engine's epoch advances: the granularity of call deadlines.
 EPOCH_TICK = 0.05
 
-_CACHE_MAGIC = b"HOFFPY1\n"
+_CACHE_MAGIC = b"HOFFPY2\n"
+#: Largest cache entry read: the component's artifact is a few MB.
+MAX_CACHE_ENTRY = 64 * 1024 * 1024
+_warned: Set[str] = set()
 
 
 @dataclass
@@ -131,7 +136,6 @@ def _load() -> Loaded:
     config.epoch_interruption = True
     engine = Engine(config)
     try:
-        component, cached = _compile_cached(engine, wasm)
         linker = Linker(engine)
         linker.add_wasip2()
         with linker.root() as root:
@@ -143,11 +147,15 @@ def _load() -> Loaded:
                 bulk.add_func("hash-file", _bulk_unsupported)
                 bulk.add_func("copy-file", _bulk_unsupported)
                 bulk.add_func("start-writeback", _no_writeback)
+
         # Resolve imports now, so a component of another world is reported
         # here rather than in the middle of a call.
-        check = Store(engine)
-        check.set_epoch_deadline(2**62)
-        linker.instantiate(check, component)
+        def resolve(component: Component) -> None:
+            check = Store(engine)
+            check.set_epoch_deadline(2**62)
+            linker.instantiate(check, component)
+
+        component, cached = _compile_cached(engine, wasm, "epoch", resolve)
     except WasmtimeError as e:
         raise ComponentError(f"bad component {source}: {e}", "component") from None
     protocol = component.get_export_index(PROTOCOL)
@@ -181,41 +189,150 @@ def cache_dir() -> Optional[Path]:
     return None
 
 
-def _compile_cached(engine: Engine, wasm: bytes) -> Tuple[Component, bool]:
-    """Load the compiled component from the cache, or compile and store it.
+def _compile_cached(
+    engine: Engine,
+    wasm: bytes,
+    config_tag: str,
+    resolve: Optional[Callable[[Component], None]] = None,
+) -> Tuple[Component, bool]:
+    """Load the compiled component from the cache, or compile and store it,
+    and check it with ``resolve`` (which raises ``WasmtimeError``).
 
-    A cache file is ``_CACHE_MAGIC``, the SHA-256 of the artifact, the
-    artifact; its name hashes the component bytes and the wasmtime version,
-    so another component or wasmtime never picks it up, and a torn file is
-    recompiled rather than handed to wasmtime.
+    ``config_tag`` names the engine configuration the caller built
+    ``engine`` with. A cache entry is native code that gets run, so it is
+    used only if the cache directory and the entry belong to this user and
+    neither is writable by group or others, the entry is a regular file
+    (opened without following a symbolic link or blocking on a FIFO) of at
+    most ``MAX_CACHE_ENTRY`` bytes, and it is ``_CACHE_MAGIC``, the hash of
+    the wasmtime version and ``config_tag``, the SHA-256 of the component,
+    the SHA-256 of the artifact, the artifact, all matching. An entry that
+    fails any check, or fails ``resolve``, is replaced; a directory that
+    fails is neither read nor written (the component is compiled in memory,
+    with a warning).
     """
     directory = None if os.environ.get("HANDOFF_NO_CACHE") else cache_dir()
     if directory is None:
-        return Component(engine, wasm), False
-    key = hashlib.sha256(
-        b"handoff-py-cwasm\0"
-        + hashlib.sha256(wasm).digest()
-        + metadata.version("wasmtime").encode()
-    ).hexdigest()
-    path = directory / f"py-{key[:40]}.cwasm"
+        return _compile(engine, wasm, resolve), False
     try:
-        data = path.read_bytes()
-        digest, artifact = data[8:40], data[40:]
-        if data[:8] == _CACHE_MAGIC and hashlib.sha256(artifact).digest() == digest:
-            return Component.deserialize(engine, artifact), True
-    except (OSError, WasmtimeError):
-        pass
+        dir_fd = _open_cache_dir(directory)
+    except _Untrusted as e:
+        message = f"cache directory {directory} not used: {e}; compiled the component in memory"
+        if message not in _warned:
+            _warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return _compile(engine, wasm, resolve), False
+    try:
+        engine_id = hashlib.sha256(
+            b"wasmtime-py\0" + metadata.version("wasmtime").encode() + b"\0" + config_tag.encode()
+        ).digest()
+        header = _CACHE_MAGIC + engine_id + hashlib.sha256(wasm).digest()
+        name = f"py-{hashlib.sha256(b'handoff-py-cwasm' + header).hexdigest()[:40]}.cwasm"
+        artifact = _read_entry(dir_fd, name, header)
+        if artifact is not None:
+            try:
+                component = Component.deserialize(engine, artifact)
+                if resolve is not None:
+                    resolve(component)
+                return component, True
+            except WasmtimeError:
+                pass  # replaced below
+        component = _compile(engine, wasm, resolve)
+        try:
+            artifact = bytes(component.serialize())
+            _write_entry(dir_fd, name, header + hashlib.sha256(artifact).digest() + artifact)
+        except (OSError, WasmtimeError):
+            pass  # the cache is an optimisation only
+        return component, False
+    finally:
+        os.close(dir_fd)
+
+
+def _compile(engine: Engine, wasm: bytes, resolve: Optional[Callable[[Component], None]]) -> Component:
     component = Component(engine, wasm)
+    if resolve is not None:
+        resolve(component)
+    return component
+
+
+class _Untrusted(Exception):
+    """Why a cache directory is not to be used."""
+
+
+def _owned_privately(st: os.stat_result) -> Optional[str]:
+    """Why a file with status ``st`` is not to be trusted, or ``None``."""
+    if st.st_uid != os.geteuid():
+        return f"it belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _open_cache_dir(directory: Path) -> int:
+    """Create ``directory`` if missing (mode 0700) and open it, or raise
+    ``_Untrusted`` saying why it is not to be used."""
     try:
-        artifact = bytes(component.serialize())
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".py-", suffix=".tmp")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _Untrusted(f"cannot open it: {e.strerror or e}") from None
+    why = _owned_privately(os.fstat(fd))
+    if why is not None:
+        os.close(fd)
+        raise _Untrusted(why)
+    return fd
+
+
+def _read_entry(dir_fd: int, name: str, header: bytes) -> Optional[bytes]:
+    """The artifact in entry ``name`` if it passes every check, else ``None``."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return None  # missing, a symbolic link, unreadable
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or _owned_privately(st) is not None:
+            return None
+        if st.st_size > MAX_CACHE_ENTRY:
+            return None
+        chunks = []
+        left = MAX_CACHE_ENTRY + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    start = len(header) + 32
+    if len(data) > MAX_CACHE_ENTRY or len(data) < start or data[: len(header)] != header:
+        return None
+    artifact = data[start:]
+    if hashlib.sha256(artifact).digest() != data[len(header) : start]:
+        return None
+    return artifact
+
+
+def _write_entry(dir_fd: int, name: str, data: bytes) -> None:
+    """Store ``data`` as entry ``name`` atomically, replacing (not writing
+    through) whatever is there."""
+    tmp = f".py-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_CACHE_MAGIC + hashlib.sha256(artifact).digest() + artifact)
-        os.replace(tmp, path)
-    except (OSError, WasmtimeError):
-        pass  # the cache is an optimisation only
-    return component, False
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 def record(**fields: Any) -> Record:
