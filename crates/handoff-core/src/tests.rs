@@ -1210,6 +1210,9 @@ mod fsck_repair;
 /// Runs: a restarted trainer's timeline supersedes the one before it.
 mod runs;
 
+/// Special files, a STABLE that is no file, unreadable steps.
+mod hostile;
+
 #[test]
 fn repair_with_one_prefix_leaves_another_prefixs_pins() {
     let f = published(1..=1);

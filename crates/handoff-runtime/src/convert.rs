@@ -79,6 +79,7 @@ impl From<wit_types::Version> for core::Version {
                     blake3: f.blake3,
                 })
                 .collect(),
+            warnings: v.warnings,
         }
     }
 }
@@ -105,6 +106,7 @@ impl From<wit_types::StepInfo> for core::StepInfo {
             state: s.state.into(),
             files: s.files,
             bytes: s.bytes,
+            detail: s.detail,
         }
     }
 }
