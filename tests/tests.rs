@@ -29,3 +29,6 @@ mod defaults;
 
 /// Runs: begin, --run, and writers of older runs refused.
 mod runs;
+
+/// Special files and unreadable steps: nothing blocks, nothing hides.
+mod hostile;

@@ -26,7 +26,8 @@ pub enum Kind {
     BlockDevice,
     /// A Unix domain socket.
     Socket,
-    /// Anything else the storage cannot name.
+    /// Anything else, or a special file the storage cannot name: WASI
+    /// (wasmtime-wasi) reports FIFOs and sockets as of unknown type.
     Other,
 }
 
@@ -41,7 +42,7 @@ impl Kind {
             Kind::CharDevice => "a character device",
             Kind::BlockDevice => "a block device",
             Kind::Socket => "a socket",
-            Kind::Other => "a special file",
+            Kind::Other => "a special file (a FIFO or a socket)",
         }
     }
 }
