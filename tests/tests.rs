@@ -35,3 +35,5 @@ mod runs;
 
 /// Every failure names its path and cause; exit codes; --json failures.
 mod errors;
+/// Special files and unreadable steps: nothing blocks, nothing hides.
+mod hostile;

@@ -5,6 +5,7 @@
 
 mod demo;
 mod progress;
+mod watchdog;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -75,7 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = shows_progress(cli.global.json, std::io::stderr().is_terminal());
     let runtime = runtime(&cli.host, progress)?;
     match cli.command {
-        HostCommand::Protocol(command) => handoff_cli::run(&runtime, &cli.global, command),
+        HostCommand::Protocol(command) => {
+            if let Some((operation, budget)) = watchdog::budget(&command, cli.host.time_limit) {
+                watchdog::arm(operation, budget, cli.global.json);
+            }
+            handoff_cli::run(&runtime, &cli.global, command)
+        }
         HostCommand::Demo(args) => demo::run(&runtime, &cli.global, &cli.host, &args),
     }
 }

@@ -344,6 +344,9 @@ impl Printer {
         if self.json {
             self.json(&Shown::new(version, elapsed))?;
         } else {
+            for warning in &version.warnings {
+                eprintln!("handoff: warning: {warning}");
+            }
             let after = match with_elapsed {
                 true => format!(", after {:.1} ms", elapsed.as_secs_f64() * 1000.0),
                 false => String::new(),
@@ -361,10 +364,14 @@ impl Printer {
         Ok(())
     }
 
-    /// `ls`: `{"steps":[{"step","path","state","files","bytes"}]}`.
+    /// `ls`: `{"steps":[{"step","path","state","files","bytes"}]}`, and
+    /// `"detail"` on a step that could not be read or accepted.
     pub(crate) fn steps(&self, steps: &[StepInfo]) -> anyhow::Result<()> {
         if self.json {
             return self.json(&json!({ "steps": steps }));
+        }
+        for detail in steps.iter().filter_map(|s| s.detail.as_ref()) {
+            eprintln!("handoff: warning: {detail}");
         }
         out!(
             "{:<24} {:<10} {:>5} {:>14}",
@@ -514,6 +521,7 @@ mod tests {
                 size: 3,
                 blake3: "00".into(),
             }],
+            warnings: vec![],
         }
     }
 

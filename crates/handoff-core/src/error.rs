@@ -132,9 +132,25 @@ impl Error {
         self.retryable
     }
 
+    /// The integrity error of finding `found` at `path` (a display path)
+    /// where a regular file should be.
+    pub(crate) fn not_regular(path: &str, found: crate::storage::Kind) -> Error {
+        Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{path} is {}, not a regular file: refused unopened",
+                found.describe()
+            ),
+        )
+        .at(path)
+    }
+
     /// Wrap a filesystem error met while doing `what` to `path` (a display
     /// path), keeping the class where one applies.
     pub(crate) fn io(what: &str, path: &str, err: &io::Error) -> Error {
+        if let Some(found) = crate::storage::not_regular(err) {
+            return Error::not_regular(path, found);
+        }
         let kind = match err.kind() {
             io::ErrorKind::NotFound => ErrorKind::NotFound,
             _ => ErrorKind::Io,

@@ -69,6 +69,7 @@ fn first_valid<S: Storage>(
     steps: Vec<u64>,
     relist: bool,
 ) -> Result<Option<Version>> {
+    let mut skipped = Vec::new();
     for step in steps {
         let checked = match check(fs, prefix, step, verify) {
             Err(Rejected::NotCommitted(_)) if relist => {
@@ -78,10 +79,17 @@ fn first_valid<S: Storage>(
             other => other,
         };
         match checked {
-            Ok(version) => return Ok(Some(version)),
-            // A step being written, lagging or broken does not hide older ones.
-            Err(Rejected::NotCommitted(_) | Rejected::Mismatch(_) | Rejected::Unsafe(_)) => {}
-            Err(Rejected::Failed(e)) => return Err(e),
+            Ok(mut version) => {
+                version.warnings = skipped;
+                return Ok(Some(version));
+            }
+            // A step being written does not hide older ones.
+            Err(Rejected::NotCommitted(_)) => {}
+            // Nor does one lagging, broken or unreadable: it is passed over,
+            // and said so.
+            Err(Rejected::Mismatch(e) | Rejected::Unsafe(e) | Rejected::Failed(e)) => {
+                skipped.push(format!("step {step} skipped: {}", e.message()));
+            }
         }
     }
     Ok(None)
@@ -183,12 +191,13 @@ pub fn wait<S: Storage, P: Platform>(
                     // Unless a newer run has begun (or `.handoff` cannot be
                     // read to tell): then the listing below decides, by the
                     // committed steps alone, whether one has superseded it.
+                    // A next step that cannot be read is left to the
+                    // listing too, which passes over it with a warning.
                     Some(Ok(version))
                         if newest_run(fs).is_ok_and(|newest| run_of(version.step) >= newest) =>
                     {
                         Ok(version)
                     }
-                    Some(Err(Rejected::Failed(e))) => return Err(e),
                     _ if listed_at.is_none_or(|at| now.saturating_sub(at) >= LIST_EVERY_MS) => {
                         listed_at = Some(now);
                         found(
@@ -257,16 +266,28 @@ pub fn list<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<StepInfo>> {
     let mut infos = Vec::with_capacity(steps.len());
     for step in steps {
         let dir = step_name(prefix, step);
-        let committed = fs
-            .stat(&join(&dir, STABLE_NAME))
-            .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
-            .is_some();
         let mut info = StepInfo {
             step,
             path: fs.display(&dir),
             state: StepState::Incomplete,
             files: 0,
             bytes: 0,
+            detail: None,
+        };
+        // Only a regular file commits; one step that cannot be looked at
+        // does not hide the others.
+        let stable = join(&dir, STABLE_NAME);
+        let committed = match fs.stat(&stable) {
+            Ok(meta) => meta.is_some_and(|m| m.kind == Kind::File),
+            Err(e) => {
+                info.state = StepState::Corrupt;
+                info.detail = Some(
+                    Error::io("inspect", &fs.display(&stable), &e)
+                        .message()
+                        .into(),
+                );
+                false
+            }
         };
         if committed {
             match read_manifest(fs, &dir) {
@@ -275,11 +296,18 @@ pub fn list<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<StepInfo>> {
                     info.files = m.files.len() as u32;
                     info.bytes = m.bytes();
                 }
-                Ok(_)
-                | Err(Rejected::Mismatch(_) | Rejected::Unsafe(_) | Rejected::NotCommitted(_)) => {
+                Ok(m) => {
                     info.state = StepState::Corrupt;
+                    info.detail = Some(format!("its manifest belongs to step {}", m.step));
                 }
-                Err(Rejected::Failed(e)) => return Err(e),
+                Err(Rejected::Mismatch(e) | Rejected::Unsafe(e) | Rejected::Failed(e)) => {
+                    info.state = StepState::Corrupt;
+                    info.detail = Some(e.to_string());
+                }
+                Err(Rejected::NotCommitted(why)) => {
+                    info.state = StepState::Corrupt;
+                    info.detail = Some(why);
+                }
             }
         }
         infos.push(info);

@@ -390,7 +390,7 @@ enum PinRead {
 
 fn read_pin<S: Storage>(fs: &S, path: &str) -> PinRead {
     use crate::storage::StorageFile;
-    let mut file = match fs.open(path) {
+    let mut file = match crate::storage::open_file(fs, path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return PinRead::Gone,
         Err(_) => return PinRead::Malformed,
@@ -439,9 +439,10 @@ fn step_dirs<S: Storage>(fs: &S, prefix: &str) -> Result<Vec<(u64, Result<bool>)
         }
         if let Some(step) = parse_step(prefix, &entry.name) {
             let stable = join(&entry.name, STABLE_NAME);
+            // Only a regular file commits (a directory named STABLE does not).
             let committed = fs
                 .stat(&stable)
-                .map(|meta| meta.is_some())
+                .map(|meta| meta.is_some_and(|m| m.kind == Kind::File))
                 .map_err(|e| Error::io("inspect", &fs.display(&stable), &e));
             steps.push((step, committed));
         }

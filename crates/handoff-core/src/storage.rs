@@ -18,8 +18,75 @@ pub enum Kind {
     Dir,
     /// A symbolic link (not followed).
     Symlink,
-    /// Anything else: a device, socket or pipe.
+    /// A named pipe: opening it for reading blocks until a writer comes.
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix domain socket.
+    Socket,
+    /// Anything else, or a special file the storage cannot name: WASI
+    /// (wasmtime-wasi) reports FIFOs and sockets as of unknown type.
     Other,
+}
+
+impl Kind {
+    /// What an object of this kind is, for a message: "a FIFO".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::File => "a regular file",
+            Kind::Dir => "a directory",
+            Kind::Symlink => "a symbolic link",
+            Kind::Fifo => "a FIFO",
+            Kind::CharDevice => "a character device",
+            Kind::BlockDevice => "a block device",
+            Kind::Socket => "a socket",
+            Kind::Other => "a special file (a FIFO or a socket)",
+        }
+    }
+}
+
+/// The error of [`open_file`] on something that is not a regular file: its
+/// `io::Error` carries this, so that [`Error::io`](crate::Error) reports an
+/// integrity error saying what was found.
+#[derive(Debug)]
+pub(crate) struct NotRegular(pub(crate) Kind);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "it is {}, not a regular file", self.0.describe())
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// What was found instead of a regular file, if `e` is [`open_file`]'s
+/// refusal.
+pub(crate) fn not_regular(e: &io::Error) -> Option<Kind> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotRegular>())
+        .map(|n| n.0)
+}
+
+/// Open the regular file `path` for reading: the only way the protocol
+/// opens anything to read. Its kind is looked at first, without following
+/// a symbolic link, and anything but a regular file is refused unopened
+/// (see [`not_regular`]): opening a FIFO blocks until a writer comes, and
+/// a blocked open is a host call no deadline can interrupt.
+///
+/// Nothing there is still left to [`Storage::open`] to find: on NFS a
+/// look-up may answer "absent" from a cache that an open revalidates. A
+/// swap to a special file between the look and the open is not excluded
+/// here; the CLI's watchdog bounds that window (docs/PROTOCOL.md).
+pub(crate) fn open_file<S: Storage + ?Sized>(fs: &S, path: &str) -> io::Result<S::File> {
+    match fs.stat(path)? {
+        Some(meta) if meta.kind != Kind::File => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            NotRegular(meta.kind),
+        )),
+        _ => fs.open(path),
+    }
 }
 
 /// Metadata of a path, as `lstat` would give it.
@@ -67,7 +134,9 @@ pub trait Storage {
     fn create_dir(&self, path: &str) -> io::Result<()>;
 
     /// Open the regular file `path` for reading. A symbolic link is not
-    /// followed (the open fails).
+    /// followed (the open fails). The protocol calls it only through
+    /// [`open_file`], which refuses anything but a regular file first; an
+    /// implementation that can open without blocking (`O_NONBLOCK`) should.
     fn open(&self, path: &str) -> io::Result<Self::File>;
 
     /// Create the regular file `path` for writing; fails with

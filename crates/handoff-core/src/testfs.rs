@@ -32,7 +32,18 @@ fn kind(t: fs::FileType) -> Kind {
     } else if t.is_file() {
         Kind::File
     } else {
-        Kind::Other
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            Kind::Fifo
+        } else if t.is_char_device() {
+            Kind::CharDevice
+        } else if t.is_block_device() {
+            Kind::BlockDevice
+        } else if t.is_socket() {
+            Kind::Socket
+        } else {
+            Kind::Other
+        }
     }
 }
 
@@ -246,6 +257,7 @@ impl Platform for RealPlatform {
 /// What a [`Hooked`] storage lets a test see and fail: opens and changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    Stat,
     List,
     Open,
     CreateDir,
@@ -282,7 +294,11 @@ impl<B: Fn(Op, &str) -> Option<io::Error>, A: Fn(Op, &str)> Storage for Hooked<B
     type File = fs::File;
 
     fn stat(&self, path: &str) -> io::Result<Option<Metadata>> {
-        self.inner.stat(path)
+        // Asked before, like the rest; `after` is for changes and opens.
+        match (self.before)(Op::Stat, path) {
+            Some(err) => Err(err),
+            None => self.inner.stat(path),
+        }
     }
     fn read_dir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
         self.hooked(Op::List, path, || self.inner.read_dir(path))

@@ -1264,6 +1264,8 @@ mod runs;
 
 /// Generated hostile inputs for the parsers and the path checks.
 mod fuzz;
+/// Special files, a STABLE that is no file, unreadable steps.
+mod hostile;
 
 #[test]
 fn repair_with_one_prefix_leaves_another_prefixs_pins() {

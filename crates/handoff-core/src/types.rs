@@ -34,6 +34,11 @@ pub struct Version {
     pub created_ms: u64,
     /// Payload files, sorted by path.
     pub files: Vec<FileEntry>,
+    /// Newer steps a reader passed over because it could not read or
+    /// accept them (a special file, a read error, a bad manifest), each
+    /// naming the path and what was found. Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Version {
@@ -45,6 +50,7 @@ impl Version {
             writer: manifest.writer,
             created_ms: manifest.created,
             files: manifest.files,
+            warnings: Vec::new(),
         }
     }
 
@@ -191,6 +197,10 @@ pub struct StepInfo {
     pub files: u32,
     /// Bytes in the manifest, 0 without one.
     pub bytes: u64,
+    /// Why a step is `Corrupt`: what could not be read or accepted, naming
+    /// the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Options of [`publish`](crate::publish) and [`seal`](crate::seal).

@@ -6,7 +6,7 @@ use std::io;
 use crate::error::{Error, ErrorKind};
 use crate::layout::{run_of, step_name};
 use crate::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME};
-use crate::storage::{Storage, StorageFile, join};
+use crate::storage::{Storage, StorageFile, join, not_regular, open_file};
 use crate::tree::hash_file;
 use crate::types::{Verify, Version};
 
@@ -61,6 +61,15 @@ impl ReadErrors {
         }
     }
 
+    /// The rejection for an error opening `path`: something other than a
+    /// regular file there can never be accepted, whoever looks.
+    fn refuse(self, path: &str, e: &io::Error) -> Rejected {
+        match not_regular(e) {
+            Some(found) => Rejected::Unsafe(Error::not_regular(path, found)),
+            None => self.reject(path, format!("cannot open {path}: {e}")),
+        }
+    }
+
     /// The rejection for an error reading `path`, said by `why`.
     fn reject(self, path: &str, why: String) -> Rejected {
         match self {
@@ -91,8 +100,17 @@ pub(crate) fn check_as<S: Storage>(
 ) -> Result<Version, Rejected> {
     let dir = step_name(prefix, step);
     let stable = join(&dir, STABLE_NAME);
-    let committed = match fs.open(&stable) {
+    let committed = match open_file(fs, &stable) {
         Ok(_) => true,
+        // Only a regular file commits: a directory (or anything else)
+        // named STABLE is not one, and is never opened.
+        Err(e) if not_regular(&e).is_some() => {
+            let found = not_regular(&e).map_or("", |k| k.describe());
+            return Err(Rejected::NotCommitted(format!(
+                "step {step} is not committed: {} is {found}, not a regular file",
+                fs.display(&stable)
+            )));
+        }
         Err(e) if errors.absent(&e) => false,
         Err(e) => {
             return Err(Rejected::Failed(Error::io(
@@ -117,7 +135,7 @@ pub(crate) fn check_as<S: Storage>(
 /// server (close-to-open consistency). A missing or non-directory parent,
 /// and a handle the server no longer knows, all mean "not there".
 pub(crate) fn opens<S: Storage>(fs: &S, path: &str) -> io::Result<bool> {
-    match fs.open(path) {
+    match open_file(fs, path) {
         Ok(_) => Ok(true),
         Err(e) if is_absent(&e) => Ok(false),
         Err(e) => Err(e),
@@ -173,7 +191,7 @@ fn contents<S: Storage>(
     for entry in &manifest.files {
         let path = join(&dir, &entry.path);
         let shown = || fs.display(&path);
-        let mut file = match fs.open(&path) {
+        let mut file = match open_file(fs, &path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Rejected::mismatch(
@@ -185,7 +203,7 @@ fn contents<S: Storage>(
                     ),
                 ));
             }
-            Err(e) => return Err(errors.reject(&shown(), format!("cannot open {}: {e}", shown()))),
+            Err(e) => return Err(errors.refuse(&shown(), &e)),
         };
         let size = file
             .size()
@@ -233,7 +251,7 @@ pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, R
 fn manifest_as<S: Storage>(fs: &S, dir: &str, errors: ReadErrors) -> Result<Manifest, Rejected> {
     let path = join(dir, MANIFEST_NAME);
     let shown = fs.display(&path);
-    let mut file = match fs.open(&path) {
+    let mut file = match open_file(fs, &path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Rejected::mismatch(
@@ -241,7 +259,7 @@ fn manifest_as<S: Storage>(fs: &S, dir: &str, errors: ReadErrors) -> Result<Mani
                 format!("STABLE is present but {shown} is missing"),
             ));
         }
-        Err(e) => return Err(errors.reject(&shown, format!("cannot open {shown}: {e}"))),
+        Err(e) => return Err(errors.refuse(&shown, &e)),
     };
     let size = file
         .size()

@@ -11,7 +11,7 @@ use crate::layout::{
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
 use crate::runs::check_run;
-use crate::storage::{Kind, Platform, Storage, StorageFile, join, write_all_at};
+use crate::storage::{Kind, Platform, Storage, StorageFile, join, open_file, write_all_at};
 use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
 use crate::types::{PublishReport, Version, WriteOptions};
 
@@ -130,9 +130,8 @@ fn seal_claimed<S: Storage, P: Platform>(
     for rel in &files {
         let path = join(dir, rel);
         modified.push(modified_ms(fs, &path)?);
-        let mut file = fs
-            .open(&path)
-            .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
+        let mut file =
+            open_file(fs, &path).map_err(|e| Error::io("open", &fs.display(&path), &e))?;
         file.start_writeback();
         let (size, blake3) = hash_file(fs, &mut file, &path)?;
         entries.push(FileEntry {
@@ -143,9 +142,8 @@ fn seal_claimed<S: Storage, P: Platform>(
     }
     for (entry, before) in entries.iter().zip(modified) {
         let path = join(dir, &entry.path);
-        let mut file = fs
-            .open(&path)
-            .map_err(|e| Error::io("open", &fs.display(&path), &e))?;
+        let mut file =
+            open_file(fs, &path).map_err(|e| Error::io("open", &fs.display(&path), &e))?;
         flush.file(&mut file, &path)?;
         // A writer still at work would leave a manifest that vouches for
         // bytes the file no longer holds: refuse while nothing is committed.
@@ -339,7 +337,7 @@ fn read_claim<S: Storage>(fs: &S, claim: &str) -> Result<Holder> {
         _ if e.kind() == io::ErrorKind::NotFound => Ok(Holder::Released),
         _ => Err(Error::io(doing, &shown, &e)),
     };
-    let mut file = match fs.open(&path) {
+    let mut file = match open_file(fs, &path) {
         Ok(file) => file,
         Err(e) => return failed("open", e),
     };
@@ -733,15 +731,18 @@ pub(crate) fn walk_payload<S: Storage>(
                     dirs.push(child.clone());
                     pending.push(child);
                 }
-                Kind::Symlink | Kind::Other => {
+                other => {
                     let shown = fs.display(&join(dir, &child));
-                    let message = if entry.kind == Kind::Symlink {
+                    let message = if other == Kind::Symlink {
                         format!(
                             "{shown} is a symbolic link: handoff publishes regular files only, \
                              replace it with the file it points to"
                         )
                     } else {
-                        format!("{shown} is not a regular file or directory")
+                        format!(
+                            "{shown} is {}, not a regular file or directory",
+                            other.describe()
+                        )
                     };
                     return Err(Error::new(ErrorKind::InvalidInput, message).at(shown));
                 }
@@ -769,9 +770,8 @@ fn copy_file<S: Storage, Src: Storage>(
     to: &str,
 ) -> Result<FileEntry> {
     let fs = flush.fs;
-    let mut input = source
-        .open(rel)
-        .map_err(|e| Error::io("open", &source.display(rel), &e))?;
+    let mut input =
+        open_file(source, rel).map_err(|e| Error::io("open", &source.display(rel), &e))?;
     let mut output = fs
         .create_new(to)
         .map_err(|e| Error::io("create", &fs.display(to), &e))?;

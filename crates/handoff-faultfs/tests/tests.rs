@@ -17,3 +17,6 @@ mod retention;
 
 // fsck --repair on a node that cannot read what another published.
 mod repair;
+
+// The CLI's watchdog against a filesystem call that does not return.
+mod watchdog;

@@ -82,6 +82,7 @@ impl From<core::Version> for wit_types::Version {
                     blake3: f.blake3,
                 })
                 .collect(),
+            warnings: v.warnings,
         }
     }
 }
@@ -117,6 +118,7 @@ impl From<core::StepInfo> for wit_types::StepInfo {
             state: i.state.into(),
             files: i.files,
             bytes: i.bytes,
+            detail: i.detail,
         }
     }
 }

@@ -81,6 +81,7 @@ impl From<wit_types::Version> for core::Version {
                     blake3: f.blake3,
                 })
                 .collect(),
+            warnings: v.warnings,
         }
     }
 }
@@ -107,6 +108,7 @@ impl From<wit_types::StepInfo> for core::StepInfo {
             state: s.state.into(),
             files: s.files,
             bytes: s.bytes,
+            detail: s.detail,
         }
     }
 }

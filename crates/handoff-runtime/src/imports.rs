@@ -142,6 +142,9 @@ impl bulk::Host for CallState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("hash-file"))),
         };
+        if let Err(e) = regular(&file, "hash-file") {
+            return Ok(Err(e));
+        }
         let meter = Meter::start(self.progress.as_ref(), BulkWork::Hashing, file_len(&file));
         let hashed = hash_file(&file, self.deadline, &meter);
         outcome(
@@ -173,6 +176,9 @@ impl bulk::Host for CallState {
             Descriptor::File(f) => Arc::clone(&f.file),
             Descriptor::Dir(_) => return Ok(Err(not_a_file("copy-file"))),
         };
+        if let Err(e) = regular(&src, "copy-file") {
+            return Ok(Err(e));
+        }
         let meter = Meter::start(self.progress.as_ref(), BulkWork::Copying, file_len(&src));
         outcome(copy_file(&src, &dst, self.deadline, &meter), "copying")
     }
@@ -222,6 +228,34 @@ impl Writeback {
 /// A file's size for the progress display: 0 when it cannot be read.
 fn file_len(file: &File) -> u64 {
     file.metadata().map_or(0, |m| m.len())
+}
+
+/// Refuse to read from `file` unless it is a regular file (`fstat`): a read
+/// of a FIFO or a device can block for good, in a host call the epoch
+/// deadline cannot interrupt. The guest opens only what it found to be a
+/// regular file; this covers a swap between its look and its open.
+fn regular(file: &File, call: &str) -> Result<(), BulkError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = file
+        .metadata()
+        .map_err(|e| BulkError::Failed(format!("{call}: cannot inspect the file: {e}")))?
+        .file_type();
+    let found = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(BulkError::Failed(format!(
+        "{call} was given {found}, not a regular file: refused unread"
+    )))
 }
 
 fn not_a_file(call: &str) -> BulkError {
@@ -475,6 +509,7 @@ impl ResourceLimiter for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn sync_dir_flushes_an_o_path_preopen() {
@@ -525,6 +560,27 @@ mod tests {
             .create_new(true)
             .open(path)
             .unwrap()
+    }
+
+    #[test]
+    fn bulk_work_refuses_a_fifo_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pipe");
+        handoff_testkit::mkfifo(&path).unwrap();
+        // Opened without blocking, as a swap after the guest's look could
+        // hand it over; a read of it would wait for a writer for good.
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let err = regular(&fifo, "hash-file").unwrap_err();
+        assert!(
+            matches!(&err, BulkError::Failed(m) if m.contains("a FIFO")),
+            "{err:?}"
+        );
+        let (data, _) = data_file(tmp.path(), 10);
+        regular(&File::open(data).unwrap(), "hash-file").unwrap();
     }
 
     #[test]

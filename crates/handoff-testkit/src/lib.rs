@@ -31,3 +31,16 @@ mod rng;
 
 pub use payload::{Payload, age_tree, write_random};
 pub use rng::{Rng, mix};
+
+/// Make a FIFO (named pipe) at `path`: a special file whose open for
+/// reading blocks until a writer comes, for tests of what readers refuse.
+pub fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

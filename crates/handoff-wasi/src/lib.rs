@@ -423,6 +423,10 @@ fn kind(t: DescriptorType) -> Kind {
         DescriptorType::RegularFile => Kind::File,
         DescriptorType::Directory => Kind::Dir,
         DescriptorType::SymbolicLink => Kind::Symlink,
+        DescriptorType::Fifo => Kind::Fifo,
+        DescriptorType::CharacterDevice => Kind::CharDevice,
+        DescriptorType::BlockDevice => Kind::BlockDevice,
+        DescriptorType::Socket => Kind::Socket,
         _ => Kind::Other,
     }
 }
