@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use handoff_cli::Command;
-use handoff_runtime::{Limits, Runtime};
+use handoff_runtime::Limits;
 
 /// How long after its deadline a stuck call is given before the process
 /// exits: a call that is merely slow to notice its deadline returns well
@@ -44,7 +44,7 @@ pub(crate) fn budget(command: &Command, deadline: Option<Duration>) -> Option<(S
 }
 
 /// Start a thread that, `budget` from now, prints that `operation` did not
-/// finish (a `timed-out` error, `--json` as `json` says) and exits the
+/// finish (a `deadline-exceeded` error, `--json` as `json` says) and exits the
 /// process with its exit code. It ends with the process.
 pub(crate) fn arm(operation: String, budget: Duration, json: bool) {
     let spawned = std::thread::Builder::new()
@@ -58,9 +58,8 @@ pub(crate) fn arm(operation: String, budget: Duration, json: bool) {
                 budget.as_secs_f64(),
                 GRACE.as_secs()
             );
-            let err = handoff_core::Error::new(handoff_core::ErrorKind::TimedOut, message);
-            let err = anyhow::Error::new(handoff_runtime::Error::Protocol(err));
-            let code = handoff_cli::report::<Runtime>(Err(err), json);
+            // The kind of a call stopped at its deadline, and its exit code.
+            let code = handoff_cli::Failure::new("deadline-exceeded", message).report(json);
             std::process::exit(i32::from(code));
         });
     // Without a thread the operation runs unguarded, as it did before.

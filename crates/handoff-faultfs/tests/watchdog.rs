@@ -63,7 +63,7 @@ fn a_stuck_call_ends_at_the_deadline_plus_the_grace() {
         .recv_timeout(Duration::from_secs(15))
         .expect("no error within 15 s of a 1 s deadline");
     assert!(
-        line.contains("handoff: error (timed-out): gc did not finish within 6.0 s")
+        line.contains("handoff: error (deadline-exceeded): gc did not finish within 6.0 s")
             && line.contains("a filesystem call did not return"),
         "{line}"
     );
