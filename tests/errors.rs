@@ -244,9 +244,28 @@ fn a_full_file_system_is_named() {
 fn permission_denied_is_named() {
     use std::os::unix::fs::PermissionsExt as _;
     let env = Env::new();
+    use std::os::unix::fs::MetadataExt as _;
     // The root belongs to this user; another user may read it, not write.
     for dir in [env.tmp.path(), &env.root()] {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // And may pass through the folders above it: a test run's own scratch
+    // folder (scripts/test's TMPDIR) is made private. Search permission
+    // lets it look up names only, not list or change anything.
+    // Folders above the temporary folder are left as they are.
+    let me = fs::metadata(env.tmp.path()).unwrap().uid();
+    let scratch = std::env::temp_dir();
+    for dir in env.tmp.path().ancestors().skip(1) {
+        let meta = fs::metadata(dir).unwrap();
+        if meta.mode() & 0o001 != 0 {
+            continue;
+        }
+        if meta.uid() != me || !dir.starts_with(&scratch) {
+            eprintln!("skipped: another user cannot reach {}", dir.display());
+            return;
+        }
+        let mode = (meta.mode() & 0o7777) | 0o011;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
     }
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
