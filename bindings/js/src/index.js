@@ -349,7 +349,7 @@ function dir(path, what) {
 /**
  * How a publish source overlaps the root, or null. Folders are told apart by
  * device and inode, found through `..`, so a second name for the root (a bind
- * mount, another mount of the export) is still seen.
+ * mount) is still seen.
  */
 function overlap(root, source) {
   const ident = (path) => {

@@ -168,7 +168,7 @@ impl Cache {
         if !meta.file_type().is_file() {
             return Err(bad(format!(
                 "it is {}, not a regular file",
-                describe(meta.file_type())
+                crate::describe_kind(meta.file_type())
             )));
         }
         trusted(&meta).map_err(bad)?;
@@ -230,26 +230,6 @@ fn trusted(meta: &fs::Metadata) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A file type as a noun.
-pub(crate) fn describe(kind: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "a regular file"
-    }
 }
 
 fn encode(key: &Key, artifact: &[u8]) -> Vec<u8> {

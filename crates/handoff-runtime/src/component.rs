@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::cache::{self, Cache, Key};
+use crate::cache::{Cache, Key};
 use crate::error::Error;
 
 /// Largest component file read (`--component`): the handoff component is
@@ -91,7 +91,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     if !meta.file_type().is_file() {
         return Err(bad(format!(
             "it is {}, not a regular file",
-            cache::describe(meta.file_type())
+            crate::describe_kind(meta.file_type())
         )));
     }
     let too_big = |size: u64| {

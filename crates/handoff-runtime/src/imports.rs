@@ -235,26 +235,16 @@ fn file_len(file: &File) -> u64 {
 /// deadline cannot interrupt. The guest opens only what it found to be a
 /// regular file; this covers a swap between its look and its open.
 fn regular(file: &File, call: &str) -> Result<(), BulkError> {
-    use std::os::unix::fs::FileTypeExt;
     let kind = file
         .metadata()
         .map_err(|e| BulkError::Failed(format!("{call}: cannot inspect the file: {e}")))?
         .file_type();
-    let found = if kind.is_file() {
+    if kind.is_file() {
         return Ok(());
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    };
+    }
     Err(BulkError::Failed(format!(
-        "{call} was given {found}, not a regular file: refused unread"
+        "{call} was given {}, not a regular file: refused unread",
+        crate::describe_kind(kind)
     )))
 }
 

@@ -691,6 +691,26 @@ fn preopen_dir(
     })
 }
 
+/// A file type as a noun, for messages: "a FIFO".
+pub(crate) fn describe_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 //! A source equal to the root, or inside it, would be copied into a staging
 //! folder that is itself under the source (1,651 fsyncs of the root's own
 //! tree were seen); a root inside the source would copy the staging copy
-//! into itself. Paths alone cannot tell: a bind mount or a second NFS mount
-//! shows one folder under two names. A folder's identity is its device and
+//! into itself. Paths alone cannot tell: a bind mount shows one folder
+//! under two names. A folder's identity is its device and
 //! inode, so the check walks up each path comparing those.
 
 use std::collections::HashSet;
@@ -85,6 +85,29 @@ mod tests {
         assert!(inside.contains("is inside the root"), "{inside}");
         let outer = describe(&root.join("a"), tmp.path()).unwrap().unwrap();
         assert!(outer.contains("contains the root"), "{outer}");
+    }
+
+    #[test]
+    fn a_bind_mount_of_the_root_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let alias = tmp.path().join("alias");
+        std::fs::create_dir_all(root.join("payload")).unwrap();
+        std::fs::create_dir(&alias).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .arg("--bind")
+            .args([&root, &alias])
+            .output();
+        if !mounted.as_ref().is_ok_and(|out| out.status.success()) {
+            eprintln!("skipped: cannot bind-mount here (needs root): {mounted:?}");
+            return;
+        }
+        // The alias's path shares nothing with the root's: only the
+        // folders' identities tell.
+        let found = describe(&root, &alias.join("payload"));
+        let _ = std::process::Command::new("umount").arg(&alias).status();
+        let found = found.unwrap().unwrap();
+        assert!(found.contains("is inside the root"), "{found}");
     }
 
     #[test]

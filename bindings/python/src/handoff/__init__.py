@@ -341,7 +341,7 @@ def _dir(path: PathLike, what: str) -> str:
 def _overlap(root: str, source: str) -> Optional[str]:
     """How a publish source overlaps the root, or None. Folders are told
     apart by device and inode, found through ``..``, so a second name for
-    the root (a bind mount, another mount of the export) is still seen."""
+    the root (a bind mount) is still seen."""
 
     def ident(path: str) -> Tuple[int, int]:
         st = os.stat(path)
