@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, ExportIndex, Linker, Record, Variant
 
-from ._types import ComponentError, error_from
+from ._types import ComponentError, DeadlineExceededError, error_from
 
 PROTOCOL = "handoff:protocol/protocol@0.1.0"
 DURABILITY = "handoff:protocol/durability@0.1.0"
@@ -130,7 +130,7 @@ def _load() -> Loaded:
         wasm = Path(source).read_bytes()
     except OSError as e:
         raise ComponentError(
-            f"bad component {source}: cannot read it: {e.strerror or e}", "component"
+            f"bad component {source}: cannot read it: {e.strerror or e}", "bad-component"
         ) from None
     config = Config()
     config.epoch_interruption = True
@@ -157,14 +157,14 @@ def _load() -> Loaded:
 
         component, cached = _compile_cached(engine, wasm, "epoch", resolve)
     except WasmtimeError as e:
-        raise ComponentError(f"bad component {source}: {e}", "component") from None
+        raise ComponentError(f"bad component {source}: {e}", "bad-component") from None
     protocol = component.get_export_index(PROTOCOL)
     functions = {}
     for name in FUNCTIONS:
         index = component.get_export_index(name, protocol) if protocol else None
         if index is None:
             raise ComponentError(
-                f"bad component {source}: it does not export {PROTOCOL}#{name}", "component"
+                f"bad component {source}: it does not export {PROTOCOL}#{name}", "bad-component"
             )
         functions[name] = index
     threading.Thread(target=_tick, args=(engine,), name="handoff-epoch", daemon=True).start()
@@ -357,7 +357,7 @@ def call(
     """Call export ``name`` in a fresh instance that sees only ``preopens``
     (``(canonical path, writable)``), within ``deadline`` seconds (``None``:
     no limit). Raises the WIT error as its ``HandoffError`` subclass and a
-    trap or overrun as ``ComponentError``."""
+    trap as ``ComponentError``, an overrun as ``DeadlineExceededError``."""
     rt = loaded()
     store = Store(rt.engine)
     wasi = WasiConfig()
@@ -376,10 +376,11 @@ def call(
     except WasmtimeError as e:
         text = str(e)
         if "interrupt" in text:
-            raise ComponentError(
-                f"component exceeded its time limit of {deadline:g}s", "component"
+            raise DeadlineExceededError(
+                f"the {name} call ran past its deadline of {deadline:g} s and was stopped",
+                "deadline-exceeded",
             ) from None
-        raise ComponentError(f"component trapped: {text}", "component") from None
+        raise ComponentError(f"component trapped: {text}", "trap") from None
     return _ok(result)
 
 

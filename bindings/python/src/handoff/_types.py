@@ -185,7 +185,24 @@ class DurabilityError(HandoffError):
 
 
 class ComponentError(HandoffError):
-    """The component could not be loaded, trapped, or ran past its time limit."""
+    """The component could not be loaded (kind ``bad-component``) or trapped
+    (``trap``)."""
+
+
+class UsageError(HandoffError, ValueError, TypeError):
+    """An argument is out of its range or of the wrong type (kind ``usage``,
+    CLI exit 2). Raised before the component runs, so nothing was written.
+    It is also a ``ValueError`` and a ``TypeError``."""
+
+    exit_code = 2
+
+
+class DeadlineExceededError(HandoffError, TimeoutError):
+    """The call ran past its ``deadline`` and was stopped (kind
+    ``deadline-exceeded``, CLI exit 3). A write stopped this way leaves at
+    most a staging directory, which ``gc`` and ``fsck --repair`` remove."""
+
+    exit_code = 3
 
 
 _BY_KIND = {
@@ -224,4 +241,6 @@ __all__ = [
     "InvalidInputError",
     "DurabilityError",
     "ComponentError",
+    "UsageError",
+    "DeadlineExceededError",
 ]
