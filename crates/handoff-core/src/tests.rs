@@ -227,6 +227,26 @@ fn publish_refuses_names_the_protocol_reserves_at_the_top_of_the_source() {
     assert_eq!(report.version.files.len(), 4);
 }
 
+#[test]
+fn a_writer_id_too_long_is_refused_before_anything_is_written() {
+    let f = fixture();
+    payload(&f.path("step_2"), "a");
+    let long = WriteOptions::new("w".repeat(crate::write::MAX_WRITER_BYTES + 1));
+    let err = publish(&f.root, &f.src, &RealPlatform, 1, &long).unwrap_err();
+    assert_error(&err, ErrorKind::InvalidInput, &["writer id", "4097 bytes"]);
+    let err = seal(&f.root, &RealPlatform, 2, &long).unwrap_err();
+    assert_error(&err, ErrorKind::InvalidInput, &["writer id", "4097 bytes"]);
+    assert!(!f.path("step_1").exists());
+    assert!(!f.path(".handoff/staging").exists());
+    assert!(!f.path("step_2/.handoff.seal").exists());
+    assert!(!f.path("step_2").join(MANIFEST_NAME).exists());
+    // The longest allowed id publishes, and readers accept it.
+    let longest = WriteOptions::new("w".repeat(crate::write::MAX_WRITER_BYTES));
+    publish(&f.root, &f.src, &RealPlatform, 1, &longest).unwrap();
+    let version = f.wait_for(Target::Step(1), Verify::Size, 0).unwrap();
+    assert_eq!(version.writer.len(), crate::write::MAX_WRITER_BYTES);
+}
+
 /// That `err` is of `kind` and its message names every one of `needles`.
 #[track_caller]
 fn assert_error(err: &Error, kind: ErrorKind, needles: &[&str]) {

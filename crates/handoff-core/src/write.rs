@@ -86,9 +86,29 @@ pub fn seal<S: Storage, P: Platform>(
 /// writer is found to write for the newest run begun.
 fn written_step<S: Storage>(fs: &S, step: u64, options: &WriteOptions) -> Result<(u64, String)> {
     check_prefix(&options.prefix)?;
+    check_writer(&options.writer)?;
     let step = run_step(options.run, step)?;
     check_run(fs, options.run, step)?;
     Ok((step, step_name(&options.prefix, step)))
+}
+
+/// The longest writer id: it is recorded in the manifest and in a seal
+/// claim, and compared when a sealer takes its own claim over.
+pub const MAX_WRITER_BYTES: usize = 4096;
+
+/// Check a writer id before anything is written: a longer one would make
+/// a manifest (or a claim) that readers (or a sealer taking it over) refuse.
+pub fn check_writer(writer: &str) -> Result<()> {
+    if writer.len() <= MAX_WRITER_BYTES {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "invalid writer id: it is {} bytes, more than the {MAX_WRITER_BYTES} a writer id may have",
+            writer.len()
+        ),
+    ))
 }
 
 /// Steps 1–5 of [`seal`], holding the claim.
