@@ -212,7 +212,7 @@ def test_a_source_that_is_inside_or_holds_the_root_is_refused(root, src):
     ]:
         with pytest.raises(handoff.HandoffError, match=needle) as caught:
             handoff.publish(root, 2, source)
-        assert caught.value.kind == "source" and str(source) in str(caught.value)
+        assert caught.value.kind == "invalid-input" and str(source) in str(caught.value)
     assert sorted(os.listdir(root)) == ["incoming"]
 
 
@@ -282,7 +282,8 @@ def test_missing_root_names_the_path(tmp_path):
         handoff.ls(missing)
     assert str(err.value).startswith(f"root {missing}: ")
     assert err.value.exit_code == 1
-    assert (err.value.kind, err.value.path, err.value.retryable) == ("root", str(missing), False)
+    assert (err.value.kind, err.value.path, err.value.retryable) == ("not-found", str(missing), False)
+    assert isinstance(err.value, handoff.NotFoundError)
 
 
 def test_a_failed_gc_after_a_publish_keeps_the_error_s_attributes(root, src, monkeypatch):

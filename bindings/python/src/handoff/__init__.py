@@ -12,20 +12,25 @@ source (read-only).
 >>> # ... load v.path ...
 >>> handoff.unpin("/mnt/ckpt", v.step, "server-a")
 
-Durations are seconds (``float`` or ``datetime.timedelta``). Every call
-blocks the calling thread; calls from several threads run in parallel.
-Errors are :class:`HandoffError` subclasses that map the CLI's exit codes:
-:class:`TimedOutError` (a ``TimeoutError``; exit 3), :class:`IntegrityError`
-(4), :class:`ConflictError` (5).
+Durations are seconds (``float``, ``int`` or ``datetime.timedelta``). Every
+call blocks the calling thread; calls from several threads run in parallel.
+Errors are :class:`HandoffError` subclasses with the CLI's kinds and exit
+codes: :class:`UsageError` (an argument out of range or of the wrong type,
+raised before anything runs; exit 2), :class:`TimedOutError` and
+:class:`DeadlineExceededError` (both ``TimeoutError``; exit 3),
+:class:`IntegrityError` (4), :class:`ConflictError` (5).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import math
+import numbers
+import operator
 import os
 import socket
-from typing import List, Optional, Set, Tuple, Union
+from typing import Any, List, Optional, Set, Tuple, Union
 
 from wasmtime.component import Variant
 
@@ -51,10 +56,11 @@ __all__ = [
     "DEFAULT_TTL",
     "DEFAULT_GRACE",
     "DEFAULT_SKEW",
+    "DEFAULT_DEADLINE",
     *_types.__all__,
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Seconds = Union[float, int, datetime.timedelta]
 
 # The protocol core's defaults (crates/handoff-core/src/types.rs), in
@@ -71,7 +77,11 @@ DEFAULT_GRACE = 3600.0
 """How long ``gc`` leaves an untouched staging directory."""
 DEFAULT_SKEW = 120.0
 """The clock-skew allowance ``gc`` adds to a pin's expiry."""
+DEFAULT_DEADLINE = _runtime.DEFAULT_DEADLINE
+"""The time limit of a call other than ``wait`` (the CLI's ``--deadline``)."""
 _VERIFY = ("size", "hash")
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
 
 
 def default_writer_id() -> str:
@@ -89,6 +99,7 @@ def publish(
     prefix: str = DEFAULT_PREFIX,
     keep: Optional[int] = None,
     run: int = 0,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
 ) -> PublishReport:
     """Copy the payload under ``source`` into ``<root>/.handoff/staging/``,
     seal it there and rename it to ``<root>/<prefix><step>``.
@@ -101,9 +112,13 @@ def publish(
     With ``keep``, :func:`gc` runs afterwards keeping the newest ``keep``.
     ``run`` (from :func:`begin`) writes step ``step`` of that run; a writer
     of a run older than the newest begun raises :class:`ConflictError`
-    ("superseded").
+    ("superseded"). Every argument is checked before anything is written.
+
+    ``deadline`` bounds the call (``None``: no limit); a call stopped there
+    raises :class:`DeadlineExceededError` and leaves at most a staging
+    directory, which :func:`gc` and :func:`fsck` remove.
     """
-    return _write("publish", root, step, source, writer, created_ms, prefix, keep, run)
+    return _write("publish", root, step, source, writer, created_ms, prefix, keep, run, deadline)
 
 
 def seal(
@@ -115,6 +130,7 @@ def seal(
     prefix: str = DEFAULT_PREFIX,
     keep: Optional[int] = None,
     run: int = 0,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
 ) -> PublishReport:
     """Seal a payload already written in ``<root>/<prefix><step>/``: flush
     every file, write the manifest, create ``STABLE``, flush the step
@@ -123,20 +139,24 @@ def seal(
     Once this returns the version is durable, and readers that only look for
     ``STABLE`` keep working. Symbolic links and special files are refused
     before anything is written; a step that already has ``STABLE``, or that
-    another writer is sealing, raises :class:`ConflictError`. ``run`` as for
-    :func:`publish`.
+    another writer is sealing, raises :class:`ConflictError`. ``run`` and
+    ``deadline`` as for :func:`publish`.
     """
-    return _write("seal", root, step, None, writer, created_ms, prefix, keep, run)
+    return _write("seal", root, step, None, writer, created_ms, prefix, keep, run, deadline)
 
 
-def begin(root: PathLike, *, prefix: str = DEFAULT_PREFIX) -> int:
+def begin(
+    root: PathLike, *, prefix: str = DEFAULT_PREFIX, deadline: Optional[Seconds] = DEFAULT_DEADLINE
+) -> int:
     """Begin a new run on ``root``, for a trainer restarted from an earlier
     checkpoint, and return its number: pass it as ``run=`` to every
     :func:`publish` or :func:`seal` of the restarted trainer. Writers of
     older runs are refused from then on, and step ``n`` of the run is the
     step numbered ``run * 10**12 + n``, after every step of older runs."""
+    prefix = _str(prefix, "prefix")
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    return _runtime.call("begin", [(root_path, True)], [root_path, prefix])
+    return _runtime.call("begin", [(root_path, True)], [root_path, prefix], limit)
 
 
 def wait(
@@ -152,6 +172,7 @@ def wait(
     pin: Optional[str] = None,
     ttl: Seconds = DEFAULT_TTL,
     prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = None,
 ) -> Version:
     """Wait until a step is committed and validates; return it.
 
@@ -167,10 +188,15 @@ def wait(
     the holder's pins on other steps stay. A reader serving an earlier
     version hands over: it switches to the new one, then calls :func:`unpin`
     for the old one.
+
+    ``deadline`` bounds the whole call (:class:`DeadlineExceededError`);
+    ``None``, the default, means ``timeout`` plus one minute, or no limit
+    without a timeout, as in the CLI.
     """
-    chosen = [step is not None, bool(latest), after is not None]
+    latest = _bool(latest, "latest")
+    chosen = [step is not None, latest, after is not None]
     if sum(chosen) != 1:
-        raise ValueError("give exactly one of step, latest=True or after")
+        raise UsageError("give exactly one of step, latest=True or after", "usage")
     if step is not None:
         target = Variant("step", _u64(step, "step"))
     elif latest:
@@ -178,32 +204,49 @@ def wait(
     else:
         target = Variant("after", _u64(after, "after"))
     timeout_ms = None if timeout is None else _ms(timeout, "timeout")
-    pin_request = None if pin is None else record(holder=pin, ttl_ms=_ms(ttl, "ttl"))
+    pin_request = None if pin is None else record(holder=_str(pin, "pin"), ttl_ms=_ms(ttl, "ttl"))
     options = record(
-        prefix=prefix,
+        prefix=_str(prefix, "prefix"),
         verify=_verify(verify),
         timeout_ms=timeout_ms,
         settle_ms=_ms(settle, "settle"),
         poll_ms=_ms(poll, "poll"),
         pin=pin_request,
     )
+    if deadline is not None:
+        limit = _deadline(deadline)
+    elif timeout_ms is None or timeout_ms == U64_MAX:
+        limit = None
+    else:
+        limit = timeout_ms / 1000 + _runtime.WAIT_MARGIN
     root_path = _dir(root, "root")
-    deadline = None if timeout_ms is None else timeout_ms / 1000 + _runtime.WAIT_MARGIN
-    return _version(_runtime.call("wait", [(root_path, True)], [root_path, target, options], deadline))
+    return _version(_runtime.call("wait", [(root_path, True)], [root_path, target, options], limit))
 
 
-def latest(root: PathLike, *, verify: str = "size", prefix: str = DEFAULT_PREFIX) -> Optional[Version]:
+def latest(
+    root: PathLike,
+    *,
+    verify: str = "size",
+    prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
+) -> Optional[Version]:
     """The highest committed step that validates, in one attempt; ``None``
     when there is none. Incomplete, corrupt and stray entries are skipped."""
+    args = [_str(prefix, "prefix"), _verify(verify)]
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    found = _runtime.call("latest", [(root_path, True)], [root_path, prefix, _verify(verify)])
+    found = _runtime.call("latest", [(root_path, True)], [root_path, *args], limit)
     return None if found is None else _version(found)
 
 
-def ls(root: PathLike, *, prefix: str = DEFAULT_PREFIX) -> List[StepInfo]:
+def ls(
+    root: PathLike, *, prefix: str = DEFAULT_PREFIX, deadline: Optional[Seconds] = DEFAULT_DEADLINE
+) -> List[StepInfo]:
     """Every step directory under ``root``, in step order, with its state."""
+    prefix = _str(prefix, "prefix")
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    steps = _runtime.call("list", [(root_path, True)], [root_path, prefix])
+    steps = _runtime.call("list", [(root_path, True)], [root_path, prefix], limit)
     return [StepInfo(s.step, s.path, s.state, s.files, s.bytes) for s in steps]
 
 
@@ -214,26 +257,34 @@ def pin(
     ttl: Seconds = DEFAULT_TTL,
     *,
     prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
 ) -> PinInfo:
     """Pin a committed step for ``holder`` for ``ttl``: gc keeps it until the
     pin expires (by the file server's clock). Pinning again renews the pin:
     a reader that loads for longer than ``ttl`` pins again before it runs
     out. A step that is not committed, or that gc has claimed for removal,
     raises :class:`NotFoundError`."""
+    args = [_str(prefix, "prefix"), _u64(step, "step"), _str(holder, "holder"), _ms(ttl, "ttl")]
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    info = _runtime.call(
-        "pin",
-        [(root_path, True)],
-        [root_path, prefix, _u64(step, "step"), holder, _ms(ttl, "ttl")],
-    )
+    info = _runtime.call("pin", [(root_path, True)], [root_path, *args], limit)
     return PinInfo(info.step, info.holder, field(info, "expires_ms"))
 
 
-def unpin(root: PathLike, step: int, holder: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+def unpin(
+    root: PathLike,
+    step: int,
+    holder: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
+) -> None:
     """Release ``holder``'s pin on ``step``; a missing pin raises
     :class:`NotFoundError`."""
+    args = [_str(prefix, "prefix"), _u64(step, "step"), _str(holder, "holder")]
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    _runtime.call("unpin", [(root_path, True)], [root_path, prefix, _u64(step, "step"), holder])
+    _runtime.call("unpin", [(root_path, True)], [root_path, *args], limit)
 
 
 def gc(
@@ -243,6 +294,7 @@ def gc(
     grace: Seconds = DEFAULT_GRACE,
     skew: Seconds = DEFAULT_SKEW,
     prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
 ) -> GcReport:
     """Remove committed steps beyond the newest ``keep`` (at least 1) that no
     unexpired pin holds (a pin counts until its expiry plus ``skew``):
@@ -250,11 +302,15 @@ def gc(
     untouched for longer than ``grace``. What it cannot remove is listed in
     the report's ``failed``, each with why, and gc goes on with the rest;
     only a failure that stops the whole run raises."""
-    if not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be an integer of at least 1, not {keep!r}")
+    options = record(
+        prefix=_str(prefix, "prefix"),
+        keep=_keep(keep),
+        grace_ms=_ms(grace, "grace"),
+        skew_ms=_ms(skew, "skew"),
+    )
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    options = record(prefix=prefix, keep=keep, grace_ms=_ms(grace, "grace"), skew_ms=_ms(skew, "skew"))
-    report = _runtime.call("gc", [(root_path, True)], [root_path, options])
+    report = _runtime.call("gc", [(root_path, True)], [root_path, options], limit)
     return GcReport(
         tuple(report.removed),
         tuple(report.kept),
@@ -265,12 +321,20 @@ def gc(
     )
 
 
-def fsck(root: PathLike, repair: bool = False, *, prefix: str = DEFAULT_PREFIX) -> List[FsckEntry]:
+def fsck(
+    root: PathLike,
+    repair: bool = False,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = DEFAULT_DEADLINE,
+) -> List[FsckEntry]:
     """Classify every entry under ``root``; with ``repair``, finish or undo
     what a crash left (idempotent). Removes a step only if it is broken, seen
     twice 30 s apart, untouched for an hour and not pinned."""
+    args = [_str(prefix, "prefix"), _bool(repair, "repair")]
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
-    entries = _runtime.call("fsck", [(root_path, True)], [root_path, prefix, bool(repair)])
+    entries = _runtime.call("fsck", [(root_path, True)], [root_path, *args], limit)
     return [FsckEntry(e.name, e.state, e.detail, e.action) for e in entries]
 
 
@@ -284,33 +348,40 @@ def _write(
     prefix: str,
     keep: Optional[int],
     run: int,
+    deadline: Optional[Seconds],
 ) -> PublishReport:
     """``publish`` (with a source, preopened read-only) or ``seal`` (without),
-    then the gc of ``keep``."""
+    then the gc of ``keep``. Every argument, ``keep`` included, is checked
+    first: an argument error never follows a committed step."""
+    step = _u64(step, "step")
+    options = record(
+        prefix=_str(prefix, "prefix"),
+        writer=default_writer_id() if writer is None else _str(writer, "writer"),
+        created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
+        run=_u64(run, "run"),
+    )
+    if keep is not None:
+        keep = _keep(keep)
+    limit = _deadline(deadline)
     root_path = _dir(root, "root")
     preopens = [(root_path, True)]
-    args = [root_path, _u64(step, "step")]
+    args: List[Any] = [root_path, step]
     if source is not None:
         source_path = _dir(source, "source")
         overlap = _overlap(root_path, source_path)
         if overlap is not None:
-            raise HandoffError(f"source {os.fspath(source)}: {overlap}", "source", path=source_path)
+            raise InvalidInputError(
+                f"source {_shown_path(source)}: {overlap}", "invalid-input", path=source_path
+            )
         preopens.append((source_path, False))
         args.append(source_path)
-    args.append(
-        record(
-            prefix=prefix,
-            writer=default_writer_id() if writer is None else writer,
-            created_ms=None if created_ms is None else _u64(created_ms, "created_ms"),
-            run=_u64(run, "run"),
-        )
-    )
-    report = _runtime.call(op, preopens, args)
+    args.append(options)
+    report = _runtime.call(op, preopens, args, limit)
     version = _version(report.version)
     gc_report = None
     if keep is not None:
         try:
-            gc_report = gc(root_path, keep, prefix=prefix)
+            gc_report = gc(root_path, keep, prefix=options.prefix, deadline=deadline)
         except HandoffError as e:
             raise type(e)(
                 f"step {version.step} was {op}ed, but the gc after it failed: {e}",
@@ -326,16 +397,35 @@ def _version(v) -> Version:
     return Version(v.step, v.run, v.path, v.writer, field(v, "created_ms"), files)
 
 
-def _dir(path: PathLike, what: str) -> str:
+def _dir(path: Any, what: str) -> str:
     """The canonical absolute path of an existing directory: the component
-    is given it under this same name, so its messages name real paths."""
+    is given it under this same name, so its messages name real paths.
+    Failures have the CLI's kinds: ``not-found`` for a missing path,
+    ``invalid-input`` for one that is not a directory, ``io`` otherwise."""
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise _usage(path, what, f"expected a path, got {type(path).__name__}")
+    text = os.fsdecode(os.fspath(path))
+    if not text:
+        raise _usage(path, what, "the path is empty")
+    if "\0" in text:
+        raise _usage(path, what, "the path contains a NUL byte")
     try:
-        canonical = os.path.realpath(os.fspath(path), strict=True)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _usage(path, what, "the path is not UTF-8, and WASI paths are") from None
+    try:
+        canonical = os.path.realpath(text, strict=True)
     except OSError as e:
-        raise HandoffError(f"{what} {os.fspath(path)}: {e.strerror or e}", what, path=os.fspath(path)) from None
+        error = NotFoundError if e.errno == errno.ENOENT else HandoffError
+        kind = "not-found" if e.errno == errno.ENOENT else "io"
+        raise error(f"{what} {text}: {e.strerror or e}", kind, path=text) from None
     if not os.path.isdir(canonical):
-        raise HandoffError(f"{what} {os.fspath(path)}: not a directory", what, path=canonical)
+        raise InvalidInputError(f"{what} {text}: not a directory", "invalid-input", path=canonical)
     return canonical
+
+
+def _shown_path(path: Any) -> str:
+    return os.fsdecode(os.fspath(path))
 
 
 def _overlap(root: str, source: str) -> Optional[str]:
@@ -367,22 +457,87 @@ def _overlap(root: str, source: str) -> Optional[str]:
     return None
 
 
-def _u64(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise ValueError(f"{name} must be an integer from 0 to 2**64-1, not {value!r}")
+# Argument checks. Each runs before the component does, so a bad argument
+# never follows a write; the messages follow the CLI's ("invalid value ...").
+
+
+def _usage(value: Any, name: str, why: str) -> UsageError:
+    return UsageError(f"invalid value {value!r} for {name}: {why}", "usage")
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    """An integer argument in ``lo..=hi``: an ``int`` or anything with
+    ``__index__`` (a NumPy integer), but not a ``bool``."""
+    if isinstance(value, bool):
+        number = None
+    else:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None:
+        raise _usage(value, name, f"expected an integer in {lo}..={hi}, got {type(value).__name__}")
+    if not lo <= number <= hi:
+        raise _usage(value, name, f"{number} is not in {lo}..={hi}")
+    return number
+
+
+def _u64(value: Any, name: str) -> int:
+    return _int(value, name, 0, U64_MAX)
+
+
+def _keep(value: Any) -> int:
+    """``keep``: the WIT's u32, and at least 1 (gc never removes every step)."""
+    return _int(value, "keep", 1, U32_MAX)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _usage(value, name, f"expected True or False, got {type(value).__name__}")
     return value
 
 
-def _ms(value: Seconds, name: str) -> int:
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _usage(value, name, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A non-negative number of seconds (NaN refused)."""
     seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
-    if math.isinf(seconds):
-        return 2**64 - 1
-    return min(math.ceil(seconds * 1000), 2**64 - 1)
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds >= 0:
+        raise _usage(value, name, f"expected a non-negative number of seconds, got {value!r}")
+    return float(seconds)
 
 
-def _verify(verify: str) -> str:
-    if verify not in _VERIFY:
-        raise ValueError(f"verify must be 'size' or 'hash', not {verify!r}")
+def _ms(value: Any, name: str) -> int:
+    """A duration as the WIT's milliseconds (u64), rounded up; a duration
+    of 2**64 ms or more (infinity included) saturates, meaning no limit.
+    Integers and timedeltas are converted exactly, not through a float."""
+    if isinstance(value, datetime.timedelta):
+        micros = (value.days * 86400 + value.seconds) * 10**6 + value.microseconds
+        if micros < 0:
+            raise _usage(value, name, f"expected a non-negative number of seconds, got {value!r}")
+        return min(-(-micros // 1000), U64_MAX)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if value < 0:
+            raise _usage(value, name, f"expected a non-negative number of seconds, got {value!r}")
+        return min(int(value) * 1000, U64_MAX)
+    ms = _seconds(value, name) * 1000
+    if ms >= U64_MAX:
+        return U64_MAX
+    return math.ceil(ms)
+
+
+def _deadline(value: Any) -> Optional[float]:
+    """A call's time limit in seconds, or ``None`` for none."""
+    if value is None or _ms(value, "deadline") == U64_MAX:
+        return None
+    return _seconds(value, "deadline")
+
+
+def _verify(verify: Any) -> str:
+    if verify not in _VERIFY or not isinstance(verify, str):
+        raise _usage(verify, "verify", "expected 'size' or 'hash'")
     return verify
