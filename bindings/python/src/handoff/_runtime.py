@@ -7,7 +7,8 @@ absolute host path so the component's messages name real paths.
 
 A call runs in an engine slot of its own (the engine's epoch is what stops a
 call, and all stores of an engine share it), so a call's deadline or
-cancellation stops that call only.
+cancellation stops that call only. A process forked from one that had
+started wasmtime runs its calls in helper processes instead (``_worker``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class Loaded:
 
 _lock = threading.Lock()
 _loaded: Optional[Loaded] = None
+#: The pid of the process that started wasmtime (compiled or ran the
+#: component): a process forked from it inherits this value, and with it a
+#: runtime whose threads it does not have (see ``_worker``).
+_native_pid: Optional[int] = None
 
 
 def loaded() -> Loaded:
@@ -87,6 +92,18 @@ def loaded() -> Loaded:
             if _loaded is None:
                 _loaded = _load()
     return _loaded
+
+
+def _mark_native() -> None:
+    global _native_pid
+    if _native_pid is None:
+        _native_pid = os.getpid()
+
+
+def forked() -> bool:
+    """Whether this process was forked from one that had started wasmtime,
+    so that its calls must run in helper processes."""
+    return _native_pid is not None and _native_pid != os.getpid()
 
 
 def _component_path() -> str:
@@ -173,6 +190,7 @@ def _functions(component: Component, source: str) -> Dict[str, ExportIndex]:
 
 
 def _load() -> Loaded:
+    _mark_native()
     start = time.perf_counter()
     source = _component_path()
     try:
@@ -370,6 +388,24 @@ class CancelToken:
 _token: ContextVar[Optional[CancelToken]] = ContextVar("handoff_cancel_token", default=None)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child gets fresh locks and no slots: it never touches the
+    parent's engines, lock or threads (which it does not have). If the
+    parent had started wasmtime, ``forked()`` is true here and calls go to
+    helper processes."""
+    global _lock, _slots_lock, _idle_slots, _deadlines
+    _lock = threading.Lock()
+    _slots_lock = threading.Lock()
+    _idle_slots = []
+    _deadlines = _Deadlines()
+    from . import _worker
+
+    _worker.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def cache_dir() -> Optional[Path]:
     """``$HANDOFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/handoff``, else
     ``~/.cache/handoff`` (the same directory the Rust host uses)."""
@@ -403,6 +439,7 @@ def _compile_cached(
     fails is neither read nor written (the component is compiled in memory,
     with a warning).
     """
+    _mark_native()
     directory = None if os.environ.get("HANDOFF_NO_CACHE") else cache_dir()
     if directory is None:
         return _compile(engine, wasm, resolve), False
@@ -556,6 +593,10 @@ def call(
     token = _token.get()
     if token is not None and token.cancelled:
         raise _cancelled(name)
+    if forked():
+        from . import _worker
+
+        return _worker.call(name, preopens, args, deadline, token)
     rt = loaded()
     slot = _take_slot(rt)
     running = _Call(slot)
