@@ -386,3 +386,6 @@ def _verify(verify: str) -> str:
     if verify not in _VERIFY:
         raise ValueError(f"verify must be 'size' or 'hash', not {verify!r}")
     return verify
+
+
+from . import aio  # noqa: E402 (handoff.aio wraps the functions above)
