@@ -541,3 +541,6 @@ def _verify(verify: Any) -> str:
     if verify not in _VERIFY or not isinstance(verify, str):
         raise _usage(verify, "verify", "expected 'size' or 'hash'")
     return verify
+
+
+from . import aio  # noqa: E402 (handoff.aio wraps the functions above)

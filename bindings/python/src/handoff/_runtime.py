@@ -4,11 +4,20 @@ The component is compiled once per process (or loaded from the on-disk cache
 of compiled artifacts, when that cache can be trusted); every call then gets a fresh store and instance that
 sees only the directories it is given, each preopened at its canonical
 absolute host path so the component's messages name real paths.
+
+A call runs in an engine slot of its own (the engine's epoch is what stops a
+call, and all stores of an engine share it), so a call's deadline or
+cancellation stops that call only. A process forked from one that had
+started wasmtime runs its calls in helper processes instead (``_worker``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
+import heapq
+import itertools
 import os
 import secrets
 import stat
@@ -18,12 +27,13 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, ExportIndex, Linker, Record, Variant
 
-from ._types import ComponentError, DeadlineExceededError, error_from
+from ._types import ComponentError, DeadlineExceededError, HandoffError, error_from
 
 PROTOCOL = "handoff:protocol/protocol@0.1.0"
 DURABILITY = "handoff:protocol/durability@0.1.0"
@@ -36,8 +46,6 @@ DEFAULT_DEADLINE = 3600.0
 WAIT_MARGIN = 60.0
 #: Largest linear memory the component may grow to.
 MEMORY_LIMIT = 512 * 1024 * 1024
-#: How often the engine's epoch advances: the granularity of call deadlines.
-EPOCH_TICK = 0.05
 
 _CACHE_MAGIC = b"HOFFPY2\n"
 #: Largest cache entry read: the component's artifact is a few MB.
@@ -47,7 +55,8 @@ _warned: Set[str] = set()
 
 @dataclass
 class Loaded:
-    """The engine, the compiled component and the linker, shared by all calls."""
+    """The compiled component, loaded once per process; each call runs in an
+    engine slot made from it (see ``_Slot``)."""
 
     engine: Engine
     component: Component
@@ -58,10 +67,21 @@ class Loaded:
     cached: bool
     """Whether the compiled artifact came from the on-disk cache."""
     load_seconds: float
+    _artifact: Optional[bytes] = None
+
+    def artifact(self) -> bytes:
+        """The compiled component, serialized: what further slots load."""
+        if self._artifact is None:
+            self._artifact = bytes(self.component.serialize())
+        return self._artifact
 
 
 _lock = threading.Lock()
 _loaded: Optional[Loaded] = None
+#: The pid of the process that started wasmtime (compiled or ran the
+#: component): a process forked from it inherits this value, and with it a
+#: runtime whose threads it does not have (see ``_worker``).
+_native_pid: Optional[int] = None
 
 
 def loaded() -> Loaded:
@@ -72,6 +92,18 @@ def loaded() -> Loaded:
             if _loaded is None:
                 _loaded = _load()
     return _loaded
+
+
+def _mark_native() -> None:
+    global _native_pid
+    if _native_pid is None:
+        _native_pid = os.getpid()
+
+
+def forked() -> bool:
+    """Whether this process was forked from one that had started wasmtime,
+    so that its calls must run in helper processes."""
+    return _native_pid is not None and _native_pid != os.getpid()
 
 
 def _component_path() -> str:
@@ -123,41 +155,28 @@ def _no_writeback(store: Any, descriptor: Any) -> None:
     descriptor.drop(store)
 
 
-def _load() -> Loaded:
-    start = time.perf_counter()
-    source = _component_path()
-    try:
-        wasm = Path(source).read_bytes()
-    except OSError as e:
-        raise ComponentError(
-            f"bad component {source}: cannot read it: {e.strerror or e}", "bad-component"
-        ) from None
+def _engine() -> Engine:
     config = Config()
     config.epoch_interruption = True
-    engine = Engine(config)
-    try:
-        linker = Linker(engine)
-        linker.add_wasip2()
-        with linker.root() as root:
-            with root.add_instance(DURABILITY) as durability:
-                durability.add_func("sync-file", _unsupported)
-                durability.add_func("sync-directory", _unsupported)
-            with root.add_instance(BULK) as bulk:
-                bulk.add_func("supported", _bulk_supported)
-                bulk.add_func("hash-file", _bulk_unsupported)
-                bulk.add_func("copy-file", _bulk_unsupported)
-                bulk.add_func("start-writeback", _no_writeback)
+    return Engine(config)
 
-        # Resolve imports now, so a component of another world is reported
-        # here rather than in the middle of a call.
-        def resolve(component: Component) -> None:
-            check = Store(engine)
-            check.set_epoch_deadline(2**62)
-            linker.instantiate(check, component)
 
-        component, cached = _compile_cached(engine, wasm, "epoch", resolve)
-    except WasmtimeError as e:
-        raise ComponentError(f"bad component {source}: {e}", "bad-component") from None
+def _linker(engine: Engine) -> Linker:
+    linker = Linker(engine)
+    linker.add_wasip2()
+    with linker.root() as root:
+        with root.add_instance(DURABILITY) as durability:
+            durability.add_func("sync-file", _unsupported)
+            durability.add_func("sync-directory", _unsupported)
+        with root.add_instance(BULK) as bulk:
+            bulk.add_func("supported", _bulk_supported)
+            bulk.add_func("hash-file", _bulk_unsupported)
+            bulk.add_func("copy-file", _bulk_unsupported)
+            bulk.add_func("start-writeback", _no_writeback)
+    return linker
+
+
+def _functions(component: Component, source: str) -> Dict[str, ExportIndex]:
     protocol = component.get_export_index(PROTOCOL)
     functions = {}
     for name in FUNCTIONS:
@@ -167,14 +186,224 @@ def _load() -> Loaded:
                 f"bad component {source}: it does not export {PROTOCOL}#{name}", "bad-component"
             )
         functions[name] = index
-    threading.Thread(target=_tick, args=(engine,), name="handoff-epoch", daemon=True).start()
+    return functions
+
+
+def _load() -> Loaded:
+    _mark_native()
+    start = time.perf_counter()
+    source = _component_path()
+    try:
+        wasm = Path(source).read_bytes()
+    except OSError as e:
+        raise ComponentError(
+            f"bad component {source}: cannot read it: {e.strerror or e}", "bad-component"
+        ) from None
+    engine = _engine()
+    try:
+        linker = _linker(engine)
+
+        # Resolve imports now, so a component of another world is reported
+        # here rather than in the middle of a call.
+        def resolve(component: Component) -> None:
+            check = Store(engine)
+            check.set_epoch_deadline(1)
+            linker.instantiate(check, component)
+
+        component, cached = _compile_cached(engine, wasm, "epoch", resolve)
+    except WasmtimeError as e:
+        raise ComponentError(f"bad component {source}: {e}", "bad-component") from None
+    functions = _functions(component, source)
+    _give_back(_Slot(engine, component, linker, functions))
     return Loaded(engine, component, linker, functions, source, cached, time.perf_counter() - start)
 
 
-def _tick(engine: Engine) -> None:
-    while True:
-        time.sleep(EPOCH_TICK)
-        engine.increment_epoch()
+class _Call:
+    """One call running in a slot, and why it was stopped, if it was."""
+
+    __slots__ = ("slot", "stopped", "done")
+
+    def __init__(self, slot: "_Slot"):
+        self.slot = slot
+        self.stopped: Optional[str] = None
+        """``"deadline"`` or ``"cancelled"``, set before the epoch is bumped."""
+        self.done = False
+
+
+class _Slot:
+    """An engine of its own with the component and a linker. One call at a
+    time runs in a slot: an engine's epoch is shared by all its stores, so
+    bumping this engine's epoch interrupts that call and no other. Each
+    store's epoch deadline is one tick away, and the epoch moves only to
+    stop a call (at its deadline, or cancelled): nothing ticks while calls
+    run normally."""
+
+    def __init__(self, engine: Engine, component: Component, linker: Linker, functions: Dict[str, ExportIndex]):
+        self.engine = engine
+        self.component = component
+        self.linker = linker
+        self.functions = functions
+        self.lock = threading.Lock()
+        self.running: Optional[_Call] = None
+
+    @classmethod
+    def make(cls, rt: Loaded) -> "_Slot":
+        engine = _engine()
+        component = Component.deserialize(engine, rt.artifact())
+        return cls(engine, component, _linker(engine), _functions(component, rt.source))
+
+
+_slots_lock = threading.Lock()
+_idle_slots: List[_Slot] = []
+
+
+def _take_slot(rt: Loaded) -> _Slot:
+    with _slots_lock:
+        if _idle_slots:
+            return _idle_slots.pop()
+    return _Slot.make(rt)
+
+
+def _give_back(slot: _Slot) -> None:
+    with _slots_lock:
+        _idle_slots.append(slot)
+
+
+def _interrupt(call: _Call, why: str) -> None:
+    """Stop ``call`` at its next return to the component, if it still runs."""
+    slot = call.slot
+    with slot.lock:
+        if slot.running is call and call.stopped is None:
+            call.stopped = why
+            slot.engine.increment_epoch()
+
+
+class _Deadlines:
+    """One thread that stops each call whose deadline has passed; it sleeps
+    until the nearest deadline."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.heap: List[Tuple[float, int, _Call]] = []
+        self.count = itertools.count()
+        self.active = 0
+        self.thread: Optional[threading.Thread] = None
+
+    def add(self, when: float, call: _Call) -> None:
+        with self.cond:
+            heapq.heappush(self.heap, (when, next(self.count), call))
+            self.active += 1
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="handoff-deadlines", daemon=True)
+                self.thread.start()
+            elif self.heap[0][2] is call:
+                self.cond.notify()
+
+    def finish(self, call: _Call) -> None:
+        with self.cond:
+            call.done = True
+            self.active -= 1
+            # Finished calls stay queued until their deadline; drop them
+            # when they outnumber the running ones.
+            if len(self.heap) > 2 * self.active + 64:
+                self.heap = [e for e in self.heap if not e[2].done]
+                heapq.heapify(self.heap)
+
+    def _run(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                while self.heap and (self.heap[0][2].done or self.heap[0][0] <= now):
+                    _, _, call = heapq.heappop(self.heap)
+                    if not call.done:
+                        _interrupt(call, "deadline")
+                self.cond.wait(self.heap[0][0] - now if self.heap else None)
+
+
+_deadlines = _Deadlines()
+
+
+class Cancelled(HandoffError, concurrent.futures.CancelledError):
+    """The call was cancelled through its :class:`CancelToken` (kind
+    ``cancelled``). A write cancelled before it committed leaves at most a
+    staging directory, which ``gc`` and ``fsck --repair`` remove; a call
+    that finished before the cancellation reached it returns normally."""
+
+    exit_code = 130
+
+
+class CancelToken:
+    """Cancels the handoff calls made where it is current (``with
+    token.scope():``), from any thread. A running call stops at its next
+    return to the component (a ``wait``, within one ``poll`` interval) and
+    raises :class:`Cancelled`; a call started after :meth:`cancel` raises
+    it at once. Cancelling cannot be undone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._hooks: List[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator["CancelToken"]:
+        """Make this the token of the calls made in the ``with`` block (a
+        context variable: threads started with ``asyncio.to_thread`` or
+        ``contextvars.copy_context().run`` see it too)."""
+        reset = _token.set(self)
+        try:
+            yield self
+        finally:
+            _token.reset(reset)
+
+    def _watch(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Run ``hook`` on cancellation (now, if already cancelled); returns
+        the function that stops watching."""
+        with self._lock:
+            if not self._cancelled:
+                self._hooks.append(hook)
+
+                def unwatch() -> None:
+                    with self._lock:
+                        if hook in self._hooks:
+                            self._hooks.remove(hook)
+
+                return unwatch
+        hook()
+        return lambda: None
+
+
+_token: ContextVar[Optional[CancelToken]] = ContextVar("handoff_cancel_token", default=None)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets fresh locks and no slots: it never touches the
+    parent's engines, lock or threads (which it does not have). If the
+    parent had started wasmtime, ``forked()`` is true here and calls go to
+    helper processes."""
+    global _lock, _slots_lock, _idle_slots, _deadlines
+    _lock = threading.Lock()
+    _slots_lock = threading.Lock()
+    _idle_slots = []
+    _deadlines = _Deadlines()
+    from . import _worker
+
+    _worker.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cache_dir() -> Optional[Path]:
@@ -210,6 +439,7 @@ def _compile_cached(
     fails is neither read nor written (the component is compiled in memory,
     with a warning).
     """
+    _mark_native()
     directory = None if os.environ.get("HANDOFF_NO_CACHE") else cache_dir()
     if directory is None:
         return _compile(engine, wasm, resolve), False
@@ -356,32 +586,72 @@ def call(
 ) -> Any:
     """Call export ``name`` in a fresh instance that sees only ``preopens``
     (``(canonical path, writable)``), within ``deadline`` seconds (``None``:
-    no limit). Raises the WIT error as its ``HandoffError`` subclass and a
-    trap as ``ComponentError``, an overrun as ``DeadlineExceededError``."""
+    no limit), cancellable through the current :class:`CancelToken`. Raises
+    the WIT error as its ``HandoffError`` subclass, a trap as
+    ``ComponentError``, an overrun as ``DeadlineExceededError`` and a
+    cancellation as :class:`Cancelled`."""
+    token = _token.get()
+    if token is not None and token.cancelled:
+        raise _cancelled(name)
+    if forked():
+        from . import _worker
+
+        return _worker.call(name, preopens, args, deadline, token)
     rt = loaded()
-    store = Store(rt.engine)
-    wasi = WasiConfig()
-    wasi.inherit_stderr()  # a panicking component says why
-    for path, writable in preopens:
-        wasi.preopen_dir(path, path, writable)
-    store.set_wasi(wasi)
-    store.set_limits(memory_size=MEMORY_LIMIT)
-    ticks = 2**62 if deadline is None else max(1, int(deadline / EPOCH_TICK) + 1)
-    store.set_epoch_deadline(ticks)
+    slot = _take_slot(rt)
+    running = _Call(slot)
+    with slot.lock:
+        slot.running = running
+    unwatch: Optional[Callable[[], None]] = None
     try:
-        instance = rt.linker.instantiate(store, rt.component)
-        func = instance.get_func(store, rt.functions[name])
-        assert func is not None
-        result = func(store, *args)
-    except WasmtimeError as e:
-        text = str(e)
-        if "interrupt" in text:
-            raise DeadlineExceededError(
-                f"the {name} call ran past its deadline of {deadline:g} s and was stopped",
-                "deadline-exceeded",
-            ) from None
-        raise ComponentError(f"component trapped: {text}", "trap") from None
+        store = Store(slot.engine)
+        wasi = WasiConfig()
+        wasi.inherit_stderr()  # a panicking component says why
+        for path, writable in preopens:
+            wasi.preopen_dir(path, path, writable)
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=MEMORY_LIMIT)
+        # Armed before the call can be stopped: a stop that comes earlier
+        # is seen in `running.stopped` below, a later one bumps the epoch.
+        store.set_epoch_deadline(1)
+        if deadline is not None:
+            _deadlines.add(time.monotonic() + deadline, running)
+        if token is not None:
+            unwatch = token._watch(lambda: _interrupt(running, "cancelled"))
+        finished = False
+        if running.stopped is None:
+            try:
+                instance = slot.linker.instantiate(store, slot.component)
+                func = instance.get_func(store, slot.functions[name])
+                assert func is not None
+                result = func(store, *args)
+                finished = True
+            except WasmtimeError as e:
+                text = str(e)
+                if running.stopped is None or "interrupt" not in text:
+                    raise ComponentError(f"component trapped: {text}", "trap") from None
+        # A call stopped after its last return from the component has
+        # finished: its result stands. Otherwise it was stopped.
+        if not finished:
+            if running.stopped == "deadline":
+                raise DeadlineExceededError(
+                    f"the {name} call ran past its deadline of {deadline:g} s and was stopped",
+                    "deadline-exceeded",
+                )
+            raise _cancelled(name)
+    finally:
+        if unwatch is not None:
+            unwatch()
+        with slot.lock:
+            slot.running = None
+        if deadline is not None:
+            _deadlines.finish(running)
+        _give_back(slot)
     return _ok(result)
+
+
+def _cancelled(name: str) -> Cancelled:
+    return Cancelled(f"the {name} call was cancelled", "cancelled")
 
 
 def _ok(result: Any) -> Any:
