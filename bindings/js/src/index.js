@@ -16,6 +16,8 @@ import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { instantiate } from '../gen/handoff.js';
 import * as check from './args.js';
 import { bulk } from './bulk.js';
+import { monotonicClock } from './clock.js';
+import { random } from './random.js';
 import { durability } from './durability.js';
 import { ComponentError, HandoffError, UsageError, errorOf } from './errors.js';
 
@@ -224,6 +226,10 @@ function component() {
     imports['wasi:filesystem/preopens'] = { getDirectories: () => (current ? opened(current) : []) };
     imports['handoff:protocol/durability'] = durability;
     imports['handoff:protocol/bulk'] = bulk;
+    for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:clocks/monotonic-clock'))) {
+      imports[name] = monotonicClock(imports[name], imports['wasi:io/poll'].Pollable);
+    }
+    for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:random/random'))) imports[name] = random(imports[name]);
     try {
       ({ protocol } = instantiate(getCoreModule, imports));
     } catch (e) {
