@@ -5,9 +5,9 @@
 // jco at build time (gen/), with WASI from @bytecodealliance/preview2-shim.
 // Each call sees only the directories it needs (the root, and the source of
 // a publish), preopened at their canonical absolute paths so the
-// component's messages name real paths. Calls are synchronous and block the
-// thread (a `wait` included): run them in a worker_thread to keep an event
-// loop free.
+// component's messages name real paths. These calls are synchronous and
+// block the thread (a `wait` included); `promises` (src/promises.js) has the
+// same calls run in worker threads.
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +22,7 @@ import { durability } from './durability.js';
 import { ComponentError, HandoffError, UsageError, errorOf } from './errors.js';
 
 export * from './errors.js';
+export * as promises from './promises.js';
 
 // The protocol core's defaults (crates/handoff-core/src/types.rs), in
 // milliseconds; tests/defaults.rs checks that they match.
