@@ -146,6 +146,11 @@ export function unpin(root: Path, step: U64, holder: string, options?: { prefix?
 export function gc(root: Path, keep: U32, options?: { graceMs?: Duration; skewMs?: Duration; prefix?: string }): GcReport;
 export function fsck(root: Path, options?: { repair?: boolean; prefix?: string }): FsckEntry[];
 export function defaultWriterId(): string;
+/** A call that grows the component's linear memory past this many bytes (16 MiB) releases its
+ * instance afterwards; the next call makes a new one (~30 ms). */
+export const RELEASE_ABOVE_BYTES: number;
+/** Bytes of linear memory this thread's instance of the component holds now (0 with none). */
+export function memoryBytes(): number;
 
 /** The same calls, run in worker threads, returning Promises (also `handoff/promises`). */
 export * as promises from './promises.js';
