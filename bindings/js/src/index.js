@@ -150,12 +150,12 @@ export function ls(root, options) {
   const { prefix = DEFAULT_PREFIX } = check.options(options, ['prefix'], 'ls');
   check.string(prefix, 'prefix');
   const rootPath = dir(root, 'root');
-  return call('list', [rootPath], [rootPath, prefix]).map((s, i) => ({
-    step: num(s.step, `[${i}].step`),
+  return call('list', [rootPath], [rootPath, prefix]).map((s) => ({
+    step: num(s.step, `step of ${s.path}`),
     path: s.path,
     state: s.state,
     files: s.files,
-    bytes: num(s.bytes, `[${i}].bytes (${s.path})`),
+    bytes: num(s.bytes, `bytes of ${s.path}`),
   }));
 }
 
