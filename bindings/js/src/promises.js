@@ -26,6 +26,13 @@ function spawn() {
   const worker = new Worker(new URL('./worker.js', import.meta.url), { execArgv });
   // A worker keeps the process alive only while it runs a call.
   worker.unref();
+  // One that fails or ends between calls is dropped (and its error is not
+  // left unhandled).
+  const drop = () => {
+    const at = idle.indexOf(worker);
+    if (at >= 0) idle.splice(at, 1);
+  };
+  worker.on('error', drop).on('exit', drop);
   return worker;
 }
 
