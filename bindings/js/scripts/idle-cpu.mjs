@@ -33,9 +33,12 @@ async function measure(label, wait) {
 
 const root = mkdtempSync(join(tmpdir(), 'handoff-idle-'));
 try {
-  // Instantiate first (and start a worker): only the waiting is measured.
+  // Instantiate first (and start a worker), so that only the waiting is
+  // measured,
   handoff.ls(root);
   await handoff.promises.ls(root);
+  // and let the compilation and GC of the start settle.
+  await new Promise((resolve) => setTimeout(resolve, 2000));
   await measure('sync wait ', () => handoff.wait(root, 9, { timeoutMs: seconds * 1000 }));
   await measure('async wait', () => handoff.promises.wait(root, 9, { timeoutMs: seconds * 1000 }));
 } finally {
