@@ -4,9 +4,9 @@
 // worker: every `block()` is a synchronous round trip to that thread, which
 // then sleeps with setTimeout and, for the last 10 ms (and whenever a timer
 // fires a little early, as Node's millisecond timers do), spins on
-// setImmediate. A `wait` sleeping every 100 ms thus cost ~5 % of a core. The
-// pollables made here sleep in the calling thread itself, in Atomics.wait:
-// no worker, no spinning.
+// setImmediate: a good part of what an idle `wait`, sleeping every 100 ms,
+// cost. The pollables made here sleep in the calling thread itself, in
+// Atomics.wait: no worker, no spinning.
 import { hrtime } from 'node:process';
 
 const cabiRep = Symbol.for('cabiRep');

@@ -21,7 +21,18 @@ import { random } from './random.js';
 import { durability } from './durability.js';
 import { ComponentError, HandoffError, UsageError, errorOf } from './errors.js';
 
-export * from './errors.js';
+export {
+  ComponentError,
+  ConflictError,
+  DeadlineExceededError,
+  DurabilityError,
+  HandoffError,
+  IntegrityError,
+  InvalidInputError,
+  NotFoundError,
+  TimedOutError,
+  UsageError,
+} from './errors.js';
 export * as promises from './promises.js';
 
 // The protocol core's defaults (crates/handoff-core/src/types.rs), in

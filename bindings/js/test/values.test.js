@@ -62,3 +62,15 @@ test('a file size above 2**53 is a clear error naming it, never "Cannot mix BigI
   assert.throws(() => handoff.latest(root), named);
   assert.throws(() => handoff.ls(root), (e) => named(e) && /^bytes of \S+step_1 is \d+, above/.test(e.message));
 });
+
+test('every export is declared in the .d.ts files, and every declared value exists', async () => {
+  for (const [module, types] of [
+    ['../src/index.js', '../src/index.d.ts'],
+    ['../src/promises.js', '../src/promises.d.ts'],
+  ]) {
+    const exported = Object.keys(await import(module)).sort();
+    const text = readFileSync(new URL(types, import.meta.url), 'utf8');
+    const declared = [...text.matchAll(/^export (?:const|function|class) (\w+)|^export \* as (\w+)/gm)].map((m) => m[1] ?? m[2]);
+    assert.deepEqual([...new Set(declared)].sort(), exported, types);
+  }
+});
