@@ -27,5 +27,16 @@ const { files } = await transpile(wasm, {
   outDir,
   emitTypescriptDeclarations: true,
 });
+// jco's glue calls `_debugLog` about a thousand times per attempt of a wait,
+// and each call read process.env.JCO_DEBUG (a getenv in Node): read it once.
+// Fail the build if the glue changed, rather than lose this silently.
+const glue = 'handoff.js';
+const name = Object.keys(files).find((f) => f.endsWith(glue));
+const check = '    if (!globalThis?.process?.env?.JCO_DEBUG) { return; }\n';
+const source = new TextDecoder().decode(files[name]);
+if (!name || source.split(check).length !== 2) throw new Error(`${glue}: jco's _debugLog is not as expected; update scripts/transpile.mjs`);
+files[name] = new TextEncoder().encode(
+  source.replace('  const _debugLog = (...args) => {\n' + check, '  const JCO_DEBUG = globalThis?.process?.env?.JCO_DEBUG;\n  const _debugLog = (...args) => {\n    if (!JCO_DEBUG) { return; }\n'),
+);
 await writeFiles(files);
 console.log(`transpiled ${wasm} -> ${outDir}`);

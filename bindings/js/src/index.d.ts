@@ -1,7 +1,9 @@
-// Types of the handoff Node API (src/index.js). Steps, sizes and times are
-// numbers; a value above Number.MAX_SAFE_INTEGER comes back as a bigint.
-// Durations are milliseconds. Every function is synchronous and throws a
-// HandoffError subclass.
+// Types of the handoff Node API (src/index.js). Steps, sizes and times come
+// back as numbers, always: a value above Number.MAX_SAFE_INTEGER throws a
+// HandoffError (kind 'unsafe-integer') naming the field and value. Arguments
+// may be numbers or bigints. Durations are milliseconds. Every function here
+// is synchronous and throws a HandoffError subclass; `promises` has the same
+// calls returning Promises.
 
 /** The protocol core's defaults (crates/handoff-core/src/types.rs); durations in milliseconds. */
 export const DEFAULT_PREFIX: 'step_';
@@ -11,7 +13,15 @@ export const DEFAULT_TTL_MS: 600000;
 export const DEFAULT_GRACE_MS: 3600000;
 export const DEFAULT_SKEW_MS: 120000;
 
+/** An integer in 0..=2**64-1, as a number (an integer) or a bigint. */
 export type U64 = number | bigint;
+/** An integer in 1..=2**32-1, as a number or a bigint. */
+export type U32 = number | bigint;
+/** Milliseconds, a non-negative number (a fraction rounds up) or bigint; 2**64 and above, and
+ * Infinity, saturate to 2**64-1 ms: no limit. */
+export type Duration = number | bigint;
+/** A directory: a non-empty path, or a file: URL. */
+export type Path = string | URL;
 export type Verify = 'size' | 'hash';
 
 export interface FileEntry {
@@ -97,47 +107,55 @@ export interface WriteOptions {
   /** Recorded in the manifest; default now. Same input + same values = same manifest bytes. */
   createdMs?: U64;
   prefix?: string;
-  /** Run gc afterwards, keeping the newest `keep` steps. */
-  keep?: number;
+  /** Run gc afterwards, keeping the newest `keep` steps; checked before anything is written. */
+  keep?: U32;
   /** The run to write for, from `begin`; default 0. */
   run?: U64;
 }
 
 export interface WaitOptions {
   /** Default: wait forever. */
-  timeoutMs?: number;
+  timeoutMs?: Duration;
   /** Default 'size'. */
   verify?: Verify;
   /** Default `DEFAULT_SETTLE_MS`. */
-  settleMs?: number;
+  settleMs?: Duration;
   /** Default `DEFAULT_POLL_MS`. */
-  pollMs?: number;
+  pollMs?: Duration;
   /** Pin the version for this holder before returning it. The holder's other pins stay: unpin the
    * version served before once switched over to this one. */
   pin?: string;
   /** Default `DEFAULT_TTL_MS`. */
-  ttlMs?: number;
+  ttlMs?: Duration;
   prefix?: string;
 }
 
-export type WaitTarget = { step: U64 } | { latest: true } | { after: U64 };
+export type WaitTarget = { step: U64; latest?: false; after?: undefined } | { latest: true; step?: undefined; after?: undefined } | { after: U64; step?: undefined; latest?: false };
 
-export function publish(root: string, step: U64, source: string, options?: WriteOptions): PublishReport;
-export function seal(root: string, step: U64, options?: WriteOptions): PublishReport;
-export function begin(root: string, options?: { prefix?: string }): number;
-export function wait(root: string, step: U64, options?: WaitOptions): Version;
-export function wait(root: string, options: WaitTarget & WaitOptions): Version;
-export function latest(root: string, options?: { verify?: Verify; prefix?: string }): Version | null;
-export function ls(root: string, options?: { prefix?: string }): StepInfo[];
+export function publish(root: Path, step: U64, source: Path, options?: WriteOptions): PublishReport;
+export function seal(root: Path, step: U64, options?: WriteOptions): PublishReport;
+export function begin(root: Path, options?: { prefix?: string }): number;
+export function wait(root: Path, step: U64, options?: WaitOptions): Version;
+export function wait(root: Path, options: WaitTarget & WaitOptions): Version;
+export function latest(root: Path, options?: { verify?: Verify; prefix?: string }): Version | null;
+export function ls(root: Path, options?: { prefix?: string }): StepInfo[];
 /** `ttlMs` defaults to `DEFAULT_TTL_MS`. */
-export function pin(root: string, step: U64, holder: string, options?: { ttlMs?: number; prefix?: string }): PinInfo;
-export function unpin(root: string, step: U64, holder: string, options?: { prefix?: string }): void;
+export function pin(root: Path, step: U64, holder: string, options?: { ttlMs?: Duration; prefix?: string }): PinInfo;
+export function unpin(root: Path, step: U64, holder: string, options?: { prefix?: string }): void;
 /** `graceMs` defaults to `DEFAULT_GRACE_MS`, `skewMs` to `DEFAULT_SKEW_MS`. */
-export function gc(root: string, keep: number, options?: { graceMs?: number; skewMs?: number; prefix?: string }): GcReport;
-export function fsck(root: string, options?: { repair?: boolean; prefix?: string }): FsckEntry[];
+export function gc(root: Path, keep: U32, options?: { graceMs?: Duration; skewMs?: Duration; prefix?: string }): GcReport;
+export function fsck(root: Path, options?: { repair?: boolean; prefix?: string }): FsckEntry[];
 export function defaultWriterId(): string;
+/** A call that grows the component's linear memory past this many bytes (16 MiB) releases its
+ * instance afterwards; the next call makes a new one (~30 ms). */
+export const RELEASE_ABOVE_BYTES: number;
+/** Bytes of linear memory this thread's instance of the component holds now (0 with none). */
+export function memoryBytes(): number;
 
-/** The WIT `error-kind`, or where a failure outside the component came from. */
+/** The same calls, run in worker threads, returning Promises (also `handoff/promises`). */
+export * as promises from './promises.js';
+
+/** The CLI's error kinds (`handoff --json`): the WIT `error-kind`, or a failure found outside the protocol. */
 export type ErrorKind =
   | 'timed-out'
   | 'integrity'
@@ -146,14 +164,20 @@ export type ErrorKind =
   | 'invalid-input'
   | 'durability'
   | 'io'
-  | 'root'
-  | 'source'
-  | 'component';
+  /** An argument of the wrong type or out of range, a missing or conflicting target, a stray argument (exit 2). */
+  | 'usage'
+  /** The call was stopped at its `deadlineMs` (exit 3). */
+  | 'deadline-exceeded'
+  /** The component trapped. */
+  | 'trap'
+  /** The component could not be loaded. */
+  | 'bad-component'
+  /** A result above Number.MAX_SAFE_INTEGER, which a number cannot hold exactly. */
+  | 'unsafe-integer';
 
 /** Any handoff failure; `exitCode` is the CLI's code for the same failure. */
 export class HandoffError extends Error {
   constructor(message: string, kind?: ErrorKind, options?: ErrorOptions & { path?: string | null; retryable?: boolean });
-  /** The WIT error kind, or 'root', 'source', 'component'. */
   kind: ErrorKind;
   exitCode: number;
   /** The file or directory concerned, where there is one. */
@@ -174,4 +198,11 @@ export class ConflictError extends HandoffError {}
 export class NotFoundError extends HandoffError {}
 export class InvalidInputError extends HandoffError {}
 export class DurabilityError extends HandoffError {}
+/** kind 'trap' or 'bad-component'. */
 export class ComponentError extends HandoffError {}
+/** kind 'usage', exitCode 2: thrown before the component runs, so nothing was written. */
+export class UsageError extends HandoffError {}
+/** kind 'deadline-exceeded', exitCode 3, code 'ETIMEDOUT': the async call's `deadlineMs` passed. */
+export class DeadlineExceededError extends HandoffError {
+  code: 'ETIMEDOUT';
+}

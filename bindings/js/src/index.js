@@ -5,16 +5,35 @@
 // jco at build time (gen/), with WASI from @bytecodealliance/preview2-shim.
 // Each call sees only the directories it needs (the root, and the source of
 // a publish), preopened at their canonical absolute paths so the
-// component's messages name real paths. Calls are synchronous and block the
-// thread (a `wait` included): run them in a worker_thread to keep an event
-// loop free.
+// component's messages name real paths. These calls are synchronous and
+// block the thread (a `wait` included); `promises` (src/promises.js) has the
+// same calls run in worker threads.
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { instantiate } from '../gen/handoff.js';
+import * as check from './args.js';
 import { bulk } from './bulk.js';
+import { monotonicClock } from './clock.js';
+import { random } from './random.js';
 import { durability } from './durability.js';
+import { ComponentError, HandoffError, UsageError, errorOf } from './errors.js';
+
+export {
+  ComponentError,
+  ConflictError,
+  DeadlineExceededError,
+  DurabilityError,
+  HandoffError,
+  IntegrityError,
+  InvalidInputError,
+  NotFoundError,
+  TimedOutError,
+  UsageError,
+} from './errors.js';
+export * as promises from './promises.js';
 
 // The protocol core's defaults (crates/handoff-core/src/types.rs), in
 // milliseconds; tests/defaults.rs checks that they match.
@@ -31,66 +50,13 @@ export const DEFAULT_GRACE_MS = 3_600_000;
 /** The clock-skew allowance `gc` adds to a pin's expiry. */
 export const DEFAULT_SKEW_MS = 120_000;
 
-/**
- * Any handoff failure. `kind` is the WIT `error-kind` (or `root`, `source`,
- * `component` for failures found outside the component); `exitCode` is the
- * CLI's exit code for the same failure; `path` is the file or directory
- * concerned, or null; `retryable` says whether the same call may succeed
- * later with nothing changed. `options` is Error's (`cause`) plus `path` and
- * `retryable`.
- */
-export class HandoffError extends Error {
-  exitCode = 1;
-  constructor(message, kind = 'io', options = {}) {
-    super(message, options);
-    this.name = new.target.name;
-    this.kind = kind;
-    this.path = options.path ?? null;
-    this.retryable = options.retryable ?? false;
-  }
-}
-/** The deadline passed and the step was never committed (CLI exit 3). */
-export class TimedOutError extends HandoffError {
-  name = 'TimeoutError';
-  exitCode = 3;
-  code = 'ETIMEDOUT';
-}
-/** Committed, but a file is missing, short, differs from its hash, or the
- * manifest is unsafe; retried for `settleMs` first (CLI exit 4). */
-export class IntegrityError extends HandoffError {
-  exitCode = 4;
-}
-/** The step is already published, or another writer is at it; what is there is intact (CLI exit 5). */
-export class ConflictError extends HandoffError {
-  exitCode = 5;
-}
-/** A step, pin or path the call names does not exist. */
-export class NotFoundError extends HandoffError {}
-/** The arguments are invalid (a bad prefix, holder, source entry). */
-export class InvalidInputError extends HandoffError {}
-/** A flush failed; nothing was announced. Do not retry the same publish. */
-export class DurabilityError extends HandoffError {}
-/** The component could not be loaded, or trapped. */
-export class ComponentError extends HandoffError {
-  constructor(message, kind = 'component', options = {}) {
-    super(message, kind, options);
-  }
-}
-
-const BY_KIND = {
-  'timed-out': TimedOutError,
-  integrity: IntegrityError,
-  conflict: ConflictError,
-  'not-found': NotFoundError,
-  'invalid-input': InvalidInputError,
-  durability: DurabilityError,
-  io: HandoffError,
-};
-
 /** `<hostname>:<pid>`, the CLI's default writer id. */
 export function defaultWriterId() {
   return `${hostname() || 'localhost'}:${process.pid}`;
 }
+
+const WRITE_OPTIONS = ['writer', 'createdMs', 'prefix', 'keep', 'run'];
+const WAIT_OPTIONS = ['step', 'latest', 'after', 'timeoutMs', 'verify', 'settleMs', 'pollMs', 'pin', 'ttlMs', 'prefix'];
 
 /**
  * Copy the payload under `source` into `<root>/.handoff/staging/`, seal it
@@ -99,13 +65,15 @@ export function defaultWriterId() {
  * versions are untouched. A step that already exists throws ConflictError
  * and is left as it is. With `keep`, gc runs afterwards.
  */
-export function publish(root, step, source, { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = {}) {
+export function publish(root, step, source, options) {
+  check.noStray([...arguments], 4, 'publish(root, step, source, options)');
+  const w = writeArgs(step, options, 'publish');
   const rootPath = dir(root, 'root');
   const sourcePath = dir(source, 'source');
   const overlapping = overlap(rootPath, sourcePath);
-  if (overlapping) throw new HandoffError(`source ${source}: ${overlapping}`, 'source', { path: sourcePath });
-  const report = call('publish', [rootPath, sourcePath], [rootPath, u64(step, 'step'), sourcePath, writeOptions(writer, createdMs, prefix, run)]);
-  return afterWrite(rootPath, report, prefix, keep, 'published');
+  if (overlapping) throw errorOf('invalid-input', `source ${source}: ${overlapping}`, { path: sourcePath });
+  const report = call('publish', [rootPath, sourcePath], [rootPath, w.step, sourcePath, w.options]);
+  return afterWrite(rootPath, report, w, 'published');
 }
 
 /**
@@ -114,10 +82,12 @@ export function publish(root, step, source, { writer, createdMs, prefix = DEFAUL
  * keep working), flush the step directory and the root. Durable once this
  * returns; a step that already has `STABLE` throws ConflictError.
  */
-export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = {}) {
+export function seal(root, step, options) {
+  check.noStray([...arguments], 3, 'seal(root, step, options)');
+  const w = writeArgs(step, options, 'seal');
   const rootPath = dir(root, 'root');
-  const report = call('seal', [rootPath], [rootPath, u64(step, 'step'), writeOptions(writer, createdMs, prefix, run)]);
-  return afterWrite(rootPath, report, prefix, keep, 'sealed');
+  const report = call('seal', [rootPath], [rootPath, w.step, w.options]);
+  return afterWrite(rootPath, report, w, 'sealed');
 }
 
 /**
@@ -127,9 +97,12 @@ export function seal(root, step, { writer, createdMs, prefix = DEFAULT_PREFIX, k
  * on (ConflictError, "superseded"), and step n of the run is the step
  * numbered run * 10**12 + n, after every step of older runs.
  */
-export function begin(root, { prefix = DEFAULT_PREFIX } = {}) {
+export function begin(root, options) {
+  check.noStray([...arguments], 2, 'begin(root, options)');
+  const { prefix = DEFAULT_PREFIX } = check.options(options, ['prefix'], 'begin');
+  check.string(prefix, 'prefix');
   const rootPath = dir(root, 'root');
-  return num(call('begin', [rootPath], [rootPath, prefix]));
+  return num(call('begin', [rootPath], [rootPath, prefix]), 'run');
 }
 
 /**
@@ -143,41 +116,57 @@ export function begin(root, { prefix = DEFAULT_PREFIX } = {}) {
  * stay. A reader serving an earlier version hands over: it switches to the
  * new one, then unpins the old one.
  */
-export function wait(root, stepOrOptions, options = {}) {
-  const opts = typeof stepOrOptions === 'object' && stepOrOptions !== null ? stepOrOptions : { ...options, step: stepOrOptions };
+export function wait(root, stepOrOptions, options) {
+  let opts;
+  if (typeof stepOrOptions === 'object' && stepOrOptions !== null) {
+    // wait(root, { latest: true, ... }): the options are all in one object.
+    check.noStray([...arguments], 2, 'wait(root, { step | latest | after, ...options })');
+    opts = check.options(stepOrOptions, WAIT_OPTIONS, 'wait');
+  } else {
+    check.noStray([...arguments], 3, 'wait(root, step, options)');
+    opts = check.options(options, WAIT_OPTIONS.filter((o) => !['step', 'latest', 'after'].includes(o)), 'wait(root, step, options)');
+    opts = { ...opts, step: stepOrOptions };
+  }
   const { step, latest = false, after, timeoutMs, verify = 'size', settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, pin, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
-  const chosen = [step !== undefined, latest === true, after !== undefined].filter(Boolean).length;
-  if (chosen !== 1) throw new TypeError('give exactly one of step, latest: true or after');
+  check.bool(latest, 'latest');
+  const chosen = [step !== undefined, latest, after !== undefined].filter(Boolean).length;
+  if (chosen !== 1) throw new UsageError('give exactly one of step, latest: true or after');
   const target =
-    step !== undefined ? { tag: 'step', val: u64(step, 'step') } : latest ? { tag: 'latest' } : { tag: 'after', val: u64(after, 'after') };
+    step !== undefined ? { tag: 'step', val: check.u64(step, 'step') } : latest ? { tag: 'latest' } : { tag: 'after', val: check.u64(after, 'after') };
   const waitOptions = {
-    prefix,
-    verify: checkVerify(verify),
-    timeoutMs: timeoutMs === undefined || timeoutMs === null ? undefined : ms(timeoutMs, 'timeoutMs'),
-    settleMs: ms(settleMs, 'settleMs'),
-    pollMs: ms(pollMs, 'pollMs'),
-    pin: pin === undefined || pin === null ? undefined : { holder: pin, ttlMs: ms(ttlMs, 'ttlMs') },
+    prefix: check.string(prefix, 'prefix'),
+    verify: check.verify(verify),
+    timeoutMs: check.optionalMs(timeoutMs, 'timeoutMs'),
+    settleMs: check.ms(settleMs, 'settleMs'),
+    pollMs: check.ms(pollMs, 'pollMs'),
+    pin: pin === undefined || pin === null ? undefined : { holder: check.string(pin, 'pin'), ttlMs: check.ms(ttlMs, 'ttlMs') },
   };
   const rootPath = dir(root, 'root');
   return version(call('wait', [rootPath], [rootPath, target, waitOptions]));
 }
 
 /** The highest committed step that validates, in one attempt, or null. */
-export function latest(root, { verify = 'size', prefix = DEFAULT_PREFIX } = {}) {
+export function latest(root, options) {
+  check.noStray([...arguments], 2, 'latest(root, options)');
+  const { verify = 'size', prefix = DEFAULT_PREFIX } = check.options(options, ['verify', 'prefix'], 'latest');
+  const args = [check.string(prefix, 'prefix'), check.verify(verify)];
   const rootPath = dir(root, 'root');
-  const found = call('latest', [rootPath], [rootPath, prefix, checkVerify(verify)]);
+  const found = call('latest', [rootPath], [rootPath, ...args]);
   return found === undefined ? null : version(found);
 }
 
 /** Every step directory under `root`, in step order, with its state. */
-export function ls(root, { prefix = DEFAULT_PREFIX } = {}) {
+export function ls(root, options) {
+  check.noStray([...arguments], 2, 'ls(root, options)');
+  const { prefix = DEFAULT_PREFIX } = check.options(options, ['prefix'], 'ls');
+  check.string(prefix, 'prefix');
   const rootPath = dir(root, 'root');
   return call('list', [rootPath], [rootPath, prefix]).map((s) => ({
-    step: num(s.step),
+    step: num(s.step, `step of ${s.path}`),
     path: s.path,
     state: s.state,
     files: s.files,
-    bytes: num(s.bytes),
+    bytes: num(s.bytes, `bytes of ${s.path}`),
   }));
 }
 
@@ -185,16 +174,24 @@ export function ls(root, { prefix = DEFAULT_PREFIX } = {}) {
  * clock); pinning again renews the pin, so a reader that loads for longer
  * than `ttlMs` pins again before it runs out. A step that is not committed,
  * or that gc has claimed for removal, throws NotFoundError. */
-export function pin(root, step, holder, { ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = {}) {
+export function pin(root, step, holder, options) {
+  check.noStray([...arguments], 4, 'pin(root, step, holder, options)');
+  const { ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = check.options(options, ['ttlMs', 'prefix'], 'pin');
+  const args = [check.string(prefix, 'prefix'), check.u64(step, 'step'), check.string(holder, 'holder'), check.ms(ttlMs, 'ttlMs')];
   const rootPath = dir(root, 'root');
-  const info = call('pin', [rootPath], [rootPath, prefix, u64(step, 'step'), holder, ms(ttlMs, 'ttlMs')]);
-  return { step: num(info.step), holder: info.holder, expiresMs: num(info.expiresMs) };
+  const info = call('pin', [rootPath], [rootPath, ...args]);
+  // A ttl near 2**64 ms saturates to an expiry no number holds: never, in practice.
+  const expiresMs = info.expiresMs > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(info.expiresMs);
+  return { step: num(info.step, 'step'), holder: info.holder, expiresMs };
 }
 
 /** Release `holder`'s pin on `step`; a missing pin throws NotFoundError. */
-export function unpin(root, step, holder, { prefix = DEFAULT_PREFIX } = {}) {
+export function unpin(root, step, holder, options) {
+  check.noStray([...arguments], 4, 'unpin(root, step, holder, options)');
+  const { prefix = DEFAULT_PREFIX } = check.options(options, ['prefix'], 'unpin');
+  const args = [check.string(prefix, 'prefix'), check.u64(step, 'step'), check.string(holder, 'holder')];
   const rootPath = dir(root, 'root');
-  call('unpin', [rootPath], [rootPath, prefix, u64(step, 'step'), holder]);
+  call('unpin', [rootPath], [rootPath, ...args]);
 }
 
 /** Remove committed steps beyond the newest `keep` (at least 1) that no
@@ -202,26 +199,22 @@ export function unpin(root, step, holder, { prefix = DEFAULT_PREFIX } = {}) {
  * for longer than `graceMs`. A pin counts until its expiry plus `skewMs`.
  * What it cannot remove is in `failed`, each with why, and gc goes on with
  * the rest; only a failure that stops the whole run throws. */
-export function gc(root, keep, { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SKEW_MS, prefix = DEFAULT_PREFIX } = {}) {
-  if (!Number.isInteger(keep) || keep < 1 || keep > 0xffffffff) throw new RangeError(`keep must be an integer of at least 1, not ${keep}`);
-  const rootPath = dir(root, 'root');
-  const r = call('gc', [rootPath], [rootPath, { prefix, keep, graceMs: ms(graceMs, 'graceMs'), skewMs: ms(skewMs, 'skewMs') }]);
-  return {
-    removed: [...r.removed].map(num),
-    kept: [...r.kept].map(num),
-    pinned: [...r.pinned].map(num),
-    stagingRemoved: r.stagingRemoved,
-    invalid: [...r.invalid].map(num),
-    failed: r.failed.map((f) => ({ name: f.name, error: errorFrom(f.error) })),
-  };
+export function gc(root, keep, options) {
+  check.noStray([...arguments], 3, 'gc(root, keep, options)');
+  const { graceMs = DEFAULT_GRACE_MS, skewMs = DEFAULT_SKEW_MS, prefix = DEFAULT_PREFIX } = check.options(options, ['graceMs', 'skewMs', 'prefix'], 'gc');
+  const gcOptions = { prefix: check.string(prefix, 'prefix'), keep: check.keep(keep), graceMs: check.ms(graceMs, 'graceMs'), skewMs: check.ms(skewMs, 'skewMs') };
+  return runGc(dir(root, 'root'), gcOptions);
 }
 
 /** Classify every entry under `root`; with `repair`, finish or undo what a
  * crash left (idempotent). Removes a step only if it is broken, seen twice
  * 30 s apart, untouched for an hour and not pinned. */
-export function fsck(root, { repair = false, prefix = DEFAULT_PREFIX } = {}) {
+export function fsck(root, options) {
+  check.noStray([...arguments], 2, 'fsck(root, options)');
+  const { repair = false, prefix = DEFAULT_PREFIX } = check.options(options, ['repair', 'prefix'], 'fsck');
+  const args = [check.string(prefix, 'prefix'), check.bool(repair, 'repair')];
   const rootPath = dir(root, 'root');
-  return call('fsck', [rootPath], [rootPath, prefix, Boolean(repair)]).map((e) => ({
+  return call('fsck', [rootPath], [rootPath, ...args]).map((e) => ({
     name: e.name,
     state: e.state,
     detail: e.detail ?? null,
@@ -239,6 +232,21 @@ export function fsck(root, { repair = false, prefix = DEFAULT_PREFIX } = {}) {
  */
 let protocol = null;
 let current = null;
+/** The linear memories of the current instance. */
+let memories = [];
+/** The compiled core modules, kept across instances. */
+const modules = new Map();
+
+/**
+ * A call that grew the component's linear memory past this is the last one
+ * of its instance. Wasm memory never shrinks, so an instance that once read
+ * a 15 MiB manifest would hold ~75 MB for the rest of the process. Everyday
+ * calls (a manifest of a few hundred files) stay at ~2 MiB; 16 MiB leaves
+ * room for manifests of tens of thousands of files, while a new instance
+ * (from the compiled modules kept in `modules`) costs ~30 ms, well below the
+ * ~250 ms of a call that handles a manifest big enough to pass it.
+ */
+export const RELEASE_ABOVE_BYTES = 16 * 2 ** 20;
 
 function component() {
   if (!protocol) {
@@ -246,18 +254,40 @@ function component() {
     imports['wasi:filesystem/preopens'] = { getDirectories: () => (current ? opened(current) : []) };
     imports['handoff:protocol/durability'] = durability;
     imports['handoff:protocol/bulk'] = bulk;
-    try {
-      ({ protocol } = instantiate(getCoreModule, imports));
-    } catch (e) {
-      throw new ComponentError(`bad component: ${e?.message ?? e}`, 'component', { cause: e });
+    for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:clocks/monotonic-clock'))) {
+      imports[name] = monotonicClock(imports[name], imports['wasi:io/poll'].Pollable);
     }
+    for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:random/random'))) imports[name] = random(imports[name]);
+    const found = [];
+    try {
+      ({ protocol } = instantiate(getCoreModule, imports, (module, importObject) => {
+        const instance = new WebAssembly.Instance(module, importObject);
+        for (const value of Object.values(instance.exports)) if (value instanceof WebAssembly.Memory) found.push(value);
+        return instance;
+      }));
+    } catch (e) {
+      throw new ComponentError(`bad component: ${e?.message ?? e}`, 'bad-component', { cause: e });
+    }
+    memories = found;
   }
   return protocol;
 }
 
-/** Compile each core module of the transpiled component. */
+/** Drop the instance (and with it, once collected, its memory); the next call makes another. */
+function release() {
+  protocol = null;
+  memories = [];
+}
+
+/** Bytes of linear memory the current instance holds (0 with none). */
+export function memoryBytes() {
+  return protocol ? memories.reduce((sum, m) => sum + m.buffer.byteLength, 0) : 0;
+}
+
+/** Compile each core module of the transpiled component, once. */
 function getCoreModule(name) {
-  return new WebAssembly.Module(readFileSync(new URL(`../gen/${name}`, import.meta.url)));
+  if (!modules.has(name)) modules.set(name, new WebAssembly.Module(readFileSync(new URL(`../gen/${name}`, import.meta.url))));
+  return modules.get(name);
 }
 
 /**
@@ -272,7 +302,7 @@ function opened(preopens) {
 
 /** The HandoffError subclass for the WIT `error` record. */
 function errorFrom(err) {
-  return new (BY_KIND[err.kind] ?? HandoffError)(err.message, err.kind, { path: err.path ?? null, retryable: err.retryable });
+  return errorOf(err.kind, err.message, { path: err.path ?? null, retryable: err.retryable });
 }
 
 /** Call export `name`, with only `dirs` preopened (guest path = host path). */
@@ -289,60 +319,91 @@ function call(name, dirs, args) {
     if (err && typeof err.kind === 'string' && typeof err.message === 'string' && typeof err.retryable === 'boolean') {
       throw errorFrom(err);
     }
-    protocol = null; // a trapped instance cannot be used again
-    throw new ComponentError(`component trapped: ${e?.message ?? e}`, 'component', { cause: e });
+    release(); // a trapped instance cannot be used again
+    throw new ComponentError(`component trapped: ${e?.message ?? e}`, 'trap', { cause: e });
   } finally {
     current = null;
+    if (memoryBytes() > RELEASE_ABOVE_BYTES) release();
   }
 }
 
 // --- values --------------------------------------------------------------
 
-function afterWrite(rootPath, report, prefix, keep, verb) {
+/** The step and write options of publish or seal, all checked before anything is written. */
+function writeArgs(step, options, call) {
+  const { writer, createdMs, prefix = DEFAULT_PREFIX, keep, run = 0 } = check.options(options, WRITE_OPTIONS, call);
+  const w = {
+    step: check.u64(step, 'step'),
+    options: {
+      prefix: check.string(prefix, 'prefix'),
+      writer: writer === undefined || writer === null ? defaultWriterId() : check.string(writer, 'writer'),
+      createdMs: createdMs === undefined || createdMs === null ? undefined : check.u64(createdMs, 'createdMs'),
+      run: check.u64(run, 'run'),
+    },
+    keep: keep === undefined || keep === null ? null : check.keep(keep),
+  };
+  // The report gives the step and time as numbers: one that a number cannot
+  // hold would fail after the write, so refuse it first.
+  const { run: r, createdMs: created } = w.options;
+  const numbered = r === 0n ? w.step : r * 1_000_000_000_000n + w.step;
+  if (numbered <= check.U64_MAX) unsafe(numbered, r === 0n ? 'step' : `step (${w.step} of run ${r})`, ': nothing was written');
+  if (created !== undefined) unsafe(created, 'createdMs', ': nothing was written');
+  return w;
+}
+
+function afterWrite(rootPath, report, w, verb) {
   const v = version(report.version);
   let gcReport = null;
-  if (keep !== undefined && keep !== null) {
+  if (w.keep !== null) {
     try {
-      gcReport = gc(rootPath, keep, { prefix });
+      gcReport = runGc(rootPath, { prefix: w.options.prefix, keep: w.keep, graceMs: BigInt(DEFAULT_GRACE_MS), skewMs: BigInt(DEFAULT_SKEW_MS) });
     } catch (e) {
       if (!(e instanceof HandoffError)) throw e;
       throw new e.constructor(`step ${v.step} was ${verb}, but the gc after it failed: ${e.message}`, e.kind, { cause: e, path: e.path, retryable: e.retryable });
     }
   }
-  return { version: v, fsyncs: num(report.fsyncs), warnings: report.warnings, gc: gcReport };
+  return { version: v, fsyncs: num(report.fsyncs, 'fsyncs'), warnings: report.warnings, gc: gcReport };
 }
 
-function version(v) {
-  const files = v.files.map((f) => ({ path: f.path, size: num(f.size), blake3: f.blake3 }));
+function runGc(rootPath, gcOptions) {
+  const r = call('gc', [rootPath], [rootPath, gcOptions]);
+  const steps = (list, field) => [...list].map((s, i) => num(s, `${field}[${i}]`));
   return {
-    step: num(v.step),
-    run: num(v.run),
-    path: v.path,
-    writer: v.writer,
-    createdMs: num(v.createdMs),
-    files,
-    bytes: files.reduce((sum, f) => sum + f.size, 0),
+    removed: steps(r.removed, 'removed'),
+    kept: steps(r.kept, 'kept'),
+    pinned: steps(r.pinned, 'pinned'),
+    stagingRemoved: r.stagingRemoved,
+    invalid: steps(r.invalid, 'invalid'),
+    failed: r.failed.map((f) => ({ name: f.name, error: errorFrom(f.error) })),
   };
 }
 
-function writeOptions(writer, createdMs, prefix, run) {
+function version(v) {
+  const files = v.files.map((f) => ({ path: f.path, size: num(f.size, `size of ${f.path} in ${v.path}`), blake3: f.blake3 }));
+  // Summed as bigints: the total of sizes that are each safe may not be.
+  const bytes = v.files.reduce((sum, f) => sum + BigInt(f.size), 0n);
   return {
-    prefix,
-    writer: writer ?? defaultWriterId(),
-    createdMs: createdMs === undefined || createdMs === null ? undefined : u64(createdMs, 'createdMs'),
-    run: u64(run, 'run'),
+    step: num(v.step, `step of ${v.path}`),
+    run: num(v.run, `run of ${v.path}`),
+    path: v.path,
+    writer: v.writer,
+    createdMs: num(v.createdMs, `createdMs of ${v.path}`),
+    files,
+    bytes: num(bytes, `bytes of ${v.path}`),
   };
 }
 
 /** The canonical absolute path of an existing directory. */
 function dir(path, what) {
+  const given = check.path(path, what);
+  const shown = given instanceof URL ? fileURLToPath(given) : given;
   let canonical;
   try {
-    canonical = realpathSync(String(path));
+    canonical = realpathSync(given);
   } catch (e) {
-    throw new HandoffError(`${what} ${path}: ${reason(e)}`, what, { path: String(path) });
+    throw errorOf(e?.code === 'ENOENT' ? 'not-found' : e?.code === 'ENOTDIR' ? 'invalid-input' : 'io', `${what} ${shown}: ${reason(e)}`, { path: shown });
   }
-  if (!statSync(canonical).isDirectory()) throw new HandoffError(`${what} ${path}: not a directory`, what, { path: canonical });
+  if (!statSync(canonical).isDirectory()) throw errorOf('invalid-input', `${what} ${shown}: not a directory`, { path: canonical });
   return canonical;
 }
 
@@ -379,27 +440,21 @@ function reason(e) {
   return known[e?.code] ?? e?.message ?? String(e);
 }
 
-/** A u64 argument as the bigint jco expects. */
-function u64(value, name) {
-  const ok = (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) || (typeof value === 'bigint' && value >= 0n && value < 2n ** 64n);
-  if (!ok) throw new RangeError(`${name} must be an integer from 0 to 2**64-1, not ${value}`);
-  return BigInt(value);
+/**
+ * A u64 result as a number. Steps, sizes and times are numbers in this API;
+ * one above Number.MAX_SAFE_INTEGER (2**53 - 1) cannot be one exactly, and
+ * throws rather than come back rounded or as a bigint.
+ */
+function num(value, field) {
+  unsafe(value, field);
+  return Number(value);
 }
 
-/** A duration in milliseconds as the WIT's u64. */
-function ms(value, name) {
-  if (typeof value === 'bigint' && value >= 0n) return value;
-  if (value === Infinity) return 2n ** 64n - 1n;
-  if (typeof value !== 'number' || !(value >= 0)) throw new RangeError(`${name} must be a non-negative number of milliseconds, not ${value}`);
-  return BigInt(Math.ceil(value));
-}
-
-/** A u64 result as a number; a bigint only above Number.MAX_SAFE_INTEGER. */
-function num(value) {
-  return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
-}
-
-function checkVerify(verify) {
-  if (verify !== 'size' && verify !== 'hash') throw new RangeError(`verify must be 'size' or 'hash', not ${verify}`);
-  return verify;
+function unsafe(value, field, more = '') {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw errorOf(
+      'unsafe-integer',
+      `${field} is ${value}, above Number.MAX_SAFE_INTEGER (2**53 - 1): this package gives steps, sizes and times as numbers, and a number cannot hold it exactly${more}`,
+    );
+  }
 }

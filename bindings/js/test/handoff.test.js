@@ -83,7 +83,7 @@ test('a source that is, is inside or holds the root is refused before anything i
   ]) {
     assert.throws(
       () => handoff.publish(root, 2, source),
-      (e) => e instanceof handoff.HandoffError && e.kind === 'source' && needle.test(e.message) && e.message.includes(source),
+      (e) => e instanceof handoff.InvalidInputError && e.kind === 'invalid-input' && needle.test(e.message) && e.message.includes(source),
     );
   }
   assert.deepEqual(readdirSync(root), ['incoming']);
@@ -264,13 +264,13 @@ test('errors: missing step, bad holder, missing root, bad arguments', () => {
   assert.throws(
     () => handoff.ls(missing),
     (e) =>
-      e instanceof handoff.HandoffError && e.message.startsWith(`root ${missing}: `) && e.exitCode === 1 && e.kind === 'root' && e.path === missing && e.retryable === false,
+      e instanceof handoff.NotFoundError && e.message.startsWith(`root ${missing}: `) && e.exitCode === 1 && e.kind === 'not-found' && e.path === missing && e.retryable === false,
   );
-  assert.throws(() => handoff.wait(root, {}), TypeError);
-  assert.throws(() => handoff.wait(root, { step: 1, latest: true }), TypeError);
-  assert.throws(() => handoff.wait(root, 1, { verify: 'sha1' }), RangeError);
-  assert.throws(() => handoff.gc(root, 0), RangeError);
-  assert.throws(() => handoff.publish(root, -1, src), RangeError);
+  assert.throws(() => handoff.wait(root, {}), handoff.UsageError);
+  assert.throws(() => handoff.wait(root, { step: 1, latest: true }), handoff.UsageError);
+  assert.throws(() => handoff.wait(root, 1, { verify: 'sha1' }), handoff.UsageError);
+  assert.throws(() => handoff.gc(root, 0), handoff.UsageError);
+  assert.throws(() => handoff.publish(root, -1, src), handoff.UsageError);
 });
 
 test('a missing manifest is a retryable integrity error naming it', () => {
