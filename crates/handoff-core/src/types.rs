@@ -193,7 +193,8 @@ pub struct FetchReport {
     pub copied: bool,
     /// Payload bytes copied (and hashed).
     pub bytes_copied: u64,
-    /// Flushes made in the local root.
+    /// Flushes made in the local root (a host that makes them counts
+    /// every one it made, the pin's on the shared root included).
     pub fsyncs: u64,
     /// Their total time in milliseconds, as the host measured it (0 where
     /// nobody timed them).
