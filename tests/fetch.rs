@@ -258,3 +258,25 @@ fn watch_to_fetches_each_new_step() {
     assert!(!to.join("step_1").exists());
     assert!(env.pin_holders(1).is_empty() && env.pin_holders(2).is_empty());
 }
+
+#[test]
+fn a_fetch_stopped_by_its_deadline_leaves_no_staging_copy() {
+    let env = Env::new();
+    big_payload(&env, 512 << 20);
+    env.publish(1);
+    let to = local(&env);
+    // Stopped during the wait, the copy or the hashing, wherever 30 ms
+    // lands: nothing committed and nothing left under staging either way.
+    let mut cmd = handoff();
+    cmd.args(["--deadline", "30ms", "fetch", "--step", "1", "--to"])
+        .arg(&to)
+        .arg("--root")
+        .arg(env.root());
+    let out = cmd.output().unwrap();
+    assert_exit(&out, 3, "deadline");
+    assert!(!to.join("step_1").exists());
+    let left: Vec<_> = fs::read_dir(to.join(".handoff/staging"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
