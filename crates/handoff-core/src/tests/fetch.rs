@@ -363,3 +363,42 @@ fn fsck_repair_removes_a_dead_fetch_staging_after_the_fetch_grace() {
             .any(|e| e.action.as_deref() == Some("removed"))
     );
 }
+
+#[test]
+fn a_copy_longer_than_half_the_ttl_renews_the_pin_between_files() {
+    let f = published(1..=1);
+    let local = local_root(&f);
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let record = seen.clone();
+    let pin_dir = f.path(&format!("step_1/{STEP_PINS_NAME}"));
+    // Each payload file takes 30 ms to open: the first copy alone outlasts
+    // half of a 40 ms ttl.
+    on_open(move |path| {
+        if path.starts_with("step_1/") && !path.ends_with(MANIFEST_NAME) {
+            std::thread::sleep(Duration::from_millis(30));
+            let held: Vec<String> = fs::read_dir(&pin_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            record.borrow_mut().push(held);
+        }
+        Ok(())
+    });
+    let options = FetchOptions {
+        ttl: Duration::from_millis(40),
+        ..fetch_opts(0)
+    };
+    let report = fetch(&f.root, &local, &RealPlatform, Target::Step(1), &options);
+    open_normally();
+    report.unwrap();
+    // The pins seen while copying: one, then another (renewed) in its place.
+    let mut pins: Vec<String> = seen.borrow().iter().flatten().cloned().collect();
+    pins.dedup();
+    assert!(pins.len() >= 2, "never renewed: {:?}", seen.borrow());
+    assert!(
+        seen.borrow().iter().all(|held| held.len() <= 1),
+        "{:?}",
+        seen.borrow()
+    );
+    assert!(self::pins(&f, 1).is_empty());
+}
