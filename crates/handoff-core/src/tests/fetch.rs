@@ -48,7 +48,12 @@ fn local_root(f: &super::Fixture) -> StdDir {
 
 /// The pins on shared `step`.
 fn pins(f: &super::Fixture, step: u64) -> Vec<String> {
-    fs::read_dir(f.path(&format!("step_{step}/{STEP_PINS_NAME}")))
+    names(&f.path(&format!("step_{step}/{STEP_PINS_NAME}")))
+}
+
+/// The names in directory `dir`.
+fn names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect()
@@ -253,11 +258,7 @@ fn the_pin_is_held_while_copying_and_released_after() {
     let pin_dir = f.path(&format!("step_1/{STEP_PINS_NAME}"));
     on_open(move |path| {
         if path.ends_with(PAYLOAD) {
-            let held: Vec<String> = fs::read_dir(&pin_dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            record.borrow_mut().push(held);
+            record.borrow_mut().push(names(&pin_dir));
         }
         Ok(())
     });
@@ -376,11 +377,7 @@ fn a_copy_longer_than_half_the_ttl_renews_the_pin_between_files() {
     on_open(move |path| {
         if path.starts_with("step_1/") && !path.ends_with(MANIFEST_NAME) {
             std::thread::sleep(Duration::from_millis(30));
-            let held: Vec<String> = fs::read_dir(&pin_dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            record.borrow_mut().push(held);
+            record.borrow_mut().push(names(&pin_dir));
         }
         Ok(())
     });
