@@ -37,3 +37,7 @@ mod runs;
 mod errors;
 /// Special files and unreadable steps: nothing blocks, nothing hides.
 mod hostile;
+
+/// fetch and watch --to: verified local copies, the shared step pinned
+/// while it is copied, crashes and corruption mid-copy.
+mod fetch;

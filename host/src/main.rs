@@ -44,7 +44,8 @@ struct HostOptions {
     /// a filesystem whose copy_file_range is not to be trusted)
     #[arg(long, global = true)]
     no_bulk: bool,
-    /// Time limit of each call into the component [default: 1h; wait: its timeout + 1m]
+    /// Time limit of each call into the component [default: 1h; wait: its timeout + 1m;
+    /// fetch: its timeout + 1h; either without a timeout: none]
     #[arg(long = "deadline", global = true, value_name = "DUR", value_parser = duration::parse)]
     time_limit: Option<Duration>,
 }

@@ -9,7 +9,8 @@
 #   HANDOFF_BIN   the handoff binary to test
 #   LANE_VERS     4.2 (default mount options) or 3 (vers=3,nolock)
 #   LANE_RUNS_PUBLISH, LANE_RUNS_SEAL, LANE_RUNS_LOOKED, LANE_RUNS_NAIVE,
-#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN, LANE_RUNS_RUNS, LANE_RUNS_SEALRACE
+#   LANE_RUNS_PINGC, LANE_RUNS_WATCHPIN, LANE_RUNS_RUNS, LANE_RUNS_SEALRACE,
+#   LANE_RUNS_FETCH
 #   LANE_HOLD_US  how long pin-vs-gc holds gc (microseconds, default 3000000)
 #   LANE_ONLY     optional comma-separated scenario names to run
 #   LANE_CRASH    1: after the scenarios, run writers on node a and crash the
@@ -489,6 +490,67 @@ scenario_watch_pin_gc() {
     report watch-pin-vs-gc handoff "$runs" "$fails"
 }
 
+# ---- fetch while the writer publishes and gcs ---------------------------------
+# Node a publishes step k; node b fetches it into a local root on the guest's
+# own disk (tmpfs here). Once b's copy has begun (its staging folder exists)
+# b is stopped (SIGSTOP) while a publishes two more steps, each with --keep 1
+# (gc after it), then b goes on. The fetch must succeed, gc must have found
+# step k pinned, the local copy must pass a hash check with the writer's
+# files, and no pin may be left. Without the pin gc removes step k under the
+# stopped copy, and the fetch fails.
+fvg_run() {
+    local i=$1 d=/run/lane/fvg/r$i root=$MA/fvg/r$i k=1 j fp held=no why="" rc
+    mkdir -p "$d" "$root"
+    RUN_OK=1
+    make_payload "$d/src" "$k"
+    head -c $((8 << 20)) /dev/urandom >"$d/src/adapter_model.safetensors"
+    "$HB" publish --root "$root" --step "$k" "$d/src" --json >"$d/pub.$k.json" 2>"$d/pub.err" \
+        || { RUN_OK=0; echo "nfs-guest: fetch-vs-gc run=$i publish $k failed: $(head -c 200 "$d/pub.err")"; return; }
+    "$HB" fetch --root "$MB/fvg/r$i" --step "$k" --to "$d/local" --json >"$d/f.json" 2>"$d/f.err" &
+    fp=$!
+    for j in $(seq 3000); do
+        if compgen -G "$d/local/.handoff/staging/*/*" >/dev/null; then
+            kill -STOP "$fp" && held=yes
+            break
+        fi
+        kill -0 "$fp" 2>/dev/null || break
+        sleep 0.005
+    done
+    local gcs=""
+    for j in 2 3; do
+        printf '{"step":%s}\n' "$j" >"$d/src/adapter_config.json"
+        "$HB" publish --root "$root" --step "$j" --keep 1 "$d/src" --json >"$d/pub.$j.json" 2>"$d/pub.err" \
+            || why="$why publish $j failed: $(head -c 200 "$d/pub.err");"
+        gcs="$gcs $(sed -n 's/.*"gc":\({[^}]*}\).*/\1/p' "$d/pub.$j.json")"
+    done
+    [ $held = yes ] && kill -CONT "$fp"
+    wait "$fp"
+    rc=$?
+    if [ $held != yes ]; then
+        why="$why the fetch ended before its copy could be held;"
+    elif [ $rc != 0 ]; then
+        why="$why fetch exit $rc: $(head -c 300 "$d/f.err");"
+    elif ! "$HB" wait --root "$d/local" --step "$k" --verify hash --timeout 1s >/dev/null 2>"$d/w.err"; then
+        why="$why the local copy fails its hash check: $(head -c 300 "$d/w.err");"
+    elif [ "$(files_of "$d/f.json")" != "$(files_of "$d/pub.$k.json")" ]; then
+        why="$why the local copy's files differ from what the writer published;"
+    fi
+    case $gcs in *'"pinned":[1]'*) ;; *) why="$why gc never found step $k pinned:$gcs;" ;; esac
+    "$HB" gc --root "$root" --keep 1 --json >"$d/gc.json" 2>&1
+    grep -q '"removed":\[1\]' "$d/gc.json" || why="$why gc after the fetch did not remove step $k: $(head -c 200 "$d/gc.json");"
+    [ -z "$why" ] || RUN_OK=0
+    echo "nfs-guest: fetch-vs-gc run=$i ok=$RUN_OK held=$held fetch_rc=$rc gcs:$gcs $why"
+}
+
+scenario_fetch_gc() {
+    local runs=${LANE_RUNS_FETCH:-3} fails=0 i
+    for i in $(seq "$runs"); do
+        fvg_run "$i"
+        [ $RUN_OK = 1 ] || fails=$((fails + 1))
+    done
+    report fetch-vs-gc handoff "$runs" "$fails"
+}
+
 # ---- the naive recipe -------------------------------------------------------
 # tests/nfs/naive.py writes with plain writes and no fsync on node a and
 # polls for STABLE on node b; its docstring says exactly what each side does.
@@ -597,6 +659,7 @@ launch() {
             watch-pin-vs-gc) scenario_watch_pin_gc ;;
             runs-superseded) scenario_runs ;;
             seal-race) scenario_seal_race ;;
+            fetch-vs-gc) scenario_fetch_gc ;;
         esac >/run/lane/report/$s 2>&1 &
         pids+=($!)
     done
@@ -607,9 +670,9 @@ launch naive-reader runs-superseded seal-race
 # Wait for these by id: a bare `wait` would also wait for the tee above.
 [ ${#timed[@]} = 0 ] || wait "${timed[@]}"
 echo "nfs-guest: timed readers done after $(ms_since $T_RUN) ms"
-launch pin-vs-gc watch-pin-vs-gc
+launch pin-vs-gc watch-pin-vs-gc fetch-vs-gc
 [ ${#pids[@]} = 0 ] || wait "${pids[@]}"
-for s in publish-seen seal-seen looked-before naive-reader runs-superseded seal-race pin-vs-gc watch-pin-vs-gc; do
+for s in publish-seen seal-seen looked-before naive-reader runs-superseded seal-race pin-vs-gc watch-pin-vs-gc fetch-vs-gc; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
     grep '^nfs: scenario=' /run/lane/report/$s | tee -a "$R"

@@ -177,7 +177,7 @@ fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Du
 }
 
 /// Read `path` with a 1 MiB buffer into one `Hasher`: the time and the hash.
-fn native_verify(path: &std::path::Path) -> anyhow::Result<(Duration, String)> {
+pub(crate) fn native_verify(path: &std::path::Path) -> anyhow::Result<(Duration, String)> {
     let start = Instant::now();
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();

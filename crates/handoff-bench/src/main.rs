@@ -11,6 +11,7 @@
 //! figure means, how it is measured and the targets.
 
 mod copy;
+mod fetch;
 mod hash;
 mod machine;
 mod payload;
@@ -32,7 +33,9 @@ use handoff_runtime::Runtime;
 use crate::report::Report;
 
 /// The sections, in the order they run.
-const SECTIONS: &[&str] = &["seal", "copy", "hash", "wait", "process", "idle", "readers"];
+const SECTIONS: &[&str] = &[
+    "seal", "copy", "fetch", "hash", "wait", "process", "idle", "readers",
+];
 
 /// Measure handoff against the baselines a user would otherwise use.
 #[derive(Debug, Parser)]
@@ -56,8 +59,8 @@ struct Args {
     /// about (fsync on tmpfs is free) [default: <workspace>/target/bench-tmp]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Run only these sections (comma-separated: seal, copy, hash, wait,
-    /// process, idle, readers)
+    /// Run only these sections (comma-separated: seal, copy, fetch, hash,
+    /// wait, process, idle, readers)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Repetitions of each timed comparison [default: 5, or 7 without --quick]
@@ -75,6 +78,8 @@ pub struct Plan {
     pub seal_bytes: u64,
     /// Total bytes of the four files published by copy.
     pub copy_bytes: u64,
+    /// Total bytes of the two-file adapter fetched into a local root.
+    pub fetch_bytes: u64,
     /// Size of the file hashed by `wait --verify hash`.
     pub hash_bytes: u64,
     /// Commits observed for the wait latency (waiters per commit: `waiters`).
@@ -99,6 +104,7 @@ impl Plan {
                 reps,
                 seal_bytes: 32 * MIB,
                 copy_bytes: 128 * MIB,
+                fetch_bytes: 256 * MIB,
                 hash_bytes: 64 * MIB,
                 commits: 5,
                 waiters: 2,
@@ -113,6 +119,7 @@ impl Plan {
                 reps,
                 seal_bytes: 256 * MIB,
                 copy_bytes: 1024 * MIB,
+                fetch_bytes: 256 * MIB,
                 hash_bytes: 256 * MIB,
                 commits: 9,
                 waiters: 3,
@@ -279,6 +286,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         match *section {
             "seal" => seal::run(&bench, &mut report),
             "copy" => copy::run(&bench, &mut report),
+            "fetch" => fetch::run(&bench, &mut report),
             "hash" => hash::run(&bench, &mut report),
             "wait" => wait::latency(&bench, &mut report),
             "process" => wait::process(&bench, &mut report),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use handoff_core::{DEFAULT_PREFIX, GcOptions, PinRequest, Verify, WaitOptions};
+use handoff_core::{DEFAULT_PREFIX, GcOptions, PinRequest, Target, Verify, WaitOptions};
 
 use crate::duration;
 
@@ -18,9 +18,10 @@ Exit codes:
   3  timed out: the step was never committed (wait --timeout), or the call
      was stopped by its --deadline
   4  integrity: the step is committed but a file is missing, short or differs
-     from its hash, or the manifest is unsafe
+     from its hash, or the manifest is unsafe (fetch: a copy did not match
+     its hash for --settle; nothing was committed under --to)
   5  conflict: the step is already published, or another writer is at it
-     (what is there stays intact)
+     (what is there stays intact); fetch: --to holds another copy of the step
   6  gc (or the gc of --keep) could not remove everything it should: it went
      on with the rest, and its report (stdout) names each under \"failed\"
 
@@ -81,6 +82,18 @@ pub enum Command {
     },
     /// Wait until a step is committed and validates
     Wait(WaitArgs),
+    /// Wait for a step, pinned, and copy it, verified, into the local root
+    /// DIR; print the local copy
+    #[command(
+        after_help = "The copy is a handoff root of its own: DIR/<prefix>N with the shared \
+                      manifest byte for byte and STABLE, durable, by the staged path of \
+                      publish, so `wait`, `gc` and `fsck` work on DIR. Each copied file is \
+                      hashed and checked against the manifest; a mismatch is copied again for \
+                      --settle, then fails (exit 4) with nothing committed. The shared step is \
+                      pinned only while it is copied. A step already in DIR with the same \
+                      manifest is not copied again."
+    )]
+    Fetch(FetchArgs),
     /// Print each new step as it is committed, in step order, until interrupted.
     /// With --pin, a step stays pinned until a line on stdin asks for the next
     #[command(
@@ -194,22 +207,42 @@ pub struct GcArgs {
     pub skew: Duration,
 }
 
+/// `--step N`, `--latest` or `--after N`: which step `wait` or `fetch`
+/// is for.
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false)]
+pub struct TargetArg {
+    /// Exactly this step
+    #[arg(long, value_name = "N")]
+    pub step: Option<u64>,
+    /// The highest step that validates
+    #[arg(long)]
+    pub latest: bool,
+    /// The lowest step above N that validates
+    #[arg(long, value_name = "N")]
+    pub after: Option<u64>,
+}
+
+impl TargetArg {
+    /// The target these flags name.
+    pub fn target(&self) -> Target {
+        match (self.step, self.after) {
+            (Some(step), _) => Target::Step(step),
+            (_, Some(after)) => Target::After(after),
+            _ => Target::Latest,
+        }
+    }
+}
+
 /// Options of `wait`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["step", "latest", "after"]))]
 pub struct WaitArgs {
     /// Where.
     #[command(flatten)]
     pub root: RootArg,
-    /// Wait for exactly this step
-    #[arg(long, value_name = "N")]
-    pub step: Option<u64>,
-    /// Wait for the highest step that validates
-    #[arg(long)]
-    pub latest: bool,
-    /// Wait for the lowest step above N that validates
-    #[arg(long, value_name = "N")]
-    pub after: Option<u64>,
+    /// Which step.
+    #[command(flatten)]
+    pub target: TargetArg,
     /// Give up after this long [default: wait forever]
     #[arg(long, value_name = "DUR", value_parser = duration::parse)]
     pub timeout: Option<Duration>,
@@ -218,13 +251,11 @@ pub struct WaitArgs {
     pub read: ReadArgs,
 }
 
-/// How `wait` and `watch` check and hold what they return.
+/// `--settle` and `--poll`: how a reader retries.
 #[derive(Debug, Args)]
-pub struct ReadArgs {
-    /// What to check before accepting a step
-    #[arg(long, value_enum, default_value_t = VerifyArg::Size)]
-    pub verify: VerifyArg,
-    /// How long a committed step that does not validate yet is retried
+pub struct RetryArgs {
+    /// How long a committed step that does not validate yet (for fetch: or
+    /// a copy that does not match its hash) is retried
     #[arg(long, value_name = "DUR", value_parser = duration::parse,
           default_value = duration::format(WaitOptions::DEFAULT_SETTLE))]
     pub settle: Duration,
@@ -232,6 +263,17 @@ pub struct ReadArgs {
     #[arg(long, value_name = "DUR", value_parser = duration::parse,
           default_value = duration::format(WaitOptions::DEFAULT_POLL))]
     pub poll: Duration,
+}
+
+/// How `wait` and `watch` check and hold what they return.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// What to check before accepting a step
+    #[arg(long, value_enum, default_value_t = VerifyArg::Size)]
+    pub verify: VerifyArg,
+    /// How it retries.
+    #[command(flatten)]
+    pub retry: RetryArgs,
     /// Pin each step returned for this holder. `wait` keeps the holder's
     /// other pins: unpin the previous step once you have switched over.
     /// `watch` keeps each step pinned until you ask for the next one (a line
@@ -251,8 +293,8 @@ impl ReadArgs {
             prefix: prefix.to_string(),
             verify: self.verify.into(),
             timeout,
-            settle: self.settle,
-            poll: self.poll,
+            settle: self.retry.settle,
+            poll: self.retry.poll,
             pin: self.pin.clone().map(|holder| PinRequest {
                 holder,
                 ttl: self.ttl,
@@ -273,6 +315,53 @@ pub struct WatchArgs {
     /// How to check and hold what is returned.
     #[command(flatten)]
     pub read: ReadArgs,
+    /// Fetch each new step into the local root DIR (as `fetch` does) and
+    /// print the local copy; the shared step is pinned only while it is
+    /// copied
+    #[arg(long, value_name = "DIR", conflicts_with = "pin")]
+    pub to: Option<PathBuf>,
+    /// With --to: after each fetch, run gc on DIR keeping the newest N
+    /// steps (at least 1)
+    #[arg(long, value_name = "N", requires = "to",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// With --to: who holds the pin while a step is copied
+    /// [default: <hostname>:<pid>]
+    #[arg(long, value_name = "ID", requires = "to", value_parser = parse_holder)]
+    pub holder: Option<String>,
+}
+
+/// Options of `fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Where.
+    #[command(flatten)]
+    pub root: RootArg,
+    /// Which step.
+    #[command(flatten)]
+    pub target: TargetArg,
+    /// The local root to copy into (created if missing); not the shared
+    /// root, inside it, nor containing it
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// After the fetch, run gc on DIR keeping the newest N steps (at least 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// Give up waiting for the step after this long [default: wait forever]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+    /// How it retries.
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    /// Who holds the pin on the shared step while it is copied
+    /// [default: <hostname>:<pid>]
+    #[arg(long, value_name = "ID", value_parser = parse_holder)]
+    pub holder: Option<String>,
+    /// How long that pin lasts; renewed between files once half of it has
+    /// passed
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          default_value = duration::format(PinRequest::DEFAULT_TTL))]
+    pub ttl: Duration,
 }
 
 /// `--prefix`: checked as the protocol checks it, so a bad one is a usage

@@ -5,7 +5,9 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use handoff_core::{Backend, FsckEntry, GcReport, PinInfo, PublishReport, StepInfo, Version};
+use handoff_core::{
+    Backend, FetchReport, FsckEntry, GcReport, PinInfo, PublishReport, StepInfo, Version,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -285,6 +287,26 @@ struct Written<'a> {
     error: Option<serde_json::Value>,
 }
 
+/// `fetch` and `watch --to`: the local version (`path` is the local step),
+/// then `"source","copied","bytes_copied","fsyncs","fsync_ms","warnings"`
+/// and, with `--keep`, `"gc"` (and `"error"` if that gc could not remove
+/// everything).
+#[derive(Serialize)]
+struct Fetched<'a> {
+    #[serde(flatten)]
+    version: Shown<'a>,
+    source: &'a str,
+    copied: bool,
+    bytes_copied: u64,
+    fsyncs: u64,
+    fsync_ms: f64,
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gc: Option<&'a GcReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
 /// Prints to stdout, as text or as one JSON object a call.
 pub(crate) struct Printer {
     pub(crate) json: bool,
@@ -330,6 +352,62 @@ impl Printer {
         if let Some(gc) = gc {
             self.gc_text(gc)?;
         }
+        Ok(())
+    }
+
+    /// A step `fetch` (or `watch --to`) copied, or found already there,
+    /// `elapsed` after it began; the text says how long only for `fetch`
+    /// (`with_elapsed`).
+    pub(crate) fn fetched(
+        &self,
+        report: &FetchReport,
+        elapsed: Duration,
+        with_elapsed: bool,
+        gc: Option<&GcReport>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            self.json(&Fetched {
+                version: Shown::new(&report.version, elapsed),
+                source: &report.source,
+                copied: report.copied,
+                bytes_copied: report.bytes_copied,
+                fsyncs: report.fsyncs,
+                fsync_ms: round3(report.fsync_ms),
+                warnings: &report.warnings,
+                gc,
+                error: gc_error(gc),
+            })?;
+        } else {
+            for warning in &report.warnings {
+                eprintln!("handoff: warning: {warning}");
+            }
+            let v = &report.version;
+            let how = match report.copied {
+                true => format!(
+                    "fetched from {}: {} files, {} bytes, {} fsyncs",
+                    report.source,
+                    v.files.len(),
+                    report.bytes_copied,
+                    report.fsyncs
+                ),
+                false => format!(
+                    "already fetched from {}: {} files, {} bytes, nothing copied",
+                    report.source,
+                    v.files.len(),
+                    v.bytes()
+                ),
+            };
+            let after = match with_elapsed {
+                true => format!(", after {:.1} ms", elapsed.as_secs_f64() * 1000.0),
+                false => String::new(),
+            };
+            out!("step {} ready at {} ({how}){after}", v.step, v.path);
+            if let Some(gc) = gc {
+                self.gc_text(gc)?;
+            }
+        }
+        // A pipe would hold the line back; a watcher's consumer needs it now.
+        std::io::Write::flush(&mut std::io::stdout())?;
         Ok(())
     }
 

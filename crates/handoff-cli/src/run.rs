@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use handoff_core::{
-    ErrorKind, GcOptions, GcReport, PublishReport, Target, WaitOptions, WriteOptions,
+    ErrorKind, FetchOptions, FetchReport, GcOptions, GcReport, PinRequest, PublishReport, Target,
+    WaitOptions, WriteOptions,
 };
 
 use crate::Backend;
-use crate::flags::{Command, GcArgs, Global, WaitArgs, WatchArgs, WriteArgs};
+use crate::flags::{Command, FetchArgs, GcArgs, Global, WaitArgs, WatchArgs, WriteArgs};
 use crate::output::{Printer, Usage, gc_outcome};
 
 /// Run one subcommand against `backend`, printing its output.
@@ -69,6 +70,7 @@ impl<B: Backend> Session<'_, B> {
                 print.begun(run)
             }
             Command::Wait(args) => self.wait(args),
+            Command::Fetch(args) => self.fetch(args),
             Command::Watch(args) => self.watch(args),
             Command::Ls { root } => {
                 let steps = backend
@@ -122,7 +124,18 @@ impl<B: Backend> Session<'_, B> {
         report: &PublishReport,
         verb: &str,
     ) -> anyhow::Result<Option<GcReport>> {
-        let Some(keep) = write.keep else {
+        self.keep_after(root, write.keep, report.version.step, verb)
+    }
+
+    /// With `keep`, the gc of `root` after step `step` was `verb`.
+    fn keep_after(
+        &self,
+        root: &Path,
+        keep: Option<u32>,
+        step: u64,
+        verb: &str,
+    ) -> anyhow::Result<Option<GcReport>> {
+        let Some(keep) = keep else {
             return Ok(None);
         };
         let args = GcArgs {
@@ -130,10 +143,109 @@ impl<B: Backend> Session<'_, B> {
             grace: GcOptions::DEFAULT_GRACE,
             skew: GcOptions::DEFAULT_SKEW,
         };
-        let step = report.version.step;
         self.gc(root, &args)
             .with_context(|| format!("step {step} was {verb}, but the gc after it failed"))
             .map(Some)
+    }
+
+    /// The core's options of a fetch.
+    fn fetch_options(
+        &self,
+        timeout: Option<Duration>,
+        settle: Duration,
+        poll: Duration,
+        holder: Option<&str>,
+        ttl: Duration,
+    ) -> FetchOptions {
+        FetchOptions {
+            prefix: self.prefix.to_string(),
+            timeout,
+            settle,
+            poll,
+            holder: holder.map_or_else(|| self.backend.default_writer(), str::to_string),
+            ttl,
+        }
+    }
+
+    /// One fetch of `target` into `to`, then the gc of `keep`.
+    fn fetch_once(
+        &self,
+        root: &Path,
+        to: &Path,
+        target: Target,
+        options: &FetchOptions,
+        keep: Option<u32>,
+    ) -> anyhow::Result<(FetchReport, Option<GcReport>)> {
+        let report = self
+            .backend
+            .fetch(root, to, target, options)
+            .with_context(|| failed_to("fetch", target))?;
+        let gc = self.keep_after(to, keep, report.version.step, "fetched")?;
+        Ok((report, gc))
+    }
+
+    fn fetch(&self, args: FetchArgs) -> anyhow::Result<()> {
+        let target = args.target.target();
+        let options = self.fetch_options(
+            args.timeout,
+            args.retry.settle,
+            args.retry.poll,
+            args.holder.as_deref(),
+            args.ttl,
+        );
+        let start = Instant::now();
+        let (report, gc) =
+            self.fetch_once(&args.root.root, &args.to, target, &options, args.keep)?;
+        self.print
+            .fetched(&report, start.elapsed(), true, gc.as_ref())?;
+        gc_outcome(gc.as_ref())
+    }
+
+    /// `watch --to`: fetch each new step, in step order, until interrupted.
+    /// A gc of `--keep` that could not remove everything is printed with
+    /// the step and does not stop the watch.
+    fn watch_to(&self, args: &WatchArgs, to: &Path) -> anyhow::Result<()> {
+        let root = &args.root.root;
+        let options = self.fetch_options(
+            None,
+            args.read.retry.settle,
+            args.read.retry.poll,
+            args.holder.as_deref(),
+            PinRequest::DEFAULT_TTL,
+        );
+        let mut target = match args.from {
+            None => Target::Latest,
+            Some(0) => {
+                // As `watch`: look at step 0 once, then go on from there.
+                let once = FetchOptions {
+                    timeout: Some(Duration::ZERO),
+                    ..options.clone()
+                };
+                match self.fetch_once(root, to, Target::Step(0), &once, args.keep) {
+                    Ok((report, gc)) => {
+                        self.print
+                            .fetched(&report, Duration::ZERO, false, gc.as_ref())?;
+                    }
+                    Err(e)
+                        if crate::classify::<B>(&e).map(|e| e.kind())
+                            == Some(ErrorKind::TimedOut) => {}
+                    Err(e) => return Err(e).context("failed to watch step 0"),
+                }
+                Target::After(0)
+            }
+            Some(n) => Target::After(n - 1),
+        };
+        loop {
+            let start = Instant::now();
+            let (report, gc) = self
+                .fetch_once(root, to, target, &options, args.keep)
+                .context("failed to watch for the next step")?;
+            // A gc that could not remove everything is in the line printed
+            // (`"error"` with --json); the watch goes on.
+            self.print
+                .fetched(&report, start.elapsed(), false, gc.as_ref())?;
+            target = Target::After(report.version.step);
+        }
     }
 
     fn gc(&self, root: &Path, args: &GcArgs) -> anyhow::Result<GcReport> {
@@ -147,25 +259,20 @@ impl<B: Backend> Session<'_, B> {
     }
 
     fn wait(&self, args: WaitArgs) -> anyhow::Result<()> {
-        let target = match (args.step, args.latest, args.after) {
-            (Some(step), _, _) => Target::Step(step),
-            (_, _, Some(after)) => Target::After(after),
-            _ => Target::Latest,
-        };
+        let target = args.target.target();
         let options = args.read.options(self.prefix, args.timeout);
         let start = Instant::now();
         let version = self
             .backend
             .wait(&args.root.root, target, &options)
-            .with_context(|| match target {
-                Target::Step(n) => format!("failed to wait for step {n}"),
-                Target::Latest => "failed to wait for the latest step".to_string(),
-                Target::After(n) => format!("failed to wait for a step after {n}"),
-            })?;
+            .with_context(|| failed_to("wait for", target))?;
         self.print.ready(&version, start.elapsed(), true)
     }
 
     fn watch(&self, args: WatchArgs) -> anyhow::Result<()> {
+        if let Some(to) = &args.to {
+            return self.watch_to(&args, to);
+        }
         let (backend, prefix, print) = (self.backend, self.prefix, &self.print);
         let options = args.read.options(prefix, None);
         let root = &args.root.root;
@@ -248,6 +355,16 @@ impl<B: Backend> Session<'_, B> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// "failed to `verb` step N" (the latest step, a step after N): the
+/// context of a failed wait or fetch.
+fn failed_to(verb: &str, target: Target) -> String {
+    match target {
+        Target::Step(n) => format!("failed to {verb} step {n}"),
+        Target::Latest => format!("failed to {verb} the latest step"),
+        Target::After(n) => format!("failed to {verb} a step after {n}"),
     }
 }
 

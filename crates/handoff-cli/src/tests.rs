@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use handoff_core::{
-    Error, ErrorKind, FsckEntry, GcOptions, GcReport, PinInfo, PublishReport, StepInfo, Target,
-    Verify, Version, WaitOptions, WriteOptions,
+    Error, ErrorKind, FetchOptions, FetchReport, FsckEntry, GcOptions, GcReport, PinInfo,
+    PublishReport, StepInfo, Target, Verify, Version, WaitOptions, WriteOptions,
 };
 
 use super::*;
@@ -119,6 +119,36 @@ fn holders_are_checked_before_running() {
 }
 
 #[test]
+fn fetch_takes_one_target_and_a_local_root() {
+    let ok = ["fetch", "--root", "r", "--latest", "--to", "d"];
+    assert!(parse(&ok).is_ok());
+    assert!(parse(&["fetch", "--root", "r", "--latest"]).is_err());
+    assert!(parse(&["fetch", "--root", "r", "--to", "d"]).is_err());
+    assert!(
+        parse(&[
+            "fetch", "--root", "r", "--step", "1", "--latest", "--to", "d"
+        ])
+        .is_err()
+    );
+    assert!(
+        parse(&[
+            "fetch", "--root", "r", "--after", "1", "--to", "d", "--keep", "0"
+        ])
+        .is_err()
+    );
+    assert!(
+        parse(&[
+            "fetch", "--root", "r", "--latest", "--to", "d", "--holder", ".x"
+        ])
+        .is_err()
+    );
+    // watch --to copies: a pin held past the copy is not what it does.
+    assert!(parse(&["watch", "--root", "r", "--to", "d", "--keep", "2"]).is_ok());
+    assert!(parse(&["watch", "--root", "r", "--to", "d", "--pin", "h"]).is_err());
+    assert!(parse(&["watch", "--root", "r", "--keep", "2"]).is_err());
+}
+
+#[test]
 fn keep_must_be_positive() {
     assert!(parse(&["gc", "--root", "r", "--keep", "0"]).is_err());
     assert!(parse(&["gc", "--root", "r", "--keep", "1"]).is_ok());
@@ -155,6 +185,9 @@ impl Backend for Failing {
     fn wait(&self, _: &Path, _: Target, _: &WaitOptions) -> Result<Version, Error> {
         Err(self.0.clone())
     }
+    fn fetch(&self, _: &Path, _: &Path, _: Target, _: &FetchOptions) -> Result<FetchReport, Error> {
+        Err(self.0.clone())
+    }
     fn latest(&self, _: &Path, _: &str, _: Verify) -> Result<Option<Version>, Error> {
         Err(self.0.clone())
     }
@@ -177,20 +210,25 @@ impl Backend for Failing {
 
 #[test]
 fn exit_codes_follow_the_protocol_outcome() {
-    let code = |kind: ErrorKind| {
-        let cli = parse(&["seal", "--root", "r", "--step", "1"]).unwrap();
-        let result = run(
-            &Failing(Error::new(kind, ""), None),
-            &cli.global,
-            cli.command,
-        );
-        report::<Failing>(result, false)
-    };
-    assert_eq!(code(ErrorKind::TimedOut), 3);
-    assert_eq!(code(ErrorKind::Integrity), 4);
-    assert_eq!(code(ErrorKind::Conflict), 5);
-    assert_eq!(code(ErrorKind::NotFound), 1);
-    assert_eq!(code(ErrorKind::Io), 1);
+    for args in [
+        &["seal", "--root", "r", "--step", "1"][..],
+        &["fetch", "--root", "r", "--latest", "--to", "d"],
+    ] {
+        let code = |kind: ErrorKind| {
+            let cli = parse(args).unwrap();
+            let result = run(
+                &Failing(Error::new(kind, ""), None),
+                &cli.global,
+                cli.command,
+            );
+            report::<Failing>(result, false)
+        };
+        assert_eq!(code(ErrorKind::TimedOut), 3);
+        assert_eq!(code(ErrorKind::Integrity), 4);
+        assert_eq!(code(ErrorKind::Conflict), 5);
+        assert_eq!(code(ErrorKind::NotFound), 1);
+        assert_eq!(code(ErrorKind::Io), 1);
+    }
     let other = anyhow::anyhow!("no backend error in here");
     assert_eq!(report::<Failing>(Err(other), false), 1);
 }

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use handoff_cli::{EXIT_CODES, Global};
 use handoff_core::{
-    self as core, Backend, ErrorKind, FsckEntry, GcOptions, GcReport, PinInfo, Platform as _,
-    PublishReport, StepInfo, Target, Verify, Version, WaitOptions, WriteOptions,
+    self as core, Backend, ErrorKind, FetchOptions, FetchReport, FsckEntry, GcOptions, GcReport,
+    PinInfo, Platform as _, PublishReport, StepInfo, Target, Verify, Version, WaitOptions,
+    WriteOptions,
 };
 use handoff_wasi::{DescriptorSync, Offload, WasiDir, WasiPlatform};
 use wasip2::filesystem::types::Descriptor;
@@ -125,6 +126,38 @@ impl Backend for Wasi {
 
     fn begin(&self, root: &Path, prefix: &str) -> Result<u64, core::Error> {
         core::begin(&open(root, Counted::default())?, prefix)
+    }
+
+    /// `to` must exist. A WASI program sees names, not the host's folder
+    /// identities, so the overlap with `root` is judged by the names given.
+    fn fetch(
+        &self,
+        root: &Path,
+        to: &Path,
+        target: Target,
+        options: &FetchOptions,
+    ) -> Result<FetchReport, core::Error> {
+        if to.starts_with(root) || root.starts_with(to) {
+            let shown = to.display().to_string();
+            return Err(core::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "local root {shown} overlaps the shared root {}: a local root is a \
+                     root of its own, on the reader's disk",
+                    root.display()
+                ),
+            )
+            .at(shown));
+        }
+        let flush = Counted::default();
+        let shared = open(root, Counted::default())?;
+        let local = open(to, flush.clone())?;
+        let report = core::fetch(&shared, &local, &WasiPlatform, target, options)?;
+        Ok(FetchReport {
+            fsyncs: flush.0.calls.get(),
+            fsync_ms: flush.0.nanos.get() as f64 / 1e6,
+            ..report
+        })
     }
 
     fn wait(

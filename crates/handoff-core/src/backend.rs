@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::types::{
-    FsckEntry, GcOptions, GcReport, PinInfo, PublishReport, StepInfo, Target, Verify, Version,
-    WaitOptions, WriteOptions,
+    FetchOptions, FetchReport, FsckEntry, GcOptions, GcReport, PinInfo, PublishReport, StepInfo,
+    Target, Verify, Version, WaitOptions, WriteOptions,
 };
 
 /// The protocol's operations on a root given by its path: what the
@@ -73,6 +73,17 @@ pub trait Backend {
         target: Target,
         options: &WaitOptions,
     ) -> Result<Version, Self::Error>;
+
+    /// Wait for `target` under `root`, pinned, and copy it, verified, into
+    /// the local root `to` ([`fetch`](crate::fetch)). `to` must not be
+    /// `root`, inside it or contain it; a provider may create it.
+    fn fetch(
+        &self,
+        root: &Path,
+        to: &Path,
+        target: Target,
+        options: &FetchOptions,
+    ) -> Result<FetchReport, Self::Error>;
 
     /// The highest committed step that validates, in one attempt
     /// ([`latest`](crate::latest)).

@@ -16,6 +16,17 @@ pub const STEP_PINS_NAME: &str = ".handoff.pins";
 /// Runs begun on the root: `runs/<G>`, one empty directory each, made
 /// exclusively by `begin`.
 pub const RUNS_DIR: &str = ".handoff/runs";
+/// Present in a root that `fetch` copies steps into (a reader's local
+/// root): its staging directories are a fetch's on this node, taken for
+/// abandoned after [`FETCH_STAGING_GRACE`] instead of gc's or fsck's grace.
+pub const FETCH_ROOT_MARKER: &str = ".handoff/fetched";
+/// How long a staging directory of a fetch's local root may sit unchanged
+/// before gc and fsck take it for abandoned. A fetch writes its copy
+/// without pause (the longest quiet spell is hashing one file it has just
+/// written), so a minute unchanged means it died; a fetch that only
+/// stalled (a shared filesystem that hangs) finds its staging gone and
+/// fails, committing nothing.
+pub const FETCH_STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Files gc creates for a moment to read the server's clock from their
 /// modification time: `clock.<random>`.
 pub const CLOCK_PREFIX: &str = ".handoff/clock.";

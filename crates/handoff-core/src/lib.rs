@@ -13,13 +13,15 @@
 //! - `tree`: counted flushes, durable directory creation, streamed hashing;
 //! - `validate`: one attempt to accept a committed step;
 //! - `runs` (begin, and which run a writer may write for), `retain` (pin,
-//!   gc, fsck), then `read` (wait, which may pin) and `write`;
+//!   gc, fsck), then `read` (wait, which may pin), `write`, and `fetch`
+//!   (wait, then a verified copy into a local root by `write`'s staged path);
 //! - [`Backend`]: the same operations on a root given by its path, as the
 //!   runtime and the WASI command provide them.
 #![deny(missing_docs)]
 
 mod backend;
 pub mod error;
+mod fetch;
 pub mod layout;
 pub mod manifest;
 mod read;
@@ -33,14 +35,16 @@ mod write;
 
 pub use backend::Backend;
 pub use error::{Error, ErrorKind, Result};
+pub use fetch::fetch;
 pub use manifest::{FileEntry, Manifest};
 pub use read::{latest, list, wait};
 pub use retain::{check_holder, fsck, fsck_with, gc, pin, unpin};
 pub use runs::begin;
 pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
 pub use types::{
-    DEFAULT_PREFIX, FsckEntry, FsckOptions, GcFailure, GcOptions, GcReport, PinInfo, PinRequest,
-    PublishReport, StepInfo, StepState, Target, Verify, Version, WaitOptions, WriteOptions, millis,
+    DEFAULT_PREFIX, FetchOptions, FetchReport, FsckEntry, FsckOptions, GcFailure, GcOptions,
+    GcReport, PinInfo, PinRequest, PublishReport, StepInfo, StepState, Target, Verify, Version,
+    WaitOptions, WriteOptions, millis,
 };
 pub use write::{publish, seal};
 

@@ -110,16 +110,7 @@ pub fn wait<S: Storage, P: Platform>(
     options: &WaitOptions,
 ) -> Result<Version> {
     check_prefix(&options.prefix)?;
-    match fs.stat("") {
-        Ok(Some(m)) if m.kind == Kind::Dir => {}
-        Ok(_) => {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("root {} is not a directory", fs.display("")),
-            ));
-        }
-        Err(e) => return Err(Error::io("inspect root", &fs.display(""), &e)),
-    }
+    check_root(fs, "root")?;
     let start = platform.now_ms();
     let deadline = options.timeout.map(|t| start.saturating_add(millis(t)));
     let mut first_mismatch: Option<u64> = None;
@@ -255,6 +246,18 @@ pub fn wait<S: Storage, P: Platform>(
         };
         platform.sleep_ms(sleep);
         pause = (pause * 2).min(millis(options.poll).max(1));
+    }
+}
+
+/// That the storage's root, called `what` in the error, is a directory.
+pub(crate) fn check_root<S: Storage>(fs: &S, what: &str) -> Result<()> {
+    match fs.stat("") {
+        Ok(Some(m)) if m.kind == Kind::Dir => Ok(()),
+        Ok(_) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{what} {} is not a directory", fs.display("")),
+        )),
+        Err(e) => Err(Error::io(&format!("inspect {what}"), &fs.display(""), &e)),
     }
 }
 

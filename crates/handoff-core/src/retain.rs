@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{
-    CLOCK_PREFIX, HANDOFF_DIR, PINS_DIR, STAGING_DIR, STEP_PINS_NAME, TRASH_DIR, check_prefix,
-    is_other_prefix_staging, parse_step, step_name,
+    CLOCK_PREFIX, FETCH_ROOT_MARKER, FETCH_STAGING_GRACE, HANDOFF_DIR, PINS_DIR, STAGING_DIR,
+    STEP_PINS_NAME, TRASH_DIR, check_prefix, is_other_prefix_staging, parse_step, step_name,
 };
 use crate::manifest::STABLE_NAME;
 use crate::storage::{Kind, Platform, Storage, join, write_all_at};
@@ -716,6 +716,10 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
     // Abandoned staging: nothing in it changed for the grace period. A
     // publisher at work keeps writing, so its newest mtime stays fresh. Both
     // times are the server's.
+    let staging_options = GcOptions {
+        grace: staging_grace(fs, options.grace),
+        ..options.clone()
+    };
     match list_or_empty(fs, STAGING_DIR) {
         Ok(entries) => {
             for entry in entries {
@@ -723,7 +727,7 @@ pub fn gc<S: Storage, P: Platform>(fs: &S, platform: &P, options: &GcOptions) ->
                     continue; // its own prefix's gc looks after it
                 }
                 let path = join(STAGING_DIR, &entry.name);
-                match remove_staging(&mut flush, platform, &path, clock.now, options) {
+                match remove_staging(&mut flush, platform, &path, clock.now, &staging_options) {
                     Ok(true) => report.staging_removed.push(entry.name),
                     Ok(false) => {}
                     Err(error) => report.failed.push(GcFailure { name: path, error }),
@@ -1008,6 +1012,18 @@ enum Trashed {
     NoRoom,
 }
 
+/// How long a staging directory of this root must sit unchanged before it
+/// is taken for abandoned: `grace`, or at most
+/// [`FETCH_STAGING_GRACE`] in a fetch's local root (one whose staging
+/// directories are only ever a fetch's, which writes without pause). A
+/// root whose marker cannot be read gets `grace`.
+fn staging_grace<S: Storage>(fs: &S, grace: Duration) -> Duration {
+    match fs.stat(FETCH_ROOT_MARKER) {
+        Ok(Some(_)) => grace.min(FETCH_STAGING_GRACE),
+        _ => grace,
+    }
+}
+
 /// Rename `dir` (relative to the root) into trash, durably. One atomic
 /// step: whoever uses the old name afterwards (a publisher about to rename
 /// its staging directory into place) finds nothing there.
@@ -1262,6 +1278,7 @@ pub fn fsck_with<S: Storage, P: Platform>(
         }
     }
 
+    let staging_grace_ms = millis(staging_grace(fs, options.grace));
     for (dir, state) in [
         (STAGING_DIR, StepState::Staging),
         (TRASH_DIR, StepState::Trash),
@@ -1274,18 +1291,35 @@ pub fn fsck_with<S: Storage, P: Platform>(
             let mut action = None;
             let mut detail = None;
             if repair {
-                // A publisher at work keeps its staging copy fresh.
+                // A publisher (or fetch) at work keeps its staging copy
+                // fresh. Staging is renamed into trash before it is
+                // deleted, as gc does: one that only stalled then fails at
+                // its own rename, rather than commit a half-deleted tree.
                 let abandoned = match state {
-                    StepState::Staging => clock.abandoned(&mut flush, platform, &path)?,
+                    StepState::Staging => {
+                        clock.abandoned_after(&mut flush, platform, &path, staging_grace_ms)?
+                    }
                     _ => Ok(()),
                 };
-                match abandoned {
-                    Ok(()) => {
-                        remove_tree(fs, &path)
-                            .map_err(|e| Error::io("remove", &fs.display(&path), &e))?;
-                        flush.dir(dir)?;
+                let removed = match abandoned {
+                    Ok(()) if state == StepState::Staging => {
+                        match into_trash(&mut flush, &path, platform)? {
+                            Trashed::At(trashed) => Ok(Some((trashed, TRASH_DIR))),
+                            Trashed::Gone => Ok(None),
+                            Trashed::NoRoom => Err(no_room(fs, &path).message().to_string()),
+                        }
+                    }
+                    Ok(()) => Ok(Some((path.clone(), dir))),
+                    Err(why) => Err(why),
+                };
+                match removed {
+                    Ok(Some((at, parent))) => {
+                        remove_tree(fs, &at)
+                            .map_err(|e| Error::io("remove", &fs.display(&at), &e))?;
+                        flush.dir(parent)?;
                         action = Some("removed".to_string());
                     }
+                    Ok(None) => action = Some("gone meanwhile".to_string()),
                     Err(why) => detail = Some(why),
                 }
             }
@@ -1395,13 +1429,26 @@ impl RepairClock {
         platform: &P,
         path: &str,
     ) -> Result<Result<(), String>> {
+        let grace_ms = self.grace_ms;
+        self.abandoned_after(flush, platform, path, grace_ms)
+    }
+
+    /// [`abandoned`](RepairClock::abandoned) with a grace period of
+    /// `grace_ms`.
+    fn abandoned_after<S: Storage, P: Platform>(
+        &mut self,
+        flush: &mut Flusher<'_, S>,
+        platform: &P,
+        path: &str,
+        grace_ms: u64,
+    ) -> Result<Result<(), String>> {
         let now = self.now(flush, platform)?;
         let fs = flush.fs;
         Ok(match newest_mtime(fs, path) {
-            Ok(newest) if now.saturating_sub(newest) > self.grace_ms => Ok(()),
+            Ok(newest) if now.saturating_sub(newest) > grace_ms => Ok(()),
             Ok(_) => Err(format!(
                 "changed within the grace period ({} s): a writer may be at work, left",
-                self.grace_ms / 1000
+                grace_ms / 1000
             )),
             Err(e) => Err(format!(
                 "cannot tell its age ({}): left",

@@ -1282,6 +1282,9 @@ mod fsck_repair;
 /// Runs: a restarted trainer's timeline supersedes the one before it.
 mod runs;
 
+/// Fetch: a verified local copy, the shared step pinned while it is copied.
+mod fetch;
+
 /// Generated hostile inputs for the parsers and the path checks.
 mod fuzz;
 /// Special files, a STABLE that is no file, unreadable steps.

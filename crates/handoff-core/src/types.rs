@@ -144,6 +144,66 @@ impl Default for WaitOptions {
     }
 }
 
+/// Options of [`fetch`](crate::fetch): the wait for the shared step, and
+/// the pin that holds it while it is copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Step directory prefix, in the shared root and the local one.
+    pub prefix: String,
+    /// Give up waiting for the shared step after this long; `None` waits
+    /// without limit. The copy itself is not limited by it.
+    pub timeout: Option<Duration>,
+    /// How long a shared step that does not validate yet, or a file whose
+    /// copy does not match the manifest, is retried before it is an
+    /// integrity error (a lagging cache on a shared filesystem).
+    pub settle: Duration,
+    /// Longest pause between two attempts.
+    pub poll: Duration,
+    /// Who holds the pin on the shared step while it is copied
+    /// ([`check_holder`](crate::check_holder)).
+    pub holder: String,
+    /// How long that pin lasts; it is renewed between files once half of it
+    /// has passed.
+    pub ttl: Duration,
+}
+
+impl FetchOptions {
+    /// Prefix `step_`, no timeout, the default settle, poll and ttl.
+    pub fn new(holder: impl Into<String>) -> FetchOptions {
+        FetchOptions {
+            prefix: DEFAULT_PREFIX.to_string(),
+            timeout: None,
+            settle: WaitOptions::DEFAULT_SETTLE,
+            poll: WaitOptions::DEFAULT_POLL,
+            holder: holder.into(),
+            ttl: PinRequest::DEFAULT_TTL,
+        }
+    }
+}
+
+/// What [`fetch`](crate::fetch) did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FetchReport {
+    /// The local copy: `path` is the step directory in the local root.
+    pub version: Version,
+    /// The shared step directory it was copied from.
+    pub source: String,
+    /// Whether anything was copied: `false` when the local root already
+    /// held the step, committed, with the same manifest.
+    pub copied: bool,
+    /// Payload bytes copied (and hashed).
+    pub bytes_copied: u64,
+    /// Flushes made in the local root (a host that makes them counts
+    /// every one it made, the pin's on the shared root included).
+    pub fsyncs: u64,
+    /// Their total time in milliseconds, as the host measured it (0 where
+    /// nobody timed them).
+    pub fsync_ms: f64,
+    /// Conditions that did not stop the fetch, such as a pin that could
+    /// not be released.
+    pub warnings: Vec<String>,
+}
+
 /// Where a step directory stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

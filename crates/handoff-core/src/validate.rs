@@ -249,6 +249,23 @@ pub(crate) fn read_manifest<S: Storage>(fs: &S, dir: &str) -> Result<Manifest, R
 }
 
 fn manifest_as<S: Storage>(fs: &S, dir: &str, errors: ReadErrors) -> Result<Manifest, Rejected> {
+    manifest_bytes_as(fs, dir, errors).map(|(_, manifest)| manifest)
+}
+
+/// [`read_manifest`], with the bytes read: what a fetch installs in its
+/// local copy, unchanged.
+pub(crate) fn read_manifest_bytes<S: Storage>(
+    fs: &S,
+    dir: &str,
+) -> Result<(Vec<u8>, Manifest), Rejected> {
+    manifest_bytes_as(fs, dir, ReadErrors::Mismatch)
+}
+
+fn manifest_bytes_as<S: Storage>(
+    fs: &S,
+    dir: &str,
+    errors: ReadErrors,
+) -> Result<(Vec<u8>, Manifest), Rejected> {
     let path = join(dir, MANIFEST_NAME);
     let shown = fs.display(&path);
     let mut file = match open_file(fs, &path) {
@@ -282,12 +299,13 @@ fn manifest_as<S: Storage>(fs: &S, dir: &str, errors: ReadErrors) -> Result<Mani
         }
     }
     bytes.truncate(filled);
-    Manifest::parse(&bytes).map_err(|bad| {
+    let manifest = Manifest::parse(&bytes).map_err(|bad| {
         let why = format!("{shown}: {bad}");
         if bad.permanent {
             Rejected::unsafe_manifest(&shown, why)
         } else {
             Rejected::mismatch(&shown, why)
         }
-    })
+    })?;
+    Ok((bytes, manifest))
 }

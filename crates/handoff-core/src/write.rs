@@ -450,28 +450,65 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
     }
 
     let mut flush = Flusher::new(fs);
-    ensure_dir(&mut flush, HANDOFF_DIR, "")?;
-    ensure_dir(&mut flush, STAGING_DIR, HANDOFF_DIR)?;
-    let staging = staging_name(&dir, platform.random_u64());
+    let manifest = stage_and_commit(
+        &mut flush,
+        platform,
+        &dir,
+        Some((options.run, step)),
+        "publish",
+        &already,
+        |flush, staging| {
+            for sub in &dirs {
+                let path = join(staging, sub);
+                fs.create_dir(&path)
+                    .map_err(|e| Error::io("create", &fs.display(&path), &e))?;
+            }
+            let mut entries = Vec::with_capacity(files.len());
+            for rel in &files {
+                entries.push(copy_file(source, rel, flush, &join(staging, rel))?);
+            }
+            commit_dir(flush, platform, staging, &dirs, step, options, entries)
+        },
+    )?;
+    Ok(report(fs, &dir, manifest, flush))
+}
+
+/// The staged path of [`publish`], shared with a fetch to a local root:
+/// create `.handoff/staging/<dir>.<random>`, let `fill` write and seal the
+/// step there (payload, then [`commit_dir`] or [`commit_manifest`]), then
+/// rename it to `dir` and flush the root. The rename is the commit point.
+///
+/// With `run` (the writer's run, and the step), the run is checked against the root's newest run
+/// just before the rename and once more after it (a newer run begun
+/// meanwhile supersedes the writer). `verb` names the operation in the
+/// message of a staging directory taken by gc; `already` is the error of a
+/// step found in place. On any error the staging copy is removed and
+/// nothing is left under `dir`.
+pub(crate) fn stage_and_commit<S: Storage, P: Platform, T>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    dir: &str,
+    run: Option<(u64, u64)>,
+    verb: &str,
+    already: &dyn Fn() -> Error,
+    fill: impl FnOnce(&mut Flusher<'_, S>, &str) -> Result<T>,
+) -> Result<T> {
+    let fs = flush.fs;
+    let check = |fs: &S| match run {
+        Some((run, step)) => check_run(fs, run, step),
+        None => Ok(()),
+    };
+    ensure_dir(flush, HANDOFF_DIR, "")?;
+    ensure_dir(flush, STAGING_DIR, HANDOFF_DIR)?;
+    let staging = staging_name(dir, platform.random_u64());
     fs.create_dir(&staging)
         .map_err(|e| Error::io("create", &fs.display(&staging), &e))?;
 
     let result = (|| {
-        for sub in &dirs {
-            let path = join(&staging, sub);
-            fs.create_dir(&path)
-                .map_err(|e| Error::io("create", &fs.display(&path), &e))?;
-        }
-        let mut entries = Vec::with_capacity(files.len());
-        for rel in &files {
-            entries.push(copy_file(source, rel, &mut flush, &join(&staging, rel))?);
-        }
-        let manifest = commit_dir(
-            &mut flush, platform, &staging, &dirs, step, options, entries,
-        )?;
+        let filled = fill(flush, &staging)?;
         // The last look before the commit point: a newer run begun while we
         // copied supersedes us.
-        check_run(fs, options.run, step)?;
+        check(fs)?;
         // A rename replaces an empty directory, such as one an in-place
         // writer made for this step while we copied: look again, by a
         // listing (this node may answer a look-up from its cache of the
@@ -482,14 +519,14 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             // A root the host cannot list whole (a name that is not UTF-8,
             // which WASI refuses) still has the step looked up.
             Err(_) => fs
-                .stat(&dir)
-                .map_err(|e| Error::io("inspect", &fs.display(&dir), &e))?
+                .stat(dir)
+                .map_err(|e| Error::io("inspect", &fs.display(dir), &e))?
                 .is_some(),
         };
         if there {
             return Err(already());
         }
-        match fs.rename(&staging, &dir) {
+        match fs.rename(&staging, dir) {
             Ok(()) => {}
             Err(e)
                 if matches!(
@@ -499,43 +536,40 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
             {
                 return Err(already());
             }
-            Err(e) => return Err(Error::io("rename staging into", &fs.display(&dir), &e)),
+            Err(e) => return Err(Error::io("rename staging into", &fs.display(dir), &e)),
         }
         // The rename is durable once the root is flushed (F4), or on
         // CephFS, whose client ties it to the source directory, staging.
         if let Err(err) = flush.dir("").and_then(|()| flush.dir(STAGING_DIR)) {
-            let (err, withdrawn) = withdraw(fs, &dir, err);
+            let (err, withdrawn) = withdraw(fs, dir, err);
             if withdrawn {
                 // Back under staging, which the error path below removes.
-                let _ = fs.rename(&dir, &staging);
+                let _ = fs.rename(dir, &staging);
             }
             return Err(err);
         }
-        if let Err(err) = check_run(fs, options.run, step) {
-            let (err, withdrawn) = superseded(fs, &dir, err);
+        if let Err(err) = check(fs) {
+            let (err, withdrawn) = superseded(fs, dir, err);
             if withdrawn {
-                let _ = fs.rename(&dir, &staging);
+                let _ = fs.rename(dir, &staging);
             }
             return Err(err);
         }
-        Ok(manifest)
+        Ok(filled)
     })();
-    match result {
-        Ok(manifest) => Ok(report(fs, &dir, manifest, flush)),
-        Err(err) => {
-            // Nothing under the step's name was created; the staging copy is
-            // ours alone, so remove it (gc would otherwise, after its grace).
-            let err = staging_taken(fs, &staging, err);
-            let _ = remove_tree(fs, &staging);
-            Err(err)
-        }
-    }
+    result.map_err(|err| {
+        // Nothing under the step's name was created; the staging copy is
+        // ours alone, so remove it (gc would otherwise, after its grace).
+        let err = staging_taken(fs, &staging, err, verb);
+        let _ = remove_tree(fs, &staging);
+        err
+    })
 }
 
 /// A publish that stalled longer than gc's grace period finds its staging
 /// directory gone (gc claimed it for abandoned): say so, rather than only
 /// "not found".
-fn staging_taken<S: Storage>(fs: &S, staging: &str, err: Error) -> Error {
+fn staging_taken<S: Storage>(fs: &S, staging: &str, err: Error, verb: &str) -> Error {
     if err.kind() != ErrorKind::NotFound || !matches!(fs.stat(staging), Ok(None)) {
         return err;
     }
@@ -544,8 +578,8 @@ fn staging_taken<S: Storage>(fs: &S, staging: &str, err: Error) -> Error {
         ErrorKind::Io,
         format!(
             "{}; {shown} is gone: gc takes a staging directory in which nothing changed for \
-             longer than its grace period, and this publish stalled that long. Nothing was \
-             committed: publish again",
+             longer than its grace period, and this {verb} stalled that long. Nothing was \
+             committed: {verb} again",
             err.message()
         ),
     )
@@ -565,9 +599,6 @@ fn commit_dir<S: Storage, P: Platform>(
     options: &WriteOptions,
     entries: Vec<FileEntry>,
 ) -> Result<Manifest> {
-    for sub in payload_dirs.iter().rev() {
-        flush.dir(&join(dir, sub))?;
-    }
     let created = options.created_ms.unwrap_or_else(|| platform.now_ms());
     let manifest = Manifest {
         run: options.run,
@@ -586,6 +617,23 @@ fn commit_dir<S: Storage, P: Platform>(
             ),
         ));
     }
+    commit_manifest(flush, platform, dir, payload_dirs, &bytes)?;
+    Ok(manifest)
+}
+
+/// Steps 1 (the payload's directories, deepest first) to 4 of [`seal`]
+/// with the manifest's `bytes` as given: a fetch installs the shared
+/// step's manifest byte for byte.
+pub(crate) fn commit_manifest<S: Storage, P: Platform>(
+    flush: &mut Flusher<'_, S>,
+    platform: &P,
+    dir: &str,
+    payload_dirs: &[String],
+    bytes: &[u8],
+) -> Result<()> {
+    for sub in payload_dirs.iter().rev() {
+        flush.dir(&join(dir, sub))?;
+    }
     let fs = flush.fs;
     let tmp = join(dir, &manifest_tmp_name(platform.random_u64()));
     let path = join(dir, MANIFEST_NAME);
@@ -593,8 +641,7 @@ fn commit_dir<S: Storage, P: Platform>(
         let mut file = fs
             .create_new(&tmp)
             .map_err(|e| Error::io("create", &fs.display(&tmp), &e))?;
-        write_all_at(&mut file, &bytes, 0)
-            .map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
+        write_all_at(&mut file, bytes, 0).map_err(|e| Error::io("write", &fs.display(&tmp), &e))?;
         flush.file(&mut file, &tmp)?;
         drop(file);
         fs.rename(&tmp, &path)
@@ -643,7 +690,7 @@ fn commit_dir<S: Storage, P: Platform>(
     if let Err(err) = flush.file(&mut file, &stable).and_then(|()| flush.dir(dir)) {
         return Err(withdraw(fs, dir, err).0);
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// After a flush failed once the step's `STABLE` existed: readers may

@@ -40,6 +40,9 @@ enum Op {
     Publish,
     /// In place: the payload is already in `step_2/`.
     Seal,
+    /// A reader's local copy: fetch step 2 from a shared root on the real
+    /// disk into the lazy mount's root.
+    Fetch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,8 @@ struct Scenario<'a> {
     /// The root with committed step 1, copied into each fresh backing store.
     template: PathBuf,
     src: PathBuf,
+    /// For a fetch: the shared root (on the real disk) holding step 2.
+    shared: PathBuf,
     payload: Payload,
     seeds: u64,
     /// State-changing requests of a clean run of the writer.
@@ -83,6 +88,16 @@ impl Scenario<'_> {
                 self.setup
                     .cmd("seal", root, &["--step", STEP, "--writer", "trainer-0"])
             }
+            (Tool::Handoff, Op::Fetch) => self.setup.cmd(
+                "fetch",
+                &self.shared,
+                &["--step", STEP, "--to", root.to_str().unwrap()],
+            ),
+            // What a loader script does without handoff: copy the step
+            // directory, STABLE and all, and trust it.
+            (Tool::Naive, Op::Fetch) => {
+                shell(r#"cp -r "$2"/step_2 "$1"/step_2"#, root, &self.shared)
+            }
             (Tool::Naive, Op::Publish) => shell(
                 r#"t="$1/.tmp-step_2"; mkdir -p "$t" && cp "$2"/* "$t"/ && touch "$t"/STABLE && mv "$t" "$1"/step_2"#,
                 root,
@@ -108,6 +123,7 @@ impl Scenario<'_> {
         match self.op {
             Op::Publish => "crash-publish",
             Op::Seal => "crash-seal",
+            Op::Fetch => "crash-fetch",
         }
     }
 
@@ -160,12 +176,27 @@ fn run_scenario(op: Op, tool: Tool) {
         stderr(&out)
     );
 
+    // The shared root a fetch copies from: step 2 of the payload, committed
+    // on the real disk.
+    let shared = work.join("shared");
+    fs::create_dir(&shared).unwrap();
+    let out = run(
+        setup.cmd("publish", &shared, &["--step", STEP, src.to_str().unwrap()]),
+        DEADLINE,
+    );
+    assert!(
+        out.status.success(),
+        "publish of the shared step failed: {}",
+        stderr(&out)
+    );
+
     let mut scenario = Scenario {
         setup,
         op,
         tool,
         template,
         src,
+        shared,
         payload,
         seeds: seeds(50),
         clean_requests: 0,
@@ -374,7 +405,7 @@ fn recovers(scenario: &Scenario<'_>, root: &Path) -> bool {
 /// caught (so the scenario can fail).
 #[test]
 fn crash_never_accepts_a_broken_version_where_a_naive_writer_is_caught() {
-    for op in [Op::Publish, Op::Seal] {
+    for op in [Op::Publish, Op::Seal, Op::Fetch] {
         run_scenario(op, Tool::Handoff);
         run_scenario(op, Tool::Naive);
     }

@@ -98,9 +98,22 @@ fn each_seed(
     tally
 }
 
-fn run_handoff(op: Op) {
+/// How node B reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reader {
+    /// `handoff wait`, then the files are read where they are.
+    Wait,
+    /// `handoff fetch` into a local root off the mount, which is read.
+    Fetch,
+}
+
+fn run_handoff(op: Op, reader: Reader) {
     let Some(setup) = setup() else { return };
-    let tally = each_seed(op, "handoff", "nodes", |seed, rig, roots, tally| {
+    let tool = match reader {
+        Reader::Wait => "handoff",
+        Reader::Fetch => "handoff-fetch",
+    };
+    let tally = each_seed(op, tool, "nodes", |seed, rig, roots, tally| {
         let (root_a, root_b) = (&roots.a, &roots.b);
         let mut rng = SeededRng::new(seed);
         let step = (seed + 1).to_string();
@@ -109,9 +122,15 @@ fn run_handoff(op: Op) {
         let src = rig.dir.join(format!("src{seed}"));
         payload.write_to(&src).unwrap();
         let verify = if rng.below(2) == 0 { "size" } else { "hash" };
+        // A fetch's local root: off the mount, on the real disk.
+        let local = rig.dir.join(format!("local{seed}"));
+        let read_at = match reader {
+            Reader::Wait => root_b.join(&step_dir),
+            Reader::Fetch => local.join(&step_dir),
+        };
         let waited = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
-                let args = [
+                let mut args = vec![
                     "--step",
                     &step,
                     "--timeout",
@@ -120,10 +139,17 @@ fn run_handoff(op: Op) {
                     "10s",
                     "--poll",
                     "20ms",
-                    "--verify",
-                    verify,
                 ];
-                run(setup.cmd("wait", root_b, &args), DEADLINE)
+                match reader {
+                    Reader::Wait => {
+                        args.extend(["--verify", verify]);
+                        run(setup.cmd("wait", root_b, &args), DEADLINE)
+                    }
+                    Reader::Fetch => {
+                        args.extend(["--to", local.to_str().unwrap()]);
+                        run(setup.cmd("fetch", root_b, &args), DEADLINE)
+                    }
+                }
             });
             std::thread::sleep(Duration::from_millis(rng.below(40)));
             let out = match op {
@@ -147,9 +173,9 @@ fn run_handoff(op: Op) {
         });
         if waited.status.success() {
             tally.count("accepted");
-            if let Err(why) = payload.check(&root_b.join(&step_dir)) {
+            if let Err(why) = payload.check(&read_at) {
                 tally.broken(format!(
-                    "seed={seed} verify={verify}: wait accepted, then on B: {why}"
+                    "seed={seed} {reader:?} verify={verify}: accepted, then on B: {why}"
                 ));
             }
         } else {
@@ -249,8 +275,20 @@ fn naive_read(
 #[test]
 fn nodes_wait_returns_only_complete_versions_where_a_naive_reader_is_caught() {
     for op in [Op::Publish, Op::Seal] {
-        run_handoff(op);
+        run_handoff(op, Reader::Wait);
         run_naive(op);
+    }
+}
+
+/// `handoff fetch` on node B, from before the writer starts on A: it
+/// commits a local copy only of the complete version (each copy hashed
+/// against the manifest, retried while B's view lags), and always one. The
+/// naive reader of the test above is its control: B's lagging view is what
+/// it fails on.
+#[test]
+fn nodes_fetch_commits_only_complete_local_copies() {
+    for op in [Op::Publish, Op::Seal] {
+        run_handoff(op, Reader::Fetch);
     }
 }
 

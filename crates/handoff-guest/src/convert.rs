@@ -54,6 +54,32 @@ impl From<wit_types::WaitOptions> for core::WaitOptions {
     }
 }
 
+impl From<wit::FetchOptions> for core::FetchOptions {
+    fn from(o: wit::FetchOptions) -> Self {
+        core::FetchOptions {
+            prefix: o.prefix,
+            timeout: o.timeout_ms.map(Duration::from_millis),
+            settle: Duration::from_millis(o.settle_ms),
+            poll: Duration::from_millis(o.poll_ms),
+            holder: o.holder,
+            ttl: Duration::from_millis(o.ttl_ms),
+        }
+    }
+}
+
+impl From<core::FetchReport> for wit::FetchReport {
+    fn from(r: core::FetchReport) -> Self {
+        wit::FetchReport {
+            version: r.version.into(),
+            source: r.source,
+            copied: r.copied,
+            bytes_copied: r.bytes_copied,
+            fsyncs: r.fsyncs,
+            warnings: r.warnings,
+        }
+    }
+}
+
 impl From<wit::GcOptions> for core::GcOptions {
     fn from(o: wit::GcOptions) -> Self {
         core::GcOptions {

@@ -23,7 +23,7 @@ mod bindings {
 }
 
 use bindings::exports::handoff::protocol::protocol::{
-    FsckEntry, GcOptions, GcReport, Guest, PinInfo, PublishReport,
+    FetchOptions, FetchReport, FsckEntry, GcOptions, GcReport, Guest, PinInfo, PublishReport,
 };
 use bindings::handoff::protocol::types::{
     Error, StepInfo, Target, Verify, Version, WaitOptions, WriteOptions,
@@ -62,6 +62,17 @@ impl Guest for Component {
     fn wait(root: String, target: Target, options: WaitOptions) -> Result<Version, Error> {
         let root = open(&root)?;
         Ok(core::wait(&root, &WasiPlatform, target.into(), &options.into())?.into())
+    }
+
+    fn fetch(
+        root: String,
+        to: String,
+        target: Target,
+        options: FetchOptions,
+    ) -> Result<FetchReport, Error> {
+        let root = open(&root)?;
+        let to = open(&to)?;
+        Ok(core::fetch(&root, &to, &WasiPlatform, target.into(), &options.into())?.into())
     }
 
     fn latest(root: String, prefix: String, verify: Verify) -> Result<Option<Version>, Error> {

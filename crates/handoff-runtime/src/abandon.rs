@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use handoff_core::layout::{
-    SEAL_CLAIM_NAME, SEAL_CLAIM_WRITER, join, manifest_tmp_name, seal_claim_tmp_name, staging_name,
-    step_name,
+    SEAL_CLAIM_NAME, SEAL_CLAIM_WRITER, STAGING_DIR, join, manifest_tmp_name, seal_claim_tmp_name,
+    staging_name, step_name,
 };
 use rand_core::TryRng;
 use wasmtime_wasi::Rng;
@@ -74,6 +74,30 @@ pub(crate) fn publish(root: &Path, prefix: &str, step: u64, draws: &Draws) -> io
     let dir = step_name(prefix, step);
     for unique in draws.taken() {
         remove_tree(&root, &staging_name(&dir, unique))?;
+    }
+    Ok(())
+}
+
+/// Remove the staging copy a fetch into the local root `to` stopped: the
+/// staging folder named from one of the call's draws, whatever its step
+/// (a fetch of the latest step learns its number only inside the call).
+pub(crate) fn fetch(to: &Path, draws: &Draws) -> io::Result<()> {
+    let root = Dir::open_ambient_dir(to, ambient_authority())?;
+    let staging = match root.read_dir(STAGING_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let taken = draws.taken();
+    for entry in staging {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if taken
+            .iter()
+            .any(|unique| name.ends_with(&format!(".{unique:016x}")))
+        {
+            remove_tree(&root, &join(STAGING_DIR, name))?;
+        }
     }
     Ok(())
 }

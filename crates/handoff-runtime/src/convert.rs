@@ -53,6 +53,19 @@ impl From<&core::WaitOptions> for wit_types::WaitOptions {
     }
 }
 
+impl From<&core::FetchOptions> for wit::FetchOptions {
+    fn from(o: &core::FetchOptions) -> Self {
+        wit::FetchOptions {
+            prefix: o.prefix.clone(),
+            timeout_ms: o.timeout.map(millis),
+            settle_ms: millis(o.settle),
+            poll_ms: millis(o.poll),
+            holder: o.holder.clone(),
+            ttl_ms: millis(o.ttl),
+        }
+    }
+}
+
 impl From<&core::GcOptions> for wit::GcOptions {
     fn from(o: &core::GcOptions) -> Self {
         wit::GcOptions {

@@ -62,6 +62,17 @@ pub enum Error {
         /// As for [`Root`](Error::Root).
         kind: ErrorKind,
     },
+    /// A fetch's local root cannot be one: it overlaps the shared root, or
+    /// it cannot be created or is not a directory.
+    #[error("local root {}: {reason}", .path.display())]
+    Local {
+        /// The local root as given.
+        path: PathBuf,
+        /// What was seen.
+        reason: String,
+        /// As for [`Root`](Error::Root).
+        kind: ErrorKind,
+    },
     /// The engine or the call's sandbox could not be set up.
     #[error("failed to set up the component: {0}")]
     Setup(String),
@@ -89,7 +100,9 @@ impl Error {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Error::Protocol(e) => e.kind().as_str(),
-            Error::Root { kind, .. } | Error::Source { kind, .. } => kind.as_str(),
+            Error::Root { kind, .. } | Error::Source { kind, .. } | Error::Local { kind, .. } => {
+                kind.as_str()
+            }
             Error::BadComponent { .. } => "bad-component",
             Error::Trap(_) => "trap",
             Error::DeadlineExceeded { .. } => "deadline-exceeded",
@@ -103,7 +116,7 @@ impl Error {
         match self {
             Error::Protocol(e) => e.path().map(str::to_string),
             Error::BadComponent { path, .. } => Some(path.clone()),
-            Error::Root { path, .. } | Error::Source { path, .. } => {
+            Error::Root { path, .. } | Error::Source { path, .. } | Error::Local { path, .. } => {
                 Some(path.to_string_lossy().into_owned())
             }
             _ => None,

@@ -180,7 +180,14 @@ impl bulk::Host for CallState {
             return Ok(Err(e));
         }
         let meter = Meter::start(self.progress.as_ref(), BulkWork::Copying, file_len(&src));
-        outcome(copy_file(&src, &dst, self.deadline, &meter), "copying")
+        // Each copied piece is written out while the next is copied, and
+        // while the guest then hashes the copy: its flush has little left.
+        let writeback = &mut self.writeback;
+        let mut written = |offset, len| writeback.start_range(Arc::clone(&dst), offset, len);
+        outcome(
+            copy_file(&src, &dst, self.deadline, &meter, &mut written),
+            "copying",
+        )
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {
@@ -203,16 +210,27 @@ impl bulk::Host for CallState {
 /// keeps each file open until its writeback is submitted.
 #[derive(Default)]
 struct Writeback {
-    queue: Option<mpsc::Sender<Arc<File>>>,
+    queue: Option<mpsc::Sender<(Arc<File>, u64, u64)>>,
 }
 
 impl Writeback {
+    /// Start writing out all of `file`.
     fn start(&mut self, file: Arc<File>) {
+        self.start_range(file, 0, 0);
+    }
+
+    /// Start writing out `len` bytes of `file` from `offset` (0: to the
+    /// end).
+    fn start_range(&mut self, file: Arc<File>, offset: u64, len: u64) {
         if self.queue.is_none() {
-            let (queue, files) = mpsc::channel::<Arc<File>>();
+            let (queue, files) = mpsc::channel::<(Arc<File>, u64, u64)>();
             let worker = std::thread::Builder::new()
                 .name("handoff-writeback".to_string())
-                .spawn(move || files.into_iter().for_each(|f| start_writeback(&f)));
+                .spawn(move || {
+                    files
+                        .into_iter()
+                        .for_each(|(f, offset, len)| start_writeback(&f, offset, len))
+                });
             // Without a thread, it is only advice not taken.
             if worker.is_err() {
                 return;
@@ -220,7 +238,7 @@ impl Writeback {
             self.queue = Some(queue);
         }
         if let Some(queue) = &self.queue {
-            let _ = queue.send(file);
+            let _ = queue.send((file, offset, len));
         }
     }
 }
@@ -289,8 +307,15 @@ fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
 const CHUNK: usize = 1 << 20;
 
 /// Most one `copy_file_range` may copy, so that the time limit is checked
-/// at least every 64 MiB.
-const KERNEL_CHUNK: usize = 64 << 20;
+/// at least every 16 MiB, and each piece's writeback starts while the next
+/// is copied.
+const KERNEL_CHUNK: usize = 16 << 20;
+
+/// Files at least this large are hashed by two threads where the CPU has
+/// two: one hashes BLAKE3's left subtree, the other the rest, and their
+/// chaining values are merged into the root. A fetch hashes every copy it
+/// makes, so this halves the part of a fetch the writeback cannot overlap.
+const PARALLEL_HASH_MIN: u64 = 16 << 20;
 
 /// BLAKE3 of `file` from offset 0 to its end: bytes read, hash.
 fn hash_file(
@@ -298,12 +323,37 @@ fn hash_file(
     deadline: Option<Instant>,
     meter: &Meter,
 ) -> Result<(u64, blake3::Hash), Stopped> {
+    let len = file_len(file);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if len >= PARALLEL_HASH_MIN
+        && cpus > 1
+        && let Some(hashed) = hash_halves(file, len, deadline, meter)?
+    {
+        return Ok(hashed);
+    }
     let mut hasher = blake3::Hasher::new();
+    let read = hash_range(file, &mut hasher, 0, u64::MAX, deadline, &|done| {
+        meter.advance(done)
+    })?;
+    Ok((read, hasher.finalize()))
+}
+
+/// Feed `file` from `from` to `to` (or its end, if sooner) into `hasher`,
+/// reporting the bytes done so far to `advance`: where it stopped.
+fn hash_range(
+    file: &File,
+    hasher: &mut blake3::Hasher,
+    from: u64,
+    to: u64,
+    deadline: Option<Instant>,
+    advance: &dyn Fn(u64),
+) -> Result<u64, Stopped> {
     let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    loop {
+    let mut offset = from;
+    while offset < to {
         in_time(deadline)?;
-        let n = match file.read_at(&mut buf, offset) {
+        let want = usize::try_from(to - offset).map_or(CHUNK, |left| left.min(CHUNK));
+        let n = match file.read_at(&mut buf[..want], offset) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -311,9 +361,64 @@ fn hash_file(
         };
         hasher.update(&buf[..n]);
         offset += n as u64;
-        meter.advance(offset);
+        advance(offset - from);
     }
-    Ok((offset, hasher.finalize()))
+    Ok(offset)
+}
+
+/// [`hash_file`] of a file of `len` bytes by two threads, or `None` when
+/// that cannot be had (no thread, or a file whose size changed meanwhile:
+/// then one thread hashes it as it is).
+fn hash_halves(
+    file: &File,
+    len: u64,
+    deadline: Option<Instant>,
+    meter: &Meter,
+) -> Result<Option<(u64, blake3::Hash)>, Stopped> {
+    use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_root};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let left = left_subtree_len(len);
+    let right_done = AtomicU64::new(0);
+    let halves = std::thread::scope(|scope| {
+        let right = std::thread::Builder::new()
+            .name("handoff-hash".to_string())
+            .spawn_scoped(scope, || {
+                let mut hasher = blake3::Hasher::new();
+                hasher.set_input_offset(left);
+                let end = hash_range(file, &mut hasher, left, len, deadline, &|done| {
+                    right_done.store(done, Ordering::Relaxed)
+                })?;
+                Ok::<_, Stopped>((end, hasher))
+            });
+        let Ok(right) = right else {
+            return Ok::<_, Stopped>(None);
+        };
+        let mut hasher = blake3::Hasher::new();
+        let left_end = hash_range(file, &mut hasher, 0, left, deadline, &|done| {
+            meter.advance(done + right_done.load(Ordering::Relaxed))
+        });
+        let right = right
+            .join()
+            .map_err(|_| Stopped::from(io::Error::other("the hashing thread panicked")))?;
+        Ok(Some((left_end?, hasher, right?)))
+    })?;
+    let Some((left_end, left_hasher, (right_end, right_hasher))) = halves else {
+        return Ok(None);
+    };
+    // The whole file as it was when read: both halves read to their ends,
+    // and nothing after them.
+    let mut probe = [0u8; 1];
+    let grew = file.read_at(&mut probe, len).map_err(Stopped::from)? > 0;
+    if left_end != left || right_end != len || grew {
+        return Ok(None);
+    }
+    meter.advance(len);
+    let root = merge_subtrees_root(
+        &left_hasher.finalize_non_root(),
+        &right_hasher.finalize_non_root(),
+        Mode::Hash,
+    );
+    Ok(Some((len, root)))
 }
 
 /// Copy all of `src` into `dst` at offset 0: bytes copied. The kernel
@@ -325,8 +430,9 @@ fn copy_file(
     dst: &File,
     deadline: Option<Instant>,
     meter: &Meter,
+    written: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Stopped> {
-    let copied = kernel_copy(src, dst, deadline, meter)?;
+    let copied = kernel_copy(src, dst, deadline, meter, written)?;
     copy_from(src, dst, copied, deadline, meter)
 }
 
@@ -356,13 +462,15 @@ fn copy_from(
 
 /// Copy with `copy_file_range(2)` at explicit offsets (the descriptors'
 /// own positions are left alone) until end of file, or until the kernel
-/// declines for this pair of files: bytes copied so far.
+/// declines for this pair of files: bytes copied so far. Each piece copied
+/// is handed to `written` (offset, length).
 #[cfg(target_os = "linux")]
 fn kernel_copy(
     src: &File,
     dst: &File,
     deadline: Option<Instant>,
     meter: &Meter,
+    written: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Stopped> {
     use std::os::fd::AsRawFd;
     let mut offset: i64 = 0;
@@ -384,6 +492,7 @@ fn kernel_copy(
         match n {
             0 => return Ok(offset as u64),
             n if n > 0 => {
+                written(offset as u64, n as u64);
                 offset += n as i64;
                 meter.advance(offset as u64);
             }
@@ -409,6 +518,7 @@ fn kernel_copy(
     _dst: &File,
     _deadline: Option<Instant>,
     _meter: &Meter,
+    _written: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Stopped> {
     Ok(0)
 }
@@ -417,16 +527,19 @@ fn kernel_copy(
 /// hashes while the device writes, and its `fsync` then waits only for the
 /// rest. Advisory; errors are ignored.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
+fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     // SAFETY: an open descriptor kept alive by the borrow.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Some filesystems refuse to flush directories at all (`EINVAL`): the
 /// guest reports that once and keeps the same order. Any other error means
@@ -584,11 +697,40 @@ mod tests {
     }
 
     #[test]
+    fn a_large_file_hashed_by_two_threads_has_its_blake3() {
+        let tmp = tempfile::tempdir().unwrap();
+        let min = PARALLEL_HASH_MIN as usize;
+        // At the threshold, around a power of two, and an odd size.
+        for size in [min, min + 1, 2 * min - 1, min + 3 * CHUNK + 12345] {
+            let (path, data) = data_file(tmp.path(), size);
+            let file = File::open(&path).unwrap();
+            let halves = hash_halves(&file, size as u64, None, &Meter::none()).unwrap();
+            assert_eq!(halves, Some((size as u64, blake3::hash(&data))), "{size}");
+            let whole = hash_file(&file, None, &Meter::none()).unwrap();
+            assert_eq!(whole, (size as u64, blake3::hash(&data)), "{size}");
+        }
+        // A file longer than it was said to be is left to one thread.
+        let (path, _) = data_file(tmp.path(), min + 10);
+        let file = File::open(&path).unwrap();
+        assert_eq!(
+            hash_halves(&file, min as u64, None, &Meter::none()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn copy_file_copies_every_byte() {
         let tmp = tempfile::tempdir().unwrap();
         let (path, data) = data_file(tmp.path(), 2 * CHUNK + 999);
         let dst = new_file(&tmp.path().join("dst.bin"));
-        let copied = copy_file(&File::open(&path).unwrap(), &dst, None, &Meter::none()).unwrap();
+        let copied = copy_file(
+            &File::open(&path).unwrap(),
+            &dst,
+            None,
+            &Meter::none(),
+            &mut |_, _| {},
+        )
+        .unwrap();
         assert_eq!(copied, data.len() as u64);
         assert_eq!(std::fs::read(tmp.path().join("dst.bin")).unwrap(), data);
     }
@@ -623,7 +765,8 @@ mod tests {
                 &File::open(&path).unwrap(),
                 &read_only,
                 None,
-                &Meter::none()
+                &Meter::none(),
+                &mut |_, _| {}
             ),
             Err(Stopped::Io(_))
         ));
@@ -641,7 +784,7 @@ mod tests {
         ));
         let dst = new_file(&tmp.path().join("dst.bin"));
         assert!(matches!(
-            copy_file(&file, &dst, past, &Meter::none()),
+            copy_file(&file, &dst, past, &Meter::none(), &mut |_, _| {}),
             Err(Stopped::OutOfTime)
         ));
         let trap = outcome(hash_file(&file, past, &Meter::none()), "hashing").unwrap_err();
@@ -693,7 +836,7 @@ mod tests {
         let meter = Meter::start(Some(&hook), BulkWork::Copying, file_len(&file));
         let dst = new_file(&tmp.path().join("dst.bin"));
         let past = Some(Instant::now());
-        assert!(copy_file(&file, &dst, past, &meter).is_err());
+        assert!(copy_file(&file, &dst, past, &meter, &mut |_, _| {}).is_err());
         drop(meter);
         let seen = std::mem::take(&mut *recorded.0.lock().unwrap());
         assert_eq!(seen, [format!("start Copying {len}"), "finish".to_string()]);

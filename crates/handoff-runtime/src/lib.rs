@@ -58,9 +58,9 @@ pub use crate::error::Error;
 pub use crate::progress::{BulkWork, Progress};
 // The protocol's types are the core's: one set from the component to the CLI.
 pub use handoff_core::{
-    Backend, DEFAULT_PREFIX, ErrorKind, FileEntry, FsckEntry, GcOptions, GcReport, PinInfo,
-    PinRequest, PublishReport, StepInfo, StepState, Target, Verify, Version, WaitOptions,
-    WriteOptions,
+    Backend, DEFAULT_PREFIX, ErrorKind, FetchOptions, FetchReport, FileEntry, FsckEntry, GcOptions,
+    GcReport, PinInfo, PinRequest, PublishReport, StepInfo, StepState, Target, Verify, Version,
+    WaitOptions, WriteOptions,
 };
 
 /// A writer id naming this process: `<hostname>:<pid>`.
@@ -527,6 +527,76 @@ impl Backend for Runtime {
         Ok(version.into())
     }
 
+    /// Wait for `target` under `root`, pinned, and copy it, verified, into
+    /// the local root `to`, which is created if missing. Both are preopened
+    /// read-write (the pin is written under `root`); `to` equal to `root`,
+    /// inside it or containing it is refused before anything is written.
+    /// The time limit is the wait's timeout plus the default limit of a
+    /// call for the copy (none when it waits without limit), or
+    /// [`Limits::time_limit`]; a fetch stopped by it has its staging copy
+    /// removed here, and its pin expires after its ttl.
+    fn fetch(
+        &self,
+        root: &Path,
+        to: &Path,
+        target: Target,
+        options: &FetchOptions,
+    ) -> Result<FetchReport, Error> {
+        let root = preopen_root(root)?;
+        let local_error = |reason: String, kind| Error::Local {
+            path: to.to_path_buf(),
+            reason,
+            kind,
+        };
+        let absolute = std::path::absolute(to)
+            .map_err(|e| local_error(e.to_string(), ErrorKind::InvalidInput))?;
+        let refuse = |found: std::io::Result<Option<String>>| match found {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => Err(local_error(reason, ErrorKind::InvalidInput)),
+            Err(e) => Err(local_error(e.to_string(), ErrorKind::Io)),
+        };
+        refuse(overlap::describe_local(Path::new(&root.path), &absolute))?;
+        std::fs::create_dir_all(&absolute)
+            .map_err(|e| local_error(format!("cannot create it: {e}"), ErrorKind::Io))?;
+        let local = preopen_dir(&absolute, FsPerms::ReadWrite)
+            .map_err(|(_, reason, kind)| local_error(reason, kind))?;
+        // Again, now that it exists: a symbolic link may lead anywhere.
+        refuse(overlap::describe_local(
+            Path::new(&root.path),
+            Path::new(&local.path),
+        ))?;
+        let guest_root = root.path.clone();
+        let guest_local = local.path.clone();
+        let draws = Draws::default();
+        let called = self.call_recording(
+            &[root, local],
+            self.time_limit(CallKind::Fetch(options.timeout)),
+            Some(&draws),
+            |h, store| {
+                h.handoff_protocol_protocol().call_fetch(
+                    store,
+                    &guest_root,
+                    &guest_local,
+                    target.into(),
+                    &options.into(),
+                )
+            },
+        );
+        if let Err(Error::DeadlineExceeded { .. }) = &called {
+            let _ = abandon::fetch(Path::new(&guest_local), &draws);
+        }
+        let (report, stats) = called?;
+        Ok(FetchReport {
+            version: report.version.into(),
+            source: report.source,
+            copied: report.copied,
+            bytes_copied: report.bytes_copied,
+            fsyncs: stats.fsync.count,
+            fsync_ms: stats.fsync.time.as_secs_f64() * 1000.0,
+            warnings: report.warnings,
+        })
+    }
+
     /// The highest committed step that validates, in one attempt.
     fn latest(&self, root: &Path, prefix: &str, verify: Verify) -> Result<Option<Version>, Error> {
         let root = preopen_root(root)?;
@@ -626,6 +696,8 @@ fn publish_report(report: wit::PublishReport, stats: CallStats) -> PublishReport
 enum CallKind {
     /// A `wait` with this timeout.
     Wait(Option<Duration>),
+    /// A `fetch` whose wait has this timeout.
+    Fetch(Option<Duration>),
     /// Anything else.
     Other,
 }
@@ -637,7 +709,10 @@ fn call_time_limit(limits: &Limits, call: CallKind) -> Option<Duration> {
     match (limits.time_limit, call) {
         (Some(d), _) => Some(d),
         (None, CallKind::Wait(Some(timeout))) => Some(timeout.saturating_add(Limits::WAIT_MARGIN)),
-        (None, CallKind::Wait(None)) => None,
+        (None, CallKind::Wait(None) | CallKind::Fetch(None)) => None,
+        (None, CallKind::Fetch(Some(timeout))) => {
+            Some(timeout.saturating_add(Limits::DEFAULT_TIME_LIMIT))
+        }
         (None, CallKind::Other) => Some(Limits::DEFAULT_TIME_LIMIT),
     }
 }

@@ -12,33 +12,78 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// How one folder stands to the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlap {
+    /// It is the root.
+    Same,
+    /// It is inside the root.
+    Inside,
+    /// The root is inside it.
+    Contains,
+}
+
+/// How `other` overlaps `root`, or `None` when neither is the other or
+/// inside it. Both must be existing directories.
+pub(crate) fn relation(root: &Path, other: &Path) -> io::Result<Option<Overlap>> {
+    let root_id = id(root)?;
+    let other_id = id(other)?;
+    Ok(if root_id == other_id {
+        Some(Overlap::Same)
+    } else if ancestors(other)?.contains(&root_id) {
+        Some(Overlap::Inside)
+    } else if ancestors(root)?.contains(&other_id) {
+        Some(Overlap::Contains)
+    } else {
+        None
+    })
+}
+
 /// How `source` and `root` overlap, as a sentence, or `None` when neither
 /// is the other or inside it. Both must be existing directories.
 pub(crate) fn describe(root: &Path, source: &Path) -> io::Result<Option<String>> {
-    let root_id = id(root)?;
-    let source_id = id(source)?;
-    if root_id == source_id {
-        return Ok(Some(
-            "is the root itself: publish copies a payload from outside the root \
+    Ok(relation(root, source)?.map(|found| match found {
+        Overlap::Same => "is the root itself: publish copies a payload from outside the root \
              (to commit a step written in place, use seal)"
-                .to_string(),
-        ));
-    }
-    if ancestors(source)?.contains(&root_id) {
-        return Ok(Some(format!(
+            .to_string(),
+        Overlap::Inside => format!(
             "is inside the root {}: publish copies a payload from outside the root \
              (to commit a step written in place, use seal)",
             root.display()
-        )));
-    }
-    if ancestors(root)?.contains(&source_id) {
-        return Ok(Some(format!(
+        ),
+        Overlap::Contains => format!(
             "contains the root {}: publishing it would copy the root, and the \
              copy being made, into the new step",
             root.display()
-        )));
-    }
-    Ok(None)
+        ),
+    }))
+}
+
+/// How a fetch's local root `to` overlaps the shared `root`, as a
+/// sentence, or `None`. A `to` that does not exist yet is judged by the
+/// nearest folder above it that does: inside the root, it would be too.
+pub(crate) fn describe_local(root: &Path, to: &Path) -> io::Result<Option<String>> {
+    let existing = to
+        .ancestors()
+        .find(|dir| dir.is_dir())
+        .unwrap_or(Path::new("/"));
+    let found = match relation(root, existing)? {
+        // A folder still to be made below it: inside whatever it is inside,
+        // and it contains nothing yet.
+        Some(Overlap::Same | Overlap::Inside) if existing != to => Some(Overlap::Inside),
+        Some(Overlap::Contains) if existing != to => None,
+        found => found,
+    };
+    let why = "a local root is a root of its own, on the reader's disk";
+    Ok(found.map(|found| match found {
+        Overlap::Same => format!("is the shared root itself: {why}"),
+        Overlap::Inside => format!("is inside the shared root {}: {why}", root.display()),
+        Overlap::Contains => format!(
+            "contains the shared root {}: {why}, and its gc and fsck would see the shared \
+             root's steps as strays",
+            root.display()
+        ),
+    }))
 }
 
 fn id(path: &Path) -> io::Result<(u64, u64)> {
@@ -85,6 +130,33 @@ mod tests {
         assert!(inside.contains("is inside the root"), "{inside}");
         let outer = describe(&root.join("a"), tmp.path()).unwrap().unwrap();
         assert!(outer.contains("contains the root"), "{outer}");
+    }
+
+    #[test]
+    fn a_local_root_equal_to_inside_or_containing_the_shared_root_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("local")).unwrap();
+        let same = describe_local(&root, &root).unwrap().unwrap();
+        assert!(same.contains("is the shared root itself"), "{same}");
+        // Not there yet, but it would be inside.
+        let inside = describe_local(&root, &root.join("a/new/deeper"))
+            .unwrap()
+            .unwrap();
+        assert!(inside.contains("is inside the shared root"), "{inside}");
+        let new_in_root = describe_local(&root, &root.join("new")).unwrap().unwrap();
+        assert!(new_in_root.contains("is inside"), "{new_in_root}");
+        let outer = describe_local(&root, tmp.path()).unwrap().unwrap();
+        assert!(outer.contains("contains the shared root"), "{outer}");
+        assert_eq!(
+            describe_local(&root, &tmp.path().join("local")).unwrap(),
+            None
+        );
+        assert_eq!(
+            describe_local(&root, &tmp.path().join("new/x")).unwrap(),
+            None
+        );
     }
 
     #[test]
