@@ -108,6 +108,7 @@ def test_every_function_has_its_coroutine(root, src, tmp_path):
         (root / "step_7" / "a.bin").write_bytes(b"a")
         assert (await aio.seal(root, 7)).version.step == 7
         assert (await aio.latest(root)).step == 7
+        assert (await aio.fetch(root, 7, to=tmp_path / "local")).copied
         assert [s.step for s in await aio.ls(root)] == [1, 7]
         pin = await aio.pin(root, 1, "reader", 60)
         assert (pin.step, pin.holder) == (1, "reader")
@@ -121,8 +122,8 @@ def test_every_function_has_its_coroutine(root, src, tmp_path):
 
     asyncio.run(main())
     assert aio.wait.__wrapped__ is handoff.wait
-    assert aio.__all__[:10] == [
-        "publish", "seal", "begin", "wait", "latest", "ls", "pin", "unpin", "gc", "fsck",
+    assert aio.__all__[:11] == [
+        "publish", "seal", "begin", "wait", "fetch", "latest", "ls", "pin", "unpin", "gc", "fsck",
     ]  # fmt: skip
 
 

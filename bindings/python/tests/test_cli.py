@@ -146,3 +146,15 @@ def test_the_scan_knows_every_flag_that_takes_no_value():
             assert (f"--{name}" in _SWITCHES) == (value is None), (sub, line)
             if short:
                 assert (f"-{short}" in _SWITCHES) == (value is None), (sub, line)
+
+
+def test_fetch_through_the_command_makes_its_local_root_but_never_inside_the_shared_one(root, src, tmp_path):
+    handoff_cmd("publish", "--root", root, "--step", "4", src, check=0)
+    local = tmp_path / "local" / "adapters"
+    out = handoff_cmd("--json", "fetch", "--root", root, "--latest", "--to", local, check=0)
+    report = json.loads(out.stdout)
+    assert report["path"] == str(local / "step_4") and report["copied"] is True
+    assert (local / "step_4" / "STABLE").is_file()
+    out = handoff_cmd("--json", "fetch", f"--root={root}", "--step", "4", f"--to={root / 'in' / 'deeper'}", check=1)
+    assert json.loads(out.stdout)["error"]["kind"] == "invalid-input"
+    assert not (root / "in").exists()

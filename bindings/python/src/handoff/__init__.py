@@ -43,6 +43,7 @@ __all__ = [
     "seal",
     "begin",
     "wait",
+    "fetch",
     "latest",
     "ls",
     "pin",
@@ -193,16 +194,7 @@ def wait(
     ``None``, the default, means ``timeout`` plus one minute, or no limit
     without a timeout, as in the CLI.
     """
-    latest = _bool(latest, "latest")
-    chosen = [step is not None, latest, after is not None]
-    if sum(chosen) != 1:
-        raise UsageError("give exactly one of step, latest=True or after", "usage")
-    if step is not None:
-        target = Variant("step", _u64(step, "step"))
-    elif latest:
-        target = Variant("latest")
-    else:
-        target = Variant("after", _u64(after, "after"))
+    target = _target(step, latest, after)
     timeout_ms = None if timeout is None else _ms(timeout, "timeout")
     pin_request = None if pin is None else record(holder=_str(pin, "pin"), ttl_ms=_ms(ttl, "ttl"))
     options = record(
@@ -221,6 +213,86 @@ def wait(
         limit = timeout_ms / 1000 + _runtime.WAIT_MARGIN
     root_path = _dir(root, "root")
     return _version(_runtime.call("wait", [(root_path, True)], [root_path, target, options], limit))
+
+
+def fetch(
+    root: PathLike,
+    step: Optional[int] = None,
+    *,
+    to: PathLike,
+    latest: bool = False,
+    after: Optional[int] = None,
+    keep: Optional[int] = None,
+    timeout: Optional[Seconds] = None,
+    settle: Seconds = DEFAULT_SETTLE,
+    poll: Seconds = DEFAULT_POLL,
+    holder: Optional[str] = None,
+    ttl: Seconds = DEFAULT_TTL,
+    prefix: str = DEFAULT_PREFIX,
+    deadline: Optional[Seconds] = None,
+) -> FetchReport:
+    """Wait for a step of ``root`` as :func:`wait` does (``step``,
+    ``latest=True`` or ``after``), pinned for ``holder`` (default
+    :func:`default_writer_id`) while it is copied, and copy it into ``to``,
+    a local root of its own (created if missing): ``<to>/<prefix><step>``
+    with the shared manifest byte for byte and ``STABLE``, durable, by the
+    staged path of :func:`publish`. Each copy is hashed and checked against
+    the manifest; a mismatch is copied again for ``settle``, then raises
+    :class:`IntegrityError` with nothing committed under ``to``. A step
+    already in ``to`` with the same manifest is not copied again. The pin
+    is released afterwards, on failure too. ``keep`` runs :func:`gc` on
+    ``to`` afterwards.
+
+    Load the returned ``version.path``: a server that reads the local copy
+    never sees the shared files deleted under it, however late it reads
+    again. ``deadline`` defaults to ``timeout`` plus an hour (the copy's
+    time), or no limit without a timeout, as in the CLI.
+    """
+    target = _target(step, latest, after)
+    timeout_ms = None if timeout is None else _ms(timeout, "timeout")
+    options = record(
+        prefix=_str(prefix, "prefix"),
+        timeout_ms=timeout_ms,
+        settle_ms=_ms(settle, "settle"),
+        poll_ms=_ms(poll, "poll"),
+        holder=default_writer_id() if holder is None else _str(holder, "holder"),
+        ttl_ms=_ms(ttl, "ttl"),
+    )
+    if keep is not None:
+        keep = _keep(keep)
+    if deadline is not None:
+        limit = _deadline(deadline)
+    elif timeout_ms is None or timeout_ms == U64_MAX:
+        limit = None
+    else:
+        limit = timeout_ms / 1000 + DEFAULT_DEADLINE
+    root_path = _dir(root, "root")
+    to_path = _local_root(root_path, to)
+    report = _runtime.call(
+        "fetch", [(root_path, True), (to_path, True)], [root_path, to_path, target, options], limit
+    )
+    version = _version(report.version)
+    gc_report = None
+    if keep is not None:
+        try:
+            gc_report = gc(to_path, keep, prefix=options.prefix)
+        except HandoffError as e:
+            raise type(e)(
+                f"step {version.step} was fetched to {version.path}, but the gc of {to_path} "
+                f"after it failed: {e}",
+                e.kind,
+                path=e.path,
+                retryable=e.retryable,
+            ) from e
+    return FetchReport(
+        version,
+        report.source,
+        report.copied,
+        field(report, "bytes_copied"),
+        report.fsyncs,
+        tuple(report.warnings),
+        gc_report,
+    )
 
 
 def latest(
@@ -424,14 +496,55 @@ def _dir(path: Any, what: str) -> str:
     return canonical
 
 
+def _local_root(root: str, to: Any) -> str:
+    """The canonical path of ``fetch``'s local root, created if missing,
+    once it is known not to be the shared root, inside it or holding it
+    (judged by the nearest existing folder, and again once it exists)."""
+    if isinstance(to, bool) or not isinstance(to, (str, bytes, os.PathLike)):
+        raise _usage(to, "to", f"expected a path, got {type(to).__name__}")
+    text = os.path.abspath(os.fsdecode(os.fspath(to))) if os.fspath(to) else ""
+    if not text:
+        raise _usage(to, "to", "the path is empty")
+
+    def refuse(path: str, exists: bool) -> None:
+        relation = _relation(root, path)
+        if not exists and relation in ("same", "inside"):
+            relation = "inside"
+        elif not exists and relation == "contains":
+            relation = None
+        why = "a local root is a root of its own, on the reader's disk"
+        message = {
+            "same": f"is the shared root itself: {why}",
+            "inside": f"is inside the shared root {root}: {why}",
+            "contains": f"contains the shared root {root}: {why}, and its gc and fsck would see "
+            "the shared root's steps as strays",
+            None: None,
+        }[relation]
+        if message is not None:
+            raise InvalidInputError(f"local root {text}: {message}", "invalid-input", path=text)
+
+    existing = text
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    refuse(existing, existing == text)
+    try:
+        os.makedirs(text, exist_ok=True)
+    except OSError as e:
+        raise HandoffError(f"local root {text}: cannot create it: {e.strerror or e}", "io", path=text) from None
+    canonical = _dir(text, "local root")
+    refuse(canonical, True)
+    return canonical
+
+
 def _shown_path(path: Any) -> str:
     return os.fsdecode(os.fspath(path))
 
 
-def _overlap(root: str, source: str) -> Optional[str]:
-    """How a publish source overlaps the root, or None. Folders are told
+def _relation(root: str, other: str) -> Optional[str]:
+    """``"same"``, ``"inside"`` (``other`` is inside ``root``),
+    ``"contains"`` (``other`` holds ``root``) or None. Folders are told
     apart by device and inode, found through ``..``, so a second name for
-    the root (a bind mount) is still seen."""
+    a folder (a bind mount) is still seen."""
 
     def ident(path: str) -> Tuple[int, int]:
         st = os.stat(path)
@@ -446,15 +559,25 @@ def _overlap(root: str, source: str) -> Optional[str]:
                 return seen
             seen.add(parent)
 
-    root_id, source_id = ident(root), ident(source)
-    also = "publish copies a payload from outside the root (to commit a step written in place, use seal)"
-    if root_id == source_id:
-        return f"is the root itself: {also}"
-    if root_id in ancestors(source):
-        return f"is inside the root {root}: {also}"
-    if source_id in ancestors(root):
-        return f"contains the root {root}: publishing it would copy the root, and the copy being made, into the new step"
+    root_id, other_id = ident(root), ident(other)
+    if root_id == other_id:
+        return "same"
+    if root_id in ancestors(other):
+        return "inside"
+    if other_id in ancestors(root):
+        return "contains"
     return None
+
+
+def _overlap(root: str, source: str) -> Optional[str]:
+    """How a publish source overlaps the root, or None."""
+    also = "publish copies a payload from outside the root (to commit a step written in place, use seal)"
+    return {
+        "same": f"is the root itself: {also}",
+        "inside": f"is inside the root {root}: {also}",
+        "contains": f"contains the root {root}: publishing it would copy the root, and the copy being made, into the new step",
+        None: None,
+    }[_relation(root, source)]
 
 
 # Argument checks. Each runs before the component does, so a bad argument
@@ -489,6 +612,18 @@ def _u64(value: Any, name: str) -> int:
 def _keep(value: Any) -> int:
     """``keep``: the WIT's u32, and at least 1 (gc never removes every step)."""
     return _int(value, "keep", 1, U32_MAX)
+
+
+def _target(step: Any, latest: Any, after: Any) -> Variant:
+    """The WIT ``target`` of exactly one of ``step``, ``latest`` or ``after``."""
+    latest = _bool(latest, "latest")
+    if sum([step is not None, latest, after is not None]) != 1:
+        raise UsageError("give exactly one of step, latest=True or after", "usage")
+    if step is not None:
+        return Variant("step", _u64(step, "step"))
+    if latest:
+        return Variant("latest")
+    return Variant("after", _u64(after, "after"))
 
 
 def _bool(value: Any, name: str) -> bool:

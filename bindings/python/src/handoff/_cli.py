@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 from wasmtime import Config, Engine, ExitTrap, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Linker
 
-from . import _runtime
+from . import _relation, _runtime
 
 #: Flags that take no value; every other flag takes one (``--x V`` or ``--x=V``).
 _SWITCHES = frozenset({"--json", "--latest", "--repair", "--help", "-h", "--version", "-V"})
@@ -46,8 +46,9 @@ class _Dir:
 
 def _directories(argv: Sequence[str]) -> Tuple[Optional[str], List[_Dir]]:
     """The subcommand and the directory arguments of ``argv``, found as clap
-    would parse them: ``--root``'s value, and the positional source of
-    ``publish``. Anything malformed is left for the command to report."""
+    would parse them: ``--root``'s and ``--to``'s values, and the positional
+    source of ``publish``. Anything malformed is left for the command to
+    report."""
     sub: Optional[str] = None
     dirs: List[_Dir] = []
     i = 0
@@ -60,9 +61,13 @@ def _directories(argv: Sequence[str]) -> Tuple[Optional[str], List[_Dir]]:
             if arg in _SWITCHES or "=" in arg:
                 if arg.startswith("--root="):
                     dirs.append(_Dir(i, True, "root"))
+                elif arg.startswith("--to="):
+                    dirs.append(_Dir(i, True, "local root"))
             else:
                 if arg == "--root" and i + 1 < len(argv):
                     dirs.append(_Dir(i + 1, True, "root"))
+                elif arg == "--to" and i + 1 < len(argv):
+                    dirs.append(_Dir(i + 1, True, "local root"))
                 i += 1
         elif sub is None:
             sub = arg
@@ -123,8 +128,24 @@ def run(argv: Sequence[str]) -> int:
     for d in dirs:
         value = argv[d.index]
         flag = ""
-        if value.startswith("--root="):
-            flag, value = "--root=", value[len("--root=") :]
+        for name in ("--root=", "--to="):
+            if value.startswith(name):
+                flag, value = name, value[len(name) :]
+        if d.what == "local root" and value and _is_utf8(value) and not os.path.isdir(value):
+            # `fetch` and `watch --to` make their local root, as the native
+            # CLI does (the command itself can only open what it is given),
+            # but never inside the shared root.
+            above = os.path.abspath(value)
+            while not os.path.isdir(above):
+                above = os.path.dirname(above)
+            for root in (argv[r.index].removeprefix("--root=") for r in dirs if r.what == "root"):
+                if os.path.isdir(root) and _relation(root, above) in ("same", "inside"):
+                    why = f"is inside the shared root {root}: a local root is a root of its own, on the reader's disk"
+                    return _fail(f"{d.what} {value}: {why}", json_out, "invalid-input", value)
+            try:
+                os.makedirs(value, exist_ok=True)
+            except OSError as e:
+                return _fail(f"{d.what} {value}: cannot create it: {e.strerror or e}", json_out, "io", value)
         real, why, kind = _canonical(value)
         if real is None:
             return _fail(f"{d.what} {value}: {why}", json_out, kind, value)

@@ -38,7 +38,7 @@ from ._types import ComponentError, DeadlineExceededError, HandoffError, error_f
 PROTOCOL = "handoff:protocol/protocol@0.1.0"
 DURABILITY = "handoff:protocol/durability@0.1.0"
 BULK = "handoff:protocol/bulk@0.1.0"
-FUNCTIONS = ("publish", "seal", "begin", "wait", "latest", "list", "pin", "unpin", "gc", "fsck")
+FUNCTIONS = ("publish", "seal", "begin", "wait", "fetch", "latest", "list", "pin", "unpin", "gc", "fsck")
 
 #: Time limit of a call other than ``wait`` (as the CLI's ``--deadline`` default).
 DEFAULT_DEADLINE = 3600.0

@@ -87,6 +87,27 @@ class PublishReport:
 
 
 @dataclass(frozen=True)
+class FetchReport:
+    """What ``fetch`` did. ``version`` is the local copy, durable and
+    committed: its ``path`` is under the local root."""
+
+    version: Version
+    source: str
+    """The shared step directory it was copied from."""
+    copied: bool
+    """False when the local root already held the step (same manifest,
+    committed, whole): nothing was copied."""
+    bytes_copied: int
+    fsyncs: int
+    """Flushes the component asked for under the local root."""
+    warnings: Tuple[str, ...]
+    """What did not stop the fetch, such as a pin that could not be released
+    (it expires after its ttl)."""
+    gc: Optional[GcReport] = None
+    """The report of the gc of the local root, when ``keep`` was given."""
+
+
+@dataclass(frozen=True)
 class StepInfo:
     """One step directory found by ``ls``."""
 
@@ -230,6 +251,7 @@ __all__ = [
     "GcFailure",
     "GcReport",
     "PublishReport",
+    "FetchReport",
     "StepInfo",
     "PinInfo",
     "FsckEntry",

@@ -34,6 +34,7 @@ __all__ = [
     "seal",
     "begin",
     "wait",
+    "fetch",
     "latest",
     "ls",
     "pin",
@@ -115,6 +116,7 @@ publish = _async("publish")
 seal = _async("seal")
 begin = _async("begin")
 wait = _async("wait")
+fetch = _async("fetch")
 latest = _async("latest")
 ls = _async("ls")
 pin = _async("pin")
