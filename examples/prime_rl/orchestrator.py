@@ -11,10 +11,18 @@ is released only after the next one is loaded: vLLM re-reads an adapter's
 files whenever it falls out of its cache, so the served step must outlive
 the wait for the next.
 
-    python orchestrator.py ROOT --steps 6
+With ``--stage DIR`` it takes the staged path instead: ``fetch`` pins the
+shared step only while it copies it, verified, into DIR on the server's own
+disk, and the server is handed the local copy. Nothing the server reads,
+then or on any later re-read, can be deleted under it by the trainer's gc
+(a memory-mapped file on NFS deleted under a server is a SIGBUS), and the
+local copies are collected by a gc of DIR (``keep``).
+
+    python orchestrator.py ROOT --steps 6 [--stage DIR]
 """
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -31,11 +39,43 @@ def load_adapter(version: handoff.Version) -> None:
     time.sleep(0.5)  # a slow load: the trainer seals (and gcs) meanwhile
 
 
+def load_request(version: handoff.Version) -> str:
+    """The request that asks vLLM to load ``version`` (its
+    ``/v1/load_lora_adapter`` endpoint, with runtime LoRA updating on)."""
+    body = {"lora_name": f"step_{version.step}", "lora_path": version.path}
+    return f"POST /v1/load_lora_adapter {json.dumps(body)}"
+
+
+def staged(root: str, stage: str, steps: int) -> None:
+    """Fetch each new step into ``stage`` and load the local copy."""
+    last = 0
+    while last < steps:
+        # Waits as `wait` does; the shared step is pinned only while copied.
+        report = handoff.fetch(root, after=last, to=stage, holder=HOLDER, timeout=60, keep=2)
+        version = report.version
+        assert Path(version.path).parent == Path(stage).resolve(), version.path
+        print(f"orchestrator: {load_request(version)}", flush=True)
+        load_adapter(version)
+        # Still being served: read again, as after an eviction. The local
+        # copy is the server's own; nothing upstream can take it away.
+        load_adapter(version)
+        print(
+            f"orchestrator: loaded step {version.step} ({len(version.files)} files) from "
+            f"{version.path}, copied {report.bytes_copied} bytes",
+            flush=True,
+        )
+        last = version.step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root")
     parser.add_argument("--steps", type=int, default=6, help="stop after loading this step")
+    parser.add_argument("--stage", help="fetch each step into this local root and load it from there")
     args = parser.parse_args()
+    if args.stage:
+        staged(args.root, args.stage, args.steps)
+        return
 
     last = 0
     serving = None
