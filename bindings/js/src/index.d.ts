@@ -78,6 +78,23 @@ export interface PublishReport {
   gc: GcReport | null;
 }
 
+/** What fetch did; `version` is the local copy, durable and committed. */
+export interface FetchReport {
+  /** The local copy: `path` is under `to`. */
+  version: Version;
+  /** The shared step directory it was copied from. */
+  source: string;
+  /** False when `to` already held the step with the same manifest: nothing was copied. */
+  copied: boolean;
+  bytesCopied: number;
+  /** Flushes the component asked for under `to`. */
+  fsyncs: number;
+  /** What did not stop the fetch, such as a pin that could not be released. */
+  warnings: string[];
+  /** The gc of `to` afterwards, when `keep` was given. */
+  gc: GcReport | null;
+}
+
 export interface StepInfo {
   step: number;
   path: string;
@@ -130,6 +147,24 @@ export interface WaitOptions {
   prefix?: string;
 }
 
+export interface FetchOptions {
+  /** The local root to copy into; made if missing; not the shared root, inside it, nor holding it. */
+  to: Path;
+  /** Run gc on `to` afterwards, keeping the newest `keep` steps. */
+  keep?: U32;
+  /** Default: wait forever. */
+  timeoutMs?: Duration;
+  /** Default `DEFAULT_SETTLE_MS`; also how long a copy that does not match its hash is retried. */
+  settleMs?: Duration;
+  /** Default `DEFAULT_POLL_MS`. */
+  pollMs?: Duration;
+  /** Who holds the pin on the shared step while it is copied; default `<hostname>:<pid>`. */
+  holder?: string;
+  /** Default `DEFAULT_TTL_MS`; renewed while copying. */
+  ttlMs?: Duration;
+  prefix?: string;
+}
+
 export type WaitTarget = { step: U64; latest?: false; after?: undefined } | { latest: true; step?: undefined; after?: undefined } | { after: U64; step?: undefined; latest?: false };
 
 export function publish(root: Path, step: U64, source: Path, options?: WriteOptions): PublishReport;
@@ -137,6 +172,8 @@ export function seal(root: Path, step: U64, options?: WriteOptions): PublishRepo
 export function begin(root: Path, options?: { prefix?: string }): number;
 export function wait(root: Path, step: U64, options?: WaitOptions): Version;
 export function wait(root: Path, options: WaitTarget & WaitOptions): Version;
+export function fetch(root: Path, step: U64, options: FetchOptions): FetchReport;
+export function fetch(root: Path, options: WaitTarget & FetchOptions): FetchReport;
 export function latest(root: Path, options?: { verify?: Verify; prefix?: string }): Version | null;
 export function ls(root: Path, options?: { prefix?: string }): StepInfo[];
 /** `ttlMs` defaults to `DEFAULT_TTL_MS`. */

@@ -8,9 +8,9 @@
 // component's messages name real paths. These calls are synchronous and
 // block the thread (a `wait` included); `promises` (src/promises.js) has the
 // same calls run in worker threads.
-import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { instantiate } from '../gen/handoff.js';
@@ -57,6 +57,7 @@ export function defaultWriterId() {
 
 const WRITE_OPTIONS = ['writer', 'createdMs', 'prefix', 'keep', 'run'];
 const WAIT_OPTIONS = ['step', 'latest', 'after', 'timeoutMs', 'verify', 'settleMs', 'pollMs', 'pin', 'ttlMs', 'prefix'];
+const FETCH_OPTIONS = ['step', 'latest', 'after', 'to', 'keep', 'timeoutMs', 'settleMs', 'pollMs', 'holder', 'ttlMs', 'prefix'];
 
 /**
  * Copy the payload under `source` into `<root>/.handoff/staging/`, seal it
@@ -128,11 +129,7 @@ export function wait(root, stepOrOptions, options) {
     opts = { ...opts, step: stepOrOptions };
   }
   const { step, latest = false, after, timeoutMs, verify = 'size', settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, pin, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
-  check.bool(latest, 'latest');
-  const chosen = [step !== undefined, latest, after !== undefined].filter(Boolean).length;
-  if (chosen !== 1) throw new UsageError('give exactly one of step, latest: true or after');
-  const target =
-    step !== undefined ? { tag: 'step', val: check.u64(step, 'step') } : latest ? { tag: 'latest' } : { tag: 'after', val: check.u64(after, 'after') };
+  const target = targetOf(step, latest, after);
   const waitOptions = {
     prefix: check.string(prefix, 'prefix'),
     verify: check.verify(verify),
@@ -143,6 +140,65 @@ export function wait(root, stepOrOptions, options) {
   };
   const rootPath = dir(root, 'root');
   return version(call('wait', [rootPath], [rootPath, target, waitOptions]));
+}
+
+/**
+ * Wait for a step of `root` as `wait` does, pinned for `holder` (default
+ * `<hostname>:<pid>`) only while it is copied, and copy it into `to`, a
+ * local root of its own (made if missing): `<to>/<prefix><step>` with the
+ * shared manifest byte for byte and `STABLE`, durable, by the staged path of
+ * publish. `fetch(root, 7, { to })`, `fetch(root, { latest: true, to })` or
+ * `fetch(root, { after: 6, to })`. Each copy is hashed and checked against
+ * the manifest; a mismatch is copied again for `settleMs`, then throws
+ * IntegrityError with nothing committed under `to`. A step already in `to`
+ * with the same manifest is not copied again. With `keep`, gc runs on `to`
+ * afterwards. Load the returned `version.path`: nothing upstream can delete
+ * the local copy under a server that reads it again later.
+ */
+export function fetch(root, stepOrOptions, options) {
+  let opts;
+  if (typeof stepOrOptions === 'object' && stepOrOptions !== null) {
+    check.noStray([...arguments], 2, 'fetch(root, { step | latest | after, to, ...options })');
+    opts = check.options(stepOrOptions, FETCH_OPTIONS, 'fetch');
+  } else {
+    check.noStray([...arguments], 3, 'fetch(root, step, { to, ...options })');
+    opts = check.options(options, FETCH_OPTIONS.filter((o) => !['step', 'latest', 'after'].includes(o)), 'fetch(root, step, options)');
+    opts = { ...opts, step: stepOrOptions };
+  }
+  const { step, latest = false, after, to, keep, timeoutMs, settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, holder, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
+  const target = targetOf(step, latest, after);
+  const fetchOptions = {
+    prefix: check.string(prefix, 'prefix'),
+    timeoutMs: check.optionalMs(timeoutMs, 'timeoutMs'),
+    settleMs: check.ms(settleMs, 'settleMs'),
+    pollMs: check.ms(pollMs, 'pollMs'),
+    holder: holder === undefined || holder === null ? defaultWriterId() : check.string(holder, 'holder'),
+    ttlMs: check.ms(ttlMs, 'ttlMs'),
+  };
+  const kept = keep === undefined || keep === null ? null : check.keep(keep);
+  const localGiven = check.path(to, 'to');
+  const rootPath = dir(root, 'root');
+  const toPath = localRoot(rootPath, localGiven instanceof URL ? fileURLToPath(localGiven) : localGiven);
+  const r = call('fetch', [rootPath, toPath], [rootPath, toPath, target, fetchOptions]);
+  const v = version(r.version);
+  let gcReport = null;
+  if (kept !== null) {
+    try {
+      gcReport = runGc(toPath, { prefix: fetchOptions.prefix, keep: kept, graceMs: BigInt(DEFAULT_GRACE_MS), skewMs: BigInt(DEFAULT_SKEW_MS) });
+    } catch (e) {
+      if (!(e instanceof HandoffError)) throw e;
+      throw new e.constructor(`step ${v.step} was fetched to ${v.path}, but the gc of ${toPath} after it failed: ${e.message}`, e.kind, { cause: e, path: e.path, retryable: e.retryable });
+    }
+  }
+  return {
+    version: v,
+    source: r.source,
+    copied: r.copied,
+    bytesCopied: num(r.bytesCopied, 'bytesCopied'),
+    fsyncs: num(r.fsyncs, 'fsyncs'),
+    warnings: r.warnings,
+    gc: gcReport,
+  };
 }
 
 /** The highest committed step that validates, in one attempt, or null. */
@@ -407,12 +463,72 @@ function dir(path, what) {
   return canonical;
 }
 
+/** The WIT target of exactly one of `step`, `latest` or `after`. */
+function targetOf(step, latest, after) {
+  check.bool(latest, 'latest');
+  const chosen = [step !== undefined, latest, after !== undefined].filter(Boolean).length;
+  if (chosen !== 1) throw new UsageError('give exactly one of step, latest: true or after');
+  return step !== undefined ? { tag: 'step', val: check.u64(step, 'step') } : latest ? { tag: 'latest' } : { tag: 'after', val: check.u64(after, 'after') };
+}
+
 /**
- * How a publish source overlaps the root, or null. Folders are told apart by
- * device and inode, found through `..`, so a second name for the root (a bind
- * mount) is still seen.
+ * The canonical path of fetch's local root, made if missing, once it is
+ * known not to be the shared root, inside it or holding it (judged by the
+ * nearest existing folder, and again once it exists).
+ */
+function localRoot(root, to) {
+  const wanted = resolve(to);
+  const refuse = (path, exists) => {
+    let found = relation(root, path);
+    if (!exists && found === 'same') found = 'inside';
+    if (!exists && found === 'contains') found = null;
+    const why = "a local root is a root of its own, on the reader's disk";
+    const message = {
+      same: `is the shared root itself: ${why}`,
+      inside: `is inside the shared root ${root}: ${why}`,
+      contains: `contains the shared root ${root}: ${why}, and its gc and fsck would see the shared root's steps as strays`,
+    }[found];
+    if (message) throw errorOf('invalid-input', `local root ${wanted}: ${message}`, { path: wanted });
+  };
+  let existing = wanted;
+  while (!isDir(existing)) existing = dirname(existing);
+  refuse(existing, existing === wanted);
+  try {
+    mkdirSync(wanted, { recursive: true });
+  } catch (e) {
+    throw errorOf('io', `local root ${wanted}: cannot create it: ${reason(e)}`, { path: wanted });
+  }
+  const canonical = dir(wanted, 'local root');
+  refuse(canonical, true);
+  return canonical;
+}
+
+function isDir(path) {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * How a publish source overlaps the root, or null.
  */
 function overlap(root, source) {
+  const also = 'publish copies a payload from outside the root (to commit a step written in place, use seal)';
+  return {
+    same: `is the root itself: ${also}`,
+    inside: `is inside the root ${root}: ${also}`,
+    contains: `contains the root ${root}: publishing it would copy the root, and the copy being made, into the new step`,
+  }[relation(root, source)] ?? null;
+}
+
+/**
+ * 'same', 'inside' (`other` is inside `root`), 'contains' (`other` holds
+ * `root`) or null. Folders are told apart by device and inode, found through
+ * `..`, so a second name for a folder (a bind mount) is still seen.
+ */
+function relation(root, other) {
   const ident = (path) => {
     const st = statSync(path, { bigint: true });
     return `${st.dev}:${st.ino}`;
@@ -427,11 +543,10 @@ function overlap(root, source) {
     }
   };
   const rootId = ident(root);
-  const sourceId = ident(source);
-  const also = 'publish copies a payload from outside the root (to commit a step written in place, use seal)';
-  if (rootId === sourceId) return `is the root itself: ${also}`;
-  if (ancestors(source).has(rootId)) return `is inside the root ${root}: ${also}`;
-  if (ancestors(root).has(sourceId)) return `contains the root ${root}: publishing it would copy the root, and the copy being made, into the new step`;
+  const otherId = ident(other);
+  if (rootId === otherId) return 'same';
+  if (ancestors(other).has(rootId)) return 'inside';
+  if (ancestors(root).has(otherId)) return 'contains';
   return null;
 }
 

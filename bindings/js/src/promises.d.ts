@@ -3,6 +3,8 @@
 // object also takes `deadlineMs` and `signal`.
 import type {
   Duration,
+  FetchOptions,
+  FetchReport,
   FsckEntry,
   GcReport,
   Path,
@@ -31,6 +33,8 @@ export function seal(root: Path, step: U64, options?: WriteOptions & CallOptions
 export function begin(root: Path, options?: { prefix?: string } & CallOptions): Promise<number>;
 export function wait(root: Path, step: U64, options?: WaitOptions & CallOptions): Promise<Version>;
 export function wait(root: Path, options: WaitTarget & WaitOptions & CallOptions): Promise<Version>;
+export function fetch(root: Path, step: U64, options: FetchOptions & CallOptions): Promise<FetchReport>;
+export function fetch(root: Path, options: WaitTarget & FetchOptions & CallOptions): Promise<FetchReport>;
 export function latest(root: Path, options?: { verify?: Verify; prefix?: string } & CallOptions): Promise<Version | null>;
 export function ls(root: Path, options?: { prefix?: string } & CallOptions): Promise<StepInfo[]>;
 export function pin(root: Path, step: U64, holder: string, options?: { ttlMs?: Duration; prefix?: string } & CallOptions): Promise<PinInfo>;

@@ -113,6 +113,8 @@ export const seal = (...args) => run('seal', args, 2);
 export const begin = (...args) => run('begin', args, 1);
 /** Async `wait(root, step, options)` or `wait(root, { latest | after | step, ...options })`. */
 export const wait = (...args) => run('wait', args, typeof args[1] === 'object' && args[1] !== null ? 1 : 2);
+/** Async `fetch(root, step, { to, ...options })` or `fetch(root, { latest | after | step, to, ...options })`. */
+export const fetch = (...args) => run('fetch', args, typeof args[1] === 'object' && args[1] !== null ? 1 : 2);
 /** Async `latest(root, options)`. */
 export const latest = (...args) => run('latest', args, 1);
 /** Async `ls(root, options)`. */

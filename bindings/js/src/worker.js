@@ -5,7 +5,7 @@ import { parentPort } from 'node:worker_threads';
 import * as handoff from './index.js';
 import { toWire } from './errors.js';
 
-const CALLS = new Set(['publish', 'seal', 'begin', 'wait', 'latest', 'ls', 'pin', 'unpin', 'gc', 'fsck']);
+const CALLS = new Set(['publish', 'seal', 'begin', 'wait', 'fetch', 'latest', 'ls', 'pin', 'unpin', 'gc', 'fsck']);
 
 parentPort.on('message', ({ name, args }) => {
   let reply;
