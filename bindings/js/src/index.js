@@ -17,6 +17,7 @@ import { instantiate } from '../gen/handoff.js';
 import * as check from './args.js';
 import { bulk } from './bulk.js';
 import { monotonicClock } from './clock.js';
+import { fastOpen, trackPreopen } from './open.js';
 import { random } from './random.js';
 import { durability } from './durability.js';
 import { ComponentError, HandoffError, UsageError, errorOf } from './errors.js';
@@ -310,6 +311,7 @@ function component() {
     imports['wasi:filesystem/preopens'] = { getDirectories: () => (current ? opened(current) : []) };
     imports['handoff:protocol/durability'] = durability;
     imports['handoff:protocol/bulk'] = bulk;
+    fastOpen(imports['wasi:filesystem/types'].Descriptor);
     for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:clocks/monotonic-clock'))) {
       imports[name] = monotonicClock(imports[name], imports['wasi:io/poll'].Pollable);
     }
@@ -350,10 +352,17 @@ function getCoreModule(name) {
  * The shim's preopens are paths, not open directories: `stat()` and
  * `sync()` on them fail. Hand the component a real directory descriptor
  * opened on each preopen instead, afresh on every request, since the
- * component owns (and closes) the descriptors it is handed.
+ * component owns (and closes) the descriptors it is handed. Each is
+ * tracked by src/open.js, which answers the component's failing opens and
+ * its stats on it (and on what it opens) in this thread.
  */
 function opened(preopens) {
-  return preopens.getDirectories().map(([d, path]) => [d.openAt({ symlinkFollow: false }, '.', { directory: true }, { read: true }), path]);
+  return preopens.getDirectories().map(([d, path]) => {
+    const flags = { symlinkFollow: false };
+    const descriptor = d.openAt(flags, '.', { directory: true }, { read: true });
+    trackPreopen(descriptor, path, flags, '.'); // guest path = host path
+    return [descriptor, path];
+  });
 }
 
 /** The HandoffError subclass for the WIT `error` record. */
