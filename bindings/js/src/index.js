@@ -119,16 +119,7 @@ export function begin(root, options) {
  * new one, then unpins the old one.
  */
 export function wait(root, stepOrOptions, options) {
-  let opts;
-  if (typeof stepOrOptions === 'object' && stepOrOptions !== null) {
-    // wait(root, { latest: true, ... }): the options are all in one object.
-    check.noStray([...arguments], 2, 'wait(root, { step | latest | after, ...options })');
-    opts = check.options(stepOrOptions, WAIT_OPTIONS, 'wait');
-  } else {
-    check.noStray([...arguments], 3, 'wait(root, step, options)');
-    opts = check.options(options, WAIT_OPTIONS.filter((o) => !['step', 'latest', 'after'].includes(o)), 'wait(root, step, options)');
-    opts = { ...opts, step: stepOrOptions };
-  }
+  const opts = targetOptions([...arguments], WAIT_OPTIONS, 'wait', '');
   const { step, latest = false, after, timeoutMs, verify = 'size', settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, pin, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
   const target = targetOf(step, latest, after);
   const waitOptions = {
@@ -157,15 +148,7 @@ export function wait(root, stepOrOptions, options) {
  * the local copy under a server that reads it again later.
  */
 export function fetch(root, stepOrOptions, options) {
-  let opts;
-  if (typeof stepOrOptions === 'object' && stepOrOptions !== null) {
-    check.noStray([...arguments], 2, 'fetch(root, { step | latest | after, to, ...options })');
-    opts = check.options(stepOrOptions, FETCH_OPTIONS, 'fetch');
-  } else {
-    check.noStray([...arguments], 3, 'fetch(root, step, { to, ...options })');
-    opts = check.options(options, FETCH_OPTIONS.filter((o) => !['step', 'latest', 'after'].includes(o)), 'fetch(root, step, options)');
-    opts = { ...opts, step: stepOrOptions };
-  }
+  const opts = targetOptions([...arguments], FETCH_OPTIONS, 'fetch', 'to, ');
   const { step, latest = false, after, to, keep, timeoutMs, settleMs = DEFAULT_SETTLE_MS, pollMs = DEFAULT_POLL_MS, holder, ttlMs = DEFAULT_TTL_MS, prefix = DEFAULT_PREFIX } = opts;
   const target = targetOf(step, latest, after);
   const fetchOptions = {
@@ -470,6 +453,21 @@ function dir(path, what) {
   }
   if (!statSync(canonical).isDirectory()) throw errorOf('invalid-input', `${what} ${shown}: not a directory`, { path: canonical });
   return canonical;
+}
+
+/**
+ * The options of a call taken as `(root, step, options)` or as
+ * `(root, { step | latest | after, ...options })`, checked against `known`.
+ */
+function targetOptions(args, known, name, required) {
+  const [, stepOrOptions, options] = args;
+  if (typeof stepOrOptions === 'object' && stepOrOptions !== null) {
+    check.noStray(args, 2, `${name}(root, { step | latest | after, ${required}...options })`);
+    return check.options(stepOrOptions, known, name);
+  }
+  check.noStray(args, 3, `${name}(root, step, { ${required}...options })`);
+  const rest = check.options(options, known.filter((o) => !['step', 'latest', 'after'].includes(o)), `${name}(root, step, options)`);
+  return { ...rest, step: stepOrOptions };
 }
 
 /** The WIT target of exactly one of `step`, `latest` or `after`. */
