@@ -278,6 +278,14 @@ impl<'a> Shown<'a> {
 struct Written<'a> {
     #[serde(flatten)]
     version: Shown<'a>,
+    #[serde(flatten)]
+    done: Done<'a>,
+}
+
+/// The end of a write's or a fetch's report: its flushes, its warnings
+/// and, with `--keep`, the gc after it.
+#[derive(Serialize)]
+struct Done<'a> {
     fsyncs: u64,
     fsync_ms: f64,
     warnings: &'a [String],
@@ -285,6 +293,18 @@ struct Written<'a> {
     gc: Option<&'a GcReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<serde_json::Value>,
+}
+
+impl<'a> Done<'a> {
+    fn new(fsyncs: u64, fsync_ms: f64, warnings: &'a [String], gc: Option<&'a GcReport>) -> Self {
+        Done {
+            fsyncs,
+            fsync_ms: round3(fsync_ms),
+            warnings,
+            gc,
+            error: gc_error(gc),
+        }
+    }
 }
 
 /// `fetch` and `watch --to`: the local version (`path` is the local step),
@@ -298,13 +318,8 @@ struct Fetched<'a> {
     source: &'a str,
     copied: bool,
     bytes_copied: u64,
-    fsyncs: u64,
-    fsync_ms: f64,
-    warnings: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gc: Option<&'a GcReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<serde_json::Value>,
+    #[serde(flatten)]
+    done: Done<'a>,
 }
 
 /// Prints to stdout, as text or as one JSON object a call.
@@ -328,11 +343,7 @@ impl Printer {
         if self.json {
             return self.json(&Written {
                 version: Shown::new(&report.version, elapsed),
-                fsyncs: report.fsyncs,
-                fsync_ms: round3(report.fsync_ms),
-                warnings: &report.warnings,
-                gc,
-                error: gc_error(gc),
+                done: Done::new(report.fsyncs, report.fsync_ms, &report.warnings, gc),
             });
         }
         for warning in &report.warnings {
@@ -371,11 +382,7 @@ impl Printer {
                 source: &report.source,
                 copied: report.copied,
                 bytes_copied: report.bytes_copied,
-                fsyncs: report.fsyncs,
-                fsync_ms: round3(report.fsync_ms),
-                warnings: &report.warnings,
-                gc,
-                error: gc_error(gc),
+                done: Done::new(report.fsyncs, report.fsync_ms, &report.warnings, gc),
             })?;
         } else {
             for warning in &report.warnings {
@@ -613,11 +620,7 @@ mod tests {
         };
         let json = serde_json::to_string(&Written {
             version: Shown::new(&report.version, Duration::from_millis(5)),
-            fsyncs: report.fsyncs,
-            fsync_ms: round3(report.fsync_ms),
-            warnings: &report.warnings,
-            gc: None,
-            error: None,
+            done: Done::new(report.fsyncs, report.fsync_ms, &report.warnings, None),
         })
         .unwrap();
         assert_eq!(
