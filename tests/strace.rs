@@ -56,6 +56,26 @@ fn trace_seal(env: &Env, step: &str) -> Vec<String> {
     )
 }
 
+/// The line where the call begun at `lines[i]` returned: itself, or, for a
+/// call another thread's line interrupted (`<unfinished ...>`), its
+/// `resumed` line. A flush must have returned, not only begun, before
+/// what it makes safe.
+pub fn returned(lines: &[String], i: usize) -> usize {
+    if !lines[i].contains("<unfinished ...>") {
+        return i;
+    }
+    let pid = lines[i].split_whitespace().next().unwrap_or_default();
+    lines
+        .iter()
+        .enumerate()
+        .skip(i + 1)
+        .find(|(_, l)| l.split_whitespace().next() == Some(pid) && l.contains("resumed>"))
+        .map_or_else(
+            || panic!("the call never returned: {}", lines[i]),
+            |(j, _)| j,
+        )
+}
+
 /// Whether `line` is an fsync (or fdatasync) of exactly `path`, as `-y`
 /// shows the descriptor.
 fn is_fsync_of(line: &str, path: &str) -> bool {
@@ -64,7 +84,30 @@ fn is_fsync_of(line: &str, path: &str) -> bool {
 
 /// The paths fsynced beneath `root`, in order, relative to it (`.` for the
 /// root itself): what two runs must agree on to flush in the same order.
+/// Files flushed one after another, with no directory between them, are
+/// listed sorted: a host may flush such a batch from several threads at
+/// once, and then their order is the scheduler's.
 pub fn fsync_order(lines: &[String], root: &str) -> Vec<String> {
+    let order = flushed(lines, root);
+    let is_dir = |path: &str| Path::new(root).join(path).is_dir();
+    let mut sorted = Vec::with_capacity(order.len());
+    let mut run: Vec<String> = Vec::new();
+    for path in order {
+        if is_dir(&path) {
+            run.sort();
+            sorted.append(&mut run);
+            sorted.push(path);
+        } else {
+            run.push(path);
+        }
+    }
+    run.sort();
+    sorted.append(&mut run);
+    sorted
+}
+
+/// The paths fsynced beneath `root`, in the order the calls began.
+fn flushed(lines: &[String], root: &str) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
@@ -118,12 +161,17 @@ pub fn assert_seal_order(lines: &[String], root: &str, step: &str) {
         0,
     )
     .unwrap_or_else(|| panic!("no exclusive create of STABLE in:\n{}", lines.join("\n")));
+    let manifest_written = find(
+        &|l| l.contains("handoff.manifest.json.tmp") && l.contains("O_CREAT"),
+        0,
+    )
+    .unwrap_or_else(|| panic!("no manifest written in:\n{}", lines.join("\n")));
     for file in ["adapter_model.safetensors", "sub/adapter_config.json"] {
         let synced = find(&|l| is_fsync_of(l, &format!("{step}/{file}")), 0)
             .unwrap_or_else(|| panic!("{file} never fsynced:\n{}", lines.join("\n")));
         assert!(
-            synced < stable_created,
-            "{file} fsynced after STABLE was created"
+            returned(lines, synced) < manifest_written,
+            "{file}'s fsync had not returned when the manifest was written"
         );
     }
     let sub_synced =
@@ -188,6 +236,9 @@ fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
         .unwrap_or_else(|| panic!("no rename of the staging copy to step_4:\n{}", all()));
     let stable_created = position(&|l| l.contains("STABLE\"") && l.contains("O_EXCL"))
         .unwrap_or_else(|| panic!("no exclusive create of STABLE:\n{}", all()));
+    let manifest_written =
+        position(&|l| l.contains("handoff.manifest.json.tmp") && l.contains("O_CREAT"))
+            .unwrap_or_else(|| panic!("no manifest written:\n{}", all()));
     for file in ["adapter_model.safetensors", "sub/adapter_config.json"] {
         let copy = format!("/{file}>");
         // The native host copies inside the kernel, source to staging.
@@ -204,6 +255,11 @@ fn publish_copies_in_the_kernel_and_fsyncs_every_copy_before_the_commit() {
         })
         .unwrap_or_else(|| panic!("the copy of {file} was never fsynced:\n{}", all()));
         assert!(copied < synced, "{file} fsynced before it was copied");
+        let synced = returned(&lines, synced);
+        assert!(
+            synced < manifest_written,
+            "{file}'s fsync had not returned when the manifest was written"
+        );
         assert!(synced < stable_created, "{file} fsynced after STABLE");
         assert!(synced < committed, "{file} fsynced after the commit");
     }

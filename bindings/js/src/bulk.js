@@ -11,7 +11,13 @@ const unsupported = { tag: 'err', val: { tag: 'unsupported' } };
 export const bulk = {
   /** None of the calls: the component makes none of them. */
   supported() {
-    return { hashFile: false, copyFile: false, startWriteback: false };
+    return {
+      hashFile: false,
+      copyFile: false,
+      startWriteback: false,
+      hashFiles: false,
+      copyFiles: false,
+    };
   },
   hashFile(_file) {
     return unsupported;
@@ -20,4 +26,10 @@ export const bulk = {
     return unsupported;
   },
   startWriteback(_file) {},
+  hashFiles(_dir, _paths) {
+    return unsupported;
+  },
+  copyFiles(_src, _dst, _paths) {
+    return unsupported;
+  },
 };

@@ -23,6 +23,14 @@ export const durability = {
     stats.directory++;
     return flush(dir, true);
   },
+  /**
+   * Flush many files from a few threads at once: not done here (the shim
+   * flushes one descriptor at a time in its I/O worker), so the component
+   * opens and flushes each file itself through `syncFile`.
+   */
+  syncFiles(_dir, _paths) {
+    return { tag: 'err', val: { tag: 'unsupported' } };
+  },
 };
 
 function flush(descriptor, isDirectory) {

@@ -14,6 +14,7 @@ mod copy;
 mod fetch;
 mod hash;
 mod machine;
+mod many;
 mod payload;
 mod proc;
 mod readers;
@@ -34,7 +35,7 @@ use crate::report::Report;
 
 /// The sections, in the order they run.
 const SECTIONS: &[&str] = &[
-    "seal", "copy", "fetch", "hash", "wait", "process", "idle", "readers",
+    "seal", "copy", "many", "fetch", "hash", "wait", "process", "idle", "readers",
 ];
 
 /// Measure handoff against the baselines a user would otherwise use.
@@ -59,8 +60,8 @@ struct Args {
     /// about (fsync on tmpfs is free) [default: <workspace>/target/bench-tmp]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Run only these sections (comma-separated: seal, copy, fetch, hash,
-    /// wait, process, idle, readers)
+    /// Run only these sections (comma-separated: seal, copy, many, fetch,
+    /// hash, wait, process, idle, readers)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Repetitions of each timed comparison [default: 5, or 7 without --quick]
@@ -286,6 +287,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         match *section {
             "seal" => seal::run(&bench, &mut report),
             "copy" => copy::run(&bench, &mut report),
+            "many" => many::run(&bench, &mut report),
             "fetch" => fetch::run(&bench, &mut report),
             "hash" => hash::run(&bench, &mut report),
             "wait" => wait::latency(&bench, &mut report),

@@ -40,7 +40,9 @@ pub use manifest::{FileEntry, Manifest};
 pub use read::{latest, list, wait};
 pub use retain::{check_holder, fsck, fsck_with, gc, pin, unpin};
 pub use runs::begin;
-pub use storage::{DirEntry, Kind, Metadata, Platform, Storage, StorageFile};
+pub use storage::{
+    BatchError, BatchResult, Digest, DirEntry, Kind, Metadata, Platform, Storage, StorageFile,
+};
 pub use types::{
     DEFAULT_PREFIX, FetchOptions, FetchReport, FsckEntry, FsckOptions, GcFailure, GcOptions,
     GcReport, PinInfo, PinRequest, PublishReport, StepInfo, StepState, Target, Verify, Version,

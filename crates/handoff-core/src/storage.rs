@@ -161,6 +161,64 @@ pub trait Storage {
 
     /// How `path` should be named in a message: the full path the user knows.
     fn display(&self, path: &str) -> String;
+
+    /// Batch form of opening each regular file of `paths` (relative to
+    /// `dir`), starting its writeback and hashing it: the sizes and hashes,
+    /// in order. For a storage that does many files at once faster than one
+    /// by one (a host with threads); `Ok(None)`, the default, means it does
+    /// not, and the protocol does each file itself.
+    fn hash_files(&self, dir: &str, paths: &[String]) -> BatchResult<Option<Vec<Digest>>> {
+        let _ = (dir, paths);
+        Ok(None)
+    }
+
+    /// Batch form of creating `to/p` and copying `from/p` of `source` into
+    /// it, for each `p` of `paths`, then hashing the source file: the sizes
+    /// and hashes, in order. Nothing is flushed. `source` is the other
+    /// storage (see [`as_any`](Storage::as_any)); `Ok(None)`, the default,
+    /// means this storage cannot copy from it in batches.
+    fn copy_files(
+        &self,
+        source: &dyn Any,
+        from: &str,
+        to: &str,
+        paths: &[String],
+    ) -> BatchResult<Option<Vec<Digest>>> {
+        let _ = (source, from, to, paths);
+        Ok(None)
+    }
+
+    /// Batch form of opening each regular file of `paths` (relative to
+    /// `dir`) and flushing it ([`StorageFile::sync`]); returns once all are
+    /// durable. `Ok(false)`, the default, means the storage does not, and
+    /// the protocol flushes each file itself.
+    fn sync_files(&self, dir: &str, paths: &[String]) -> BatchResult<bool> {
+        let _ = (dir, paths);
+        Ok(false)
+    }
+
+    /// This storage as [`Any`], so that [`copy_files`](Storage::copy_files)
+    /// can recognise a storage of its own kind. `None`, the default, for
+    /// storages that do not copy in batches.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+}
+
+/// A file's size and BLAKE3 hash.
+pub type Digest = (u64, [u8; 32]);
+
+/// The result of a batch call of [`Storage`].
+pub type BatchResult<T> = Result<T, BatchError>;
+
+/// Where a batch call of [`Storage`] stopped: the index of the file in the
+/// paths it was given, and why.
+#[derive(Debug)]
+pub struct BatchError {
+    /// The file's index in the call's `paths`.
+    pub index: usize,
+    /// What went wrong with it.
+    pub error: io::Error,
 }
 
 /// An open file of a [`Storage`].

@@ -13,6 +13,9 @@ pub struct StdDir(pub PathBuf);
 /// What a call of this thread on a path does first: `Err` fails the call.
 pub type PathHook = Box<dyn FnMut(&str) -> io::Result<()>>;
 
+/// What a batch flush of this thread does first with each file's path.
+pub type FileHook = Box<dyn FnMut(&std::path::Path) -> io::Result<()>>;
+
 thread_local! {
     /// Directory listings made by this thread through any [`StdDir`].
     pub static LISTINGS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -22,6 +25,49 @@ thread_local! {
     /// Runs before every open for reading of this thread, with the path.
     pub static ON_OPEN: std::cell::RefCell<Option<PathHook>> =
         const { std::cell::RefCell::new(None) };
+    /// Runs before each file a batch flushes, with its path.
+    pub static ON_FILE_SYNC: std::cell::RefCell<Option<FileHook>> =
+        const { std::cell::RefCell::new(None) };
+    /// Whether this thread's [`StdDir`]s do the batch calls of [`Storage`]
+    /// (one file after another), or decline them as the default does.
+    pub static BATCHES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The batch calls made, in order: `"<call> <dir> <files>"`; and
+    /// `"manifest"` when a manifest is created, to see what came first.
+    pub static BATCH_LOG: std::cell::RefCell<Vec<String>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn logged(line: String) {
+    BATCH_LOG.with(|log| log.borrow_mut().push(line));
+}
+
+/// Run `each` on every one of `paths` under `dir`, stopping at the first
+/// failure, which names its index.
+fn each_file<T>(
+    dir: &StdDir,
+    base: &str,
+    paths: &[String],
+    mut each: impl FnMut(PathBuf) -> io::Result<T>,
+) -> crate::BatchResult<Vec<T>> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(index, rel)| {
+            each(dir.path(&crate::storage::join(base, rel)))
+                .map_err(|error| crate::BatchError { index, error })
+        })
+        .collect()
+}
+
+/// Open `path` for reading: regular files only, no final symbolic link.
+fn open_regular(path: &std::path::Path) -> io::Result<fs::File> {
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    fs::File::open(path)
 }
 
 fn kind(t: fs::FileType) -> Kind {
@@ -115,6 +161,9 @@ impl Storage for StdDir {
     }
 
     fn create_new(&self, path: &str) -> io::Result<fs::File> {
+        if BATCHES.get() && path.contains(crate::manifest::MANIFEST_NAME) {
+            logged("manifest".to_string());
+        }
         fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -141,6 +190,63 @@ impl Storage for StdDir {
 
     fn display(&self, path: &str) -> String {
         self.path(path).display().to_string()
+    }
+
+    fn hash_files(
+        &self,
+        dir: &str,
+        paths: &[String],
+    ) -> crate::BatchResult<Option<Vec<crate::Digest>>> {
+        if !BATCHES.get() {
+            return Ok(None);
+        }
+        logged(format!("hash {dir} {}", paths.len()));
+        each_file(self, dir, paths, |path| {
+            let data = fs::read(open_regular(&path).map(|_| path)?)?;
+            Ok((data.len() as u64, *blake3::hash(&data).as_bytes()))
+        })
+        .map(Some)
+    }
+
+    fn copy_files(
+        &self,
+        source: &dyn std::any::Any,
+        from: &str,
+        to: &str,
+        paths: &[String],
+    ) -> crate::BatchResult<Option<Vec<crate::Digest>>> {
+        let Some(source) = source.downcast_ref::<StdDir>() else {
+            return Ok(None);
+        };
+        if !BATCHES.get() {
+            return Ok(None);
+        }
+        logged(format!("copy {to} {}", paths.len()));
+        each_file(source, from, paths, |path| {
+            let data = fs::read(open_regular(&path).map(|_| &path)?)?;
+            let rel = path
+                .strip_prefix(source.path(from))
+                .map_err(io::Error::other)?;
+            fs::File::create_new(self.path(to).join(rel))?.write_all_at(&data, 0)?;
+            Ok((data.len() as u64, *blake3::hash(&data).as_bytes()))
+        })
+        .map(Some)
+    }
+
+    fn sync_files(&self, dir: &str, paths: &[String]) -> crate::BatchResult<bool> {
+        if !BATCHES.get() {
+            return Ok(false);
+        }
+        logged(format!("sync {dir} {}", paths.len()));
+        each_file(self, dir, paths, |path| {
+            ON_FILE_SYNC.with(|hook| hook.borrow_mut().as_mut().map_or(Ok(()), |h| h(&path)))?;
+            open_regular(&path)?.sync_all()
+        })
+        .map(|_| true)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

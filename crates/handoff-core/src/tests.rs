@@ -1290,6 +1290,9 @@ mod fuzz;
 /// Special files, a STABLE that is no file, unreadable steps.
 mod hostile;
 
+/// Payloads hashed, copied and flushed through a storage's batch calls.
+mod batch;
+
 #[test]
 fn repair_with_one_prefix_leaves_another_prefixs_pins() {
     let f = published(1..=1);

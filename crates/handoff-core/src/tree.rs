@@ -5,10 +5,14 @@ use std::io;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::hex;
-use crate::storage::{Kind, Storage, StorageFile, join};
+use crate::storage::{BatchError, Kind, Storage, StorageFile, join, open_file};
 
 /// Streaming buffer size for copying and hashing.
 pub(crate) const CHUNK: usize = 1 << 20;
+
+/// Most files handed to one batch call of [`Storage`]: bounds a call the
+/// host cannot interrupt between files' time checks, and its lists.
+pub(crate) const BATCH: usize = 1024;
 
 /// Issues flushes, counts them, and latches the one tolerated refusal.
 ///
@@ -39,6 +43,34 @@ impl<'a, S: Storage> Flusher<'a, S> {
             )
         })?;
         self.fsyncs += 1;
+        Ok(())
+    }
+
+    /// Flush the regular files `paths` under `dir`: in batches where the
+    /// storage flushes many at once, else each through an open of its own.
+    pub(crate) fn files(&mut self, dir: &str, paths: &[String]) -> Result<()> {
+        let fs = self.fs;
+        let failed = |path: &str, e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Durability,
+                format!("failed to fsync {}: {e}", fs.display(path)),
+            )
+        };
+        for batch in paths.chunks(BATCH) {
+            match fs.sync_files(dir, batch) {
+                Ok(true) => self.fsyncs += batch.len() as u64,
+                Ok(false) => {
+                    for rel in batch {
+                        let path = join(dir, rel);
+                        let mut file = open_file(fs, &path).map_err(|e| failed(&path, &e))?;
+                        self.file(&mut file, &path)?;
+                    }
+                }
+                Err(BatchError { index, error }) => {
+                    return Err(failed(&join(dir, &batch[index]), &error));
+                }
+            }
+        }
         Ok(())
     }
 

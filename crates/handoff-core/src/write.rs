@@ -11,8 +11,8 @@ use crate::layout::{
 use crate::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, STABLE_NAME, hex};
 use crate::retain::{Claim, claim_pins};
 use crate::runs::check_run;
-use crate::storage::{Kind, Platform, Storage, StorageFile, join, open_file, write_all_at};
-use crate::tree::{Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
+use crate::storage::{Digest, Kind, Platform, Storage, StorageFile, join, open_file, write_all_at};
+use crate::tree::{BATCH, Flusher, ensure_dir, hash_file, read_chunks, remove_tree};
 use crate::types::{PublishReport, Version, WriteOptions};
 
 /// Seal a payload already written in `<prefix><step>/`.
@@ -145,29 +145,16 @@ fn seal_claimed<S: Storage, P: Platform>(
     // them all: a flush started earlier would wait for the whole payload's
     // writeback (ext4 commits its journal after every file's ordered data)
     // before the hashing could go on.
-    let mut entries = Vec::with_capacity(files.len());
     let mut modified = Vec::with_capacity(files.len());
     for rel in &files {
-        let path = join(dir, rel);
-        modified.push(modified_ms(fs, &path)?);
-        let mut file =
-            open_file(fs, &path).map_err(|e| Error::io("open", &fs.display(&path), &e))?;
-        file.start_writeback();
-        let (size, blake3) = hash_file(fs, &mut file, &path)?;
-        entries.push(FileEntry {
-            path: rel.clone(),
-            size,
-            blake3,
-        });
+        modified.push(modified_ms(fs, &join(dir, rel))?);
     }
+    let entries = hash_payload(fs, dir, &files)?;
+    flush.files(dir, &files)?;
+    // A writer still at work would leave a manifest that vouches for bytes
+    // the file no longer holds: refuse while nothing is committed.
     for (entry, before) in entries.iter().zip(modified) {
-        let path = join(dir, &entry.path);
-        let mut file =
-            open_file(fs, &path).map_err(|e| Error::io("open", &fs.display(&path), &e))?;
-        flush.file(&mut file, &path)?;
-        // A writer still at work would leave a manifest that vouches for
-        // bytes the file no longer holds: refuse while nothing is committed.
-        unchanged(fs, &path, entry.size, before)?;
+        unchanged(fs, &join(dir, &entry.path), entry.size, before)?;
     }
     // A newer run begun while we hashed supersedes us: the last look before
     // the commit (publish looks again before its rename instead).
@@ -180,6 +167,47 @@ fn seal_claimed<S: Storage, P: Platform>(
         return Err(superseded(fs, dir, err).0);
     }
     Ok(manifest)
+}
+
+/// Start the writeback of each of `files` under `dir` and hash it: in
+/// batches where the storage does many files at once, else one by one.
+fn hash_payload<S: Storage>(fs: &S, dir: &str, files: &[String]) -> Result<Vec<FileEntry>> {
+    let mut entries = Vec::with_capacity(files.len());
+    for batch in files.chunks(BATCH) {
+        let digests = fs.hash_files(dir, batch).map_err(|e| {
+            let path = join(dir, &batch[e.index]);
+            Error::io("hash", &fs.display(&path), &e.error)
+        })?;
+        let Some(digests) = digests else {
+            for rel in batch {
+                let path = join(dir, rel);
+                let mut file =
+                    open_file(fs, &path).map_err(|e| Error::io("open", &fs.display(&path), &e))?;
+                file.start_writeback();
+                let (size, blake3) = hash_file(fs, &mut file, &path)?;
+                entries.push(FileEntry {
+                    path: rel.clone(),
+                    size,
+                    blake3,
+                });
+            }
+            continue;
+        };
+        entries.extend(listed(batch, digests));
+    }
+    Ok(entries)
+}
+
+/// The manifest entries of `files` from a batch call's sizes and hashes.
+fn listed(files: &[String], digests: Vec<Digest>) -> impl Iterator<Item = FileEntry> + '_ {
+    files
+        .iter()
+        .zip(digests)
+        .map(|(rel, (size, hash))| FileEntry {
+            path: rel.clone(),
+            size,
+            blake3: hex(&blake3::Hash::from_bytes(hash)),
+        })
 }
 
 /// A newer run was begun before this writer's commit point, though after
@@ -463,10 +491,7 @@ pub fn publish<S: Storage, Src: Storage, P: Platform>(
                 fs.create_dir(&path)
                     .map_err(|e| Error::io("create", &fs.display(&path), &e))?;
             }
-            let mut entries = Vec::with_capacity(files.len());
-            for rel in &files {
-                entries.push(copy_file(source, rel, flush, &join(staging, rel))?);
-            }
+            let entries = copy_payload(source, &files, flush, staging)?;
             commit_dir(flush, platform, staging, &dirs, step, options, entries)
         },
     )?;
@@ -819,6 +844,41 @@ pub(crate) fn walk_payload<S: Storage>(
     files.sort();
     dirs.sort();
     Ok((files, dirs))
+}
+
+/// Copy each of `files` from `source` to `staging` in the flusher's
+/// storage, hashing each, and flush every copy: in batches where the storage
+/// copies and flushes many files at once (all copied, then all flushed, so
+/// that the flushes find their writeback under way), else one by one.
+fn copy_payload<S: Storage, Src: Storage>(
+    source: &Src,
+    files: &[String],
+    flush: &mut Flusher<'_, S>,
+    staging: &str,
+) -> Result<Vec<FileEntry>> {
+    let fs = flush.fs;
+    let mut entries = Vec::with_capacity(files.len());
+    let mut unflushed = Vec::new();
+    for batch in files.chunks(BATCH) {
+        let copied = match source.as_any() {
+            Some(source_any) => fs.copy_files(source_any, "", staging, batch).map_err(|e| {
+                let rel = &batch[e.index];
+                let what = format!("copy {} to", source.display(rel));
+                Error::io(&what, &fs.display(&join(staging, rel)), &e.error)
+            })?,
+            None => None,
+        };
+        let Some(digests) = copied else {
+            for rel in batch {
+                entries.push(copy_file(source, rel, flush, &join(staging, rel))?);
+            }
+            continue;
+        };
+        entries.extend(listed(batch, digests));
+        unflushed.extend_from_slice(batch);
+    }
+    flush.files(staging, &unflushed)?;
+    Ok(entries)
 }
 
 /// Copy `rel` from `source` to `to` in the flusher's storage, hash it and

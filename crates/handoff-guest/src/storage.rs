@@ -10,8 +10,12 @@ use std::sync::OnceLock;
 use handoff_wasi::{DescriptorSync, Offload};
 use wasip2::filesystem::types::Descriptor;
 
-use crate::bindings::handoff::protocol::bulk::{self, BulkError, BulkSupport};
-use crate::bindings::handoff::protocol::durability::{self, SyncError};
+use handoff_core::{BatchResult, Digest};
+
+use crate::bindings::handoff::protocol::bulk::{self, BatchError, BulkError, BulkSupport};
+use crate::bindings::handoff::protocol::durability::{
+    self, BatchSyncError, FileFailure, SyncError,
+};
 
 /// The host's `durability` and `bulk` interfaces as an [`Offload`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,6 +68,92 @@ impl Offload for Imports {
         if supported(BulkSupport::START_WRITEBACK) {
             bulk::start_writeback(file);
         }
+    }
+
+    fn sync_files(&self, dir: &Descriptor, paths: &[String]) -> BatchResult<bool> {
+        match durability::sync_files(dir, paths) {
+            Ok(()) => Ok(true),
+            Err(BatchSyncError::Unsupported) => Ok(false),
+            Err(BatchSyncError::Failed(failure)) => Err(batch_error(failure, paths.len())),
+        }
+    }
+
+    fn hash_files(&self, dir: &Descriptor, paths: &[String]) -> BatchResult<Option<Vec<Digest>>> {
+        if !supported(BulkSupport::HASH_FILES) {
+            return Ok(None);
+        }
+        digests(bulk::hash_files(dir, paths), paths, "hash-files")
+    }
+
+    fn copy_files(
+        &self,
+        src: &Descriptor,
+        dst: &Descriptor,
+        paths: &[String],
+    ) -> BatchResult<Option<Vec<Digest>>> {
+        if !supported(BulkSupport::COPY_FILES) {
+            return Ok(None);
+        }
+        digests(bulk::copy_files(src, dst, paths), paths, "copy-files")
+    }
+}
+
+/// A batch call's answer as sizes and hashes, one per path, or where it
+/// stopped.
+fn digests(
+    answer: Result<Vec<(u64, Vec<u8>)>, BatchError>,
+    paths: &[String],
+    call: &str,
+) -> BatchResult<Option<Vec<Digest>>> {
+    let listed = match answer {
+        Ok(listed) => listed,
+        Err(BatchError::Unsupported) => return Ok(None),
+        Err(BatchError::Failed(failure)) => return Err(batch_error(failure, paths.len())),
+    };
+    let wrong = |index: usize, why: String| handoff_core::BatchError {
+        index,
+        error: io::Error::other(format!("the host's {call} {why}")),
+    };
+    if listed.len() != paths.len() {
+        let why = format!(
+            "answered {} results for {} files",
+            listed.len(),
+            paths.len()
+        );
+        return Err(wrong(0, why));
+    }
+    listed
+        .into_iter()
+        .enumerate()
+        .map(
+            |(index, (size, hash))| match <[u8; 32]>::try_from(hash.as_slice()) {
+                Ok(hash) => Ok((size, hash)),
+                Err(_) => Err(wrong(
+                    index,
+                    format!("returned {} bytes, not a 32-byte BLAKE3 hash", hash.len()),
+                )),
+            },
+        )
+        .collect::<BatchResult<Vec<Digest>>>()
+        .map(Some)
+}
+
+/// The host's failure at one file of a batch of `len`. An index out of the
+/// batch is the host's error, and is reported at the first file.
+fn batch_error(failure: FileFailure, len: usize) -> handoff_core::BatchError {
+    let index = usize::try_from(failure.index).unwrap_or(usize::MAX);
+    if index < len {
+        return handoff_core::BatchError {
+            index,
+            error: io::Error::other(failure.reason),
+        };
+    }
+    handoff_core::BatchError {
+        index: 0,
+        error: io::Error::other(format!(
+            "{} (the host named file {} of a batch of {len})",
+            failure.reason, failure.index
+        )),
     }
 }
 

@@ -13,8 +13,9 @@ use wasmtime::{ResourceLimiter, Trap};
 use wasmtime_wasi::filesystem::Descriptor;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::bulk::{self, BulkError, BulkSupport};
-use crate::bindings::durability::{self, SyncError};
+use crate::batch::{self, BatchDir};
+use crate::bindings::bulk::{self, BatchError, BulkError, BulkSupport};
+use crate::bindings::durability::{self, BatchSyncError, FileFailure, SyncError};
 use crate::progress::{BulkWork, Hook, Meter};
 
 /// `EBADF` and `EINVAL`: the same numbers on Linux, macOS and the BSDs.
@@ -117,6 +118,66 @@ impl durability::Host for CallState {
         let result = self.fsync.record(|| sync_dir(&dir));
         Ok(result.map_err(dir_sync_error))
     }
+
+    fn sync_files(
+        &mut self,
+        dir: Resource<Descriptor>,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Result<(), BatchSyncError>> {
+        let dir = match batch_dir(self.table.get(&dir)?) {
+            Ok(dir) => dir,
+            Err(reason) => return Ok(Err(BatchSyncError::Failed(at_first(reason)))),
+        };
+        let start = Instant::now();
+        let result = batch::sync_files(&dir, &paths, self.deadline);
+        self.fsync.count += paths.len() as u64;
+        self.fsync.time += start.elapsed();
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err((index, stopped)) => Ok(Err(BatchSyncError::Failed(failure(index, stopped)?))),
+        }
+    }
+}
+
+/// A batch call's directory, with what its descriptor grants.
+fn batch_dir(descriptor: &Descriptor) -> Result<BatchDir, String> {
+    match descriptor {
+        Descriptor::Dir(d) => BatchDir::new(&d.dir, !d.perms.write_not_permitted())
+            .map_err(|e| format!("cannot use the batch's directory: {e}")),
+        Descriptor::File(_) => Err("a batch call was given a file descriptor".to_string()),
+    }
+}
+
+fn at_first(reason: String) -> FileFailure {
+    FileFailure { index: 0, reason }
+}
+
+/// The guest's report of the file a batch stopped at; running out of time
+/// ends the call as an epoch interruption would.
+fn failure(index: usize, stopped: Stopped) -> wasmtime::Result<FileFailure> {
+    match stopped {
+        Stopped::Io(e) => Ok(FileFailure {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            reason: e.to_string(),
+        }),
+        Stopped::OutOfTime => Err(Trap::Interrupt.into()),
+    }
+}
+
+/// The sizes and hashes of a batch's files, as the guest takes them.
+type Digests = Vec<(u64, Vec<u8>)>;
+
+/// The sizes and hashes of a batch, as the guest takes them.
+fn digests(
+    result: Result<Vec<(u64, blake3::Hash)>, batch::Failure>,
+) -> wasmtime::Result<Result<Digests, BatchError>> {
+    match result {
+        Ok(hashed) => Ok(Ok(hashed
+            .into_iter()
+            .map(|(size, hash)| (size, hash.as_bytes().to_vec()))
+            .collect())),
+        Err((index, stopped)) => Ok(Err(BatchError::Failed(failure(index, stopped)?))),
+    }
 }
 
 /// Hashing and copying natively: BLAKE3 with the CPU's widest SIMD, copies
@@ -125,7 +186,11 @@ impl durability::Host for CallState {
 impl bulk::Host for CallState {
     fn supported(&mut self) -> wasmtime::Result<BulkSupport> {
         Ok(if self.bulk {
-            BulkSupport::HASH_FILE | BulkSupport::COPY_FILE | BulkSupport::START_WRITEBACK
+            BulkSupport::HASH_FILE
+                | BulkSupport::COPY_FILE
+                | BulkSupport::START_WRITEBACK
+                | BulkSupport::HASH_FILES
+                | BulkSupport::COPY_FILES
         } else {
             BulkSupport::empty()
         })
@@ -146,7 +211,7 @@ impl bulk::Host for CallState {
             return Ok(Err(e));
         }
         let meter = Meter::start(self.progress.as_ref(), BulkWork::Hashing, file_len(&file));
-        let hashed = hash_file(&file, self.deadline, &meter);
+        let hashed = hash_file(&file, self.deadline, &|done| meter.advance(done));
         outcome(
             hashed.map(|(size, hash)| (size, hash.as_bytes().to_vec())),
             "reading to hash",
@@ -185,9 +250,58 @@ impl bulk::Host for CallState {
         let writeback = &mut self.writeback;
         let mut written = |offset, len| writeback.start_range(Arc::clone(&dst), offset, len);
         outcome(
-            copy_file(&src, &dst, self.deadline, &meter, &mut written),
+            copy_file(
+                &src,
+                &dst,
+                self.deadline,
+                &|done| meter.advance(done),
+                &mut written,
+            ),
             "copying",
         )
+    }
+
+    fn hash_files(
+        &mut self,
+        dir: Resource<Descriptor>,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Result<Digests, BatchError>> {
+        if !self.bulk {
+            return Ok(Err(BatchError::Unsupported));
+        }
+        let dir = match batch_dir(self.table.get(&dir)?) {
+            Ok(dir) => dir,
+            Err(reason) => return Ok(Err(BatchError::Failed(at_first(reason)))),
+        };
+        digests(batch::hash_files(
+            &dir,
+            &paths,
+            self.deadline,
+            self.progress.as_ref(),
+        ))
+    }
+
+    fn copy_files(
+        &mut self,
+        src: Resource<Descriptor>,
+        dst: Resource<Descriptor>,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Result<Digests, BatchError>> {
+        if !self.bulk {
+            return Ok(Err(BatchError::Unsupported));
+        }
+        let (src, dst) = (self.table.get(&src)?, self.table.get(&dst)?);
+        let (src, dst) = match batch_dir(src).and_then(|src| Ok((src, batch_dir(dst)?))) {
+            Ok(dirs) => dirs,
+            Err(reason) => return Ok(Err(BatchError::Failed(at_first(reason)))),
+        };
+        digests(batch::copy_files(
+            &src,
+            &dst,
+            &paths,
+            self.deadline,
+            self.progress.as_ref(),
+        ))
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {
@@ -272,7 +386,7 @@ fn not_a_file(call: &str) -> BulkError {
 
 /// Why bulk work stopped before the end of the file.
 #[derive(Debug)]
-enum Stopped {
+pub(crate) enum Stopped {
     Io(io::Error),
     /// The call's time limit passed. Epoch interruption cannot stop the
     /// guest while it waits in a host call, so the host checks between
@@ -296,7 +410,7 @@ fn outcome<T>(result: Result<T, Stopped>, doing: &str) -> wasmtime::Result<Resul
     }
 }
 
-fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
+pub(crate) fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
     match deadline {
         Some(at) if Instant::now() >= at => Err(Stopped::OutOfTime),
         _ => Ok(()),
@@ -305,6 +419,9 @@ fn in_time(deadline: Option<Instant>) -> Result<(), Stopped> {
 
 /// Buffer for hashing and for copying where the kernel cannot.
 const CHUNK: usize = 1 << 20;
+
+/// The smallest buffer a file is hashed through.
+const SMALL_CHUNK: usize = 8 << 10;
 
 /// Most one `copy_file_range` may copy, so that the time limit is checked
 /// at least every 16 MiB, and each piece's writeback starts while the next
@@ -318,23 +435,23 @@ const KERNEL_CHUNK: usize = 16 << 20;
 const PARALLEL_HASH_MIN: u64 = 16 << 20;
 
 /// BLAKE3 of `file` from offset 0 to its end: bytes read, hash.
-fn hash_file(
+pub(crate) fn hash_file(
     file: &File,
     deadline: Option<Instant>,
-    meter: &Meter,
+    advance: &dyn Fn(u64),
 ) -> Result<(u64, blake3::Hash), Stopped> {
     let len = file_len(file);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if len >= PARALLEL_HASH_MIN
-        && cpus > 1
-        && let Some(hashed) = hash_halves(file, len, deadline, meter)?
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+        && let Some(hashed) = hash_halves(file, len, deadline, advance)?
     {
         return Ok(hashed);
     }
     let mut hasher = blake3::Hasher::new();
-    let read = hash_range(file, &mut hasher, 0, u64::MAX, deadline, &|done| {
-        meter.advance(done)
-    })?;
+    // A buffer no larger than the file: a payload of thousands of small
+    // files would otherwise spend its time clearing 1 MiB buffers.
+    let buffer = usize::try_from(len).map_or(CHUNK, |len| len.clamp(SMALL_CHUNK, CHUNK));
+    let read = hash_range(file, &mut hasher, 0, u64::MAX, buffer, deadline, advance)?;
     Ok((read, hasher.finalize()))
 }
 
@@ -345,14 +462,15 @@ fn hash_range(
     hasher: &mut blake3::Hasher,
     from: u64,
     to: u64,
+    buffer: usize,
     deadline: Option<Instant>,
     advance: &dyn Fn(u64),
 ) -> Result<u64, Stopped> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; buffer];
     let mut offset = from;
     while offset < to {
         in_time(deadline)?;
-        let want = usize::try_from(to - offset).map_or(CHUNK, |left| left.min(CHUNK));
+        let want = usize::try_from(to - offset).map_or(buffer, |left| left.min(buffer));
         let n = match file.read_at(&mut buf[..want], offset) {
             Ok(0) => break,
             Ok(n) => n,
@@ -373,7 +491,7 @@ fn hash_halves(
     file: &File,
     len: u64,
     deadline: Option<Instant>,
-    meter: &Meter,
+    advance: &dyn Fn(u64),
 ) -> Result<Option<(u64, blake3::Hash)>, Stopped> {
     use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_root};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -385,7 +503,7 @@ fn hash_halves(
             .spawn_scoped(scope, || {
                 let mut hasher = blake3::Hasher::new();
                 hasher.set_input_offset(left);
-                let end = hash_range(file, &mut hasher, left, len, deadline, &|done| {
+                let end = hash_range(file, &mut hasher, left, len, CHUNK, deadline, &|done| {
                     right_done.store(done, Ordering::Relaxed)
                 })?;
                 Ok::<_, Stopped>((end, hasher))
@@ -394,8 +512,8 @@ fn hash_halves(
             return Ok::<_, Stopped>(None);
         };
         let mut hasher = blake3::Hasher::new();
-        let left_end = hash_range(file, &mut hasher, 0, left, deadline, &|done| {
-            meter.advance(done + right_done.load(Ordering::Relaxed))
+        let left_end = hash_range(file, &mut hasher, 0, left, CHUNK, deadline, &|done| {
+            advance(done + right_done.load(Ordering::Relaxed))
         });
         let right = right
             .join()
@@ -412,7 +530,7 @@ fn hash_halves(
     if left_end != left || right_end != len || grew {
         return Ok(None);
     }
-    meter.advance(len);
+    advance(len);
     let root = merge_subtrees_root(
         &left_hasher.finalize_non_root(),
         &right_hasher.finalize_non_root(),
@@ -425,15 +543,25 @@ fn hash_halves(
 /// copies where it can (`copy_file_range`, without the data passing
 /// through this process); otherwise, or from where it stopped, a
 /// read/write loop does.
-fn copy_file(
+pub(crate) fn copy_file(
     src: &File,
     dst: &File,
     deadline: Option<Instant>,
-    meter: &Meter,
+    advance: &dyn Fn(u64),
     written: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Stopped> {
-    let copied = kernel_copy(src, dst, deadline, meter, written)?;
-    copy_from(src, dst, copied, deadline, meter)
+    match kernel_copy(src, dst, deadline, advance, written)? {
+        Copied::ToEnd(copied) => Ok(copied),
+        Copied::Declined(copied) => copy_from(src, dst, copied, deadline, advance),
+    }
+}
+
+/// How far the kernel copied.
+enum Copied {
+    /// To the end of the file: this many bytes.
+    ToEnd(u64),
+    /// This many bytes, then it declined to copy the rest.
+    Declined(u64),
 }
 
 /// Copy `src` into `dst` from `offset` to the end through a buffer: the
@@ -443,7 +571,7 @@ fn copy_from(
     dst: &File,
     mut offset: u64,
     deadline: Option<Instant>,
-    meter: &Meter,
+    advance: &dyn Fn(u64),
 ) -> Result<u64, Stopped> {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -456,22 +584,22 @@ fn copy_from(
         };
         dst.write_all_at(&buf[..n], offset)?;
         offset += n as u64;
-        meter.advance(offset);
+        advance(offset);
     }
 }
 
 /// Copy with `copy_file_range(2)` at explicit offsets (the descriptors'
 /// own positions are left alone) until end of file, or until the kernel
-/// declines for this pair of files: bytes copied so far. Each piece copied
-/// is handed to `written` (offset, length).
+/// declines for this pair of files. Each piece copied is handed to
+/// `written` (offset, length).
 #[cfg(target_os = "linux")]
 fn kernel_copy(
     src: &File,
     dst: &File,
     deadline: Option<Instant>,
-    meter: &Meter,
+    advance: &dyn Fn(u64),
     written: &mut dyn FnMut(u64, u64),
-) -> Result<u64, Stopped> {
+) -> Result<Copied, Stopped> {
     use std::os::fd::AsRawFd;
     let mut offset: i64 = 0;
     loop {
@@ -490,11 +618,11 @@ fn kernel_copy(
             )
         };
         match n {
-            0 => return Ok(offset as u64),
+            0 => return Ok(Copied::ToEnd(offset as u64)),
             n if n > 0 => {
                 written(offset as u64, n as u64);
                 offset += n as i64;
-                meter.advance(offset as u64);
+                advance(offset as u64);
             }
             _ => {
                 let e = io::Error::last_os_error();
@@ -503,7 +631,7 @@ fn kernel_copy(
                     // Across filesystems on older kernels, filesystems
                     // without support, special files: the loop copies.
                     Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                        return Ok(offset as u64);
+                        return Ok(Copied::Declined(offset as u64));
                     }
                     _ => return Err(e.into()),
                 }
@@ -517,17 +645,17 @@ fn kernel_copy(
     _src: &File,
     _dst: &File,
     _deadline: Option<Instant>,
-    _meter: &Meter,
+    _advance: &dyn Fn(u64),
     _written: &mut dyn FnMut(u64, u64),
-) -> Result<u64, Stopped> {
-    Ok(0)
+) -> Result<Copied, Stopped> {
+    Ok(Copied::Declined(0))
 }
 
 /// Ask the kernel to start writing `file`'s dirty pages now: the guest
 /// hashes while the device writes, and its `fsync` then waits only for the
 /// rest. Advisory; errors are ignored.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
@@ -691,7 +819,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // Not a multiple of the chunk: the last read is short.
         let (path, data) = data_file(tmp.path(), 3 * CHUNK + 12345);
-        let (size, hash) = hash_file(&File::open(&path).unwrap(), None, &Meter::none()).unwrap();
+        let (size, hash) = hash_file(&File::open(&path).unwrap(), None, &|_| {}).unwrap();
         assert_eq!(size, data.len() as u64);
         assert_eq!(hash, blake3::hash(&data));
     }
@@ -704,18 +832,15 @@ mod tests {
         for size in [min, min + 1, 2 * min - 1, min + 3 * CHUNK + 12345] {
             let (path, data) = data_file(tmp.path(), size);
             let file = File::open(&path).unwrap();
-            let halves = hash_halves(&file, size as u64, None, &Meter::none()).unwrap();
+            let halves = hash_halves(&file, size as u64, None, &|_| {}).unwrap();
             assert_eq!(halves, Some((size as u64, blake3::hash(&data))), "{size}");
-            let whole = hash_file(&file, None, &Meter::none()).unwrap();
+            let whole = hash_file(&file, None, &|_| {}).unwrap();
             assert_eq!(whole, (size as u64, blake3::hash(&data)), "{size}");
         }
         // A file longer than it was said to be is left to one thread.
         let (path, _) = data_file(tmp.path(), min + 10);
         let file = File::open(&path).unwrap();
-        assert_eq!(
-            hash_halves(&file, min as u64, None, &Meter::none()).unwrap(),
-            None
-        );
+        assert_eq!(hash_halves(&file, min as u64, None, &|_| {}).unwrap(), None);
     }
 
     #[test]
@@ -727,7 +852,7 @@ mod tests {
             &File::open(&path).unwrap(),
             &dst,
             None,
-            &Meter::none(),
+            &|_| {},
             &mut |_, _| {},
         )
         .unwrap();
@@ -747,7 +872,7 @@ mod tests {
             &dst,
             head as u64,
             None,
-            &Meter::none(),
+            &|_| {},
         )
         .unwrap();
         assert_eq!(copied, data.len() as u64);
@@ -765,7 +890,7 @@ mod tests {
                 &File::open(&path).unwrap(),
                 &read_only,
                 None,
-                &Meter::none(),
+                &|_| {},
                 &mut |_, _| {}
             ),
             Err(Stopped::Io(_))
@@ -779,15 +904,15 @@ mod tests {
         let past = Some(Instant::now());
         let file = File::open(&path).unwrap();
         assert!(matches!(
-            hash_file(&file, past, &Meter::none()),
+            hash_file(&file, past, &|_| {}),
             Err(Stopped::OutOfTime)
         ));
         let dst = new_file(&tmp.path().join("dst.bin"));
         assert!(matches!(
-            copy_file(&file, &dst, past, &Meter::none(), &mut |_, _| {}),
+            copy_file(&file, &dst, past, &|_| {}, &mut |_, _| {}),
             Err(Stopped::OutOfTime)
         ));
-        let trap = outcome(hash_file(&file, past, &Meter::none()), "hashing").unwrap_err();
+        let trap = outcome(hash_file(&file, past, &|_| {}), "hashing").unwrap_err();
         assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
     }
 
@@ -817,7 +942,7 @@ mod tests {
 
         let file = File::open(&path).unwrap();
         let meter = Meter::start(Some(&hook), BulkWork::Hashing, file_len(&file));
-        hash_file(&file, None, &meter).unwrap();
+        hash_file(&file, None, &|done| meter.advance(done)).unwrap();
         drop(meter);
         let seen = std::mem::take(&mut *recorded.0.lock().unwrap());
         let chunk = CHUNK as u64;
@@ -836,7 +961,16 @@ mod tests {
         let meter = Meter::start(Some(&hook), BulkWork::Copying, file_len(&file));
         let dst = new_file(&tmp.path().join("dst.bin"));
         let past = Some(Instant::now());
-        assert!(copy_file(&file, &dst, past, &meter, &mut |_, _| {}).is_err());
+        assert!(
+            copy_file(
+                &file,
+                &dst,
+                past,
+                &|done| meter.advance(done),
+                &mut |_, _| {}
+            )
+            .is_err()
+        );
         drop(meter);
         let seen = std::mem::take(&mut *recorded.0.lock().unwrap());
         assert_eq!(seen, [format!("start Copying {len}"), "finish".to_string()]);

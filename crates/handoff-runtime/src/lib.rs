@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod abandon;
+mod batch;
 mod bindings;
 mod cache;
 mod component;

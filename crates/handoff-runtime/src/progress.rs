@@ -51,12 +51,6 @@ impl<'a> Meter<'a> {
         Meter(progress)
     }
 
-    /// Reports nothing.
-    #[cfg(test)]
-    pub(crate) fn none() -> Meter<'static> {
-        Meter(None)
-    }
-
     pub(crate) fn advance(&self, done: u64) {
         if let Some(p) = self.0 {
             p.advance(done);

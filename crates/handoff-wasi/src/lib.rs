@@ -26,7 +26,9 @@
 
 use std::io;
 
-use handoff_core::{DirEntry, Error, ErrorKind, Kind, Metadata, Platform, Storage, StorageFile};
+use handoff_core::{
+    BatchResult, Digest, DirEntry, Error, ErrorKind, Kind, Metadata, Platform, Storage, StorageFile,
+};
 use wasip2::filesystem::preopens;
 use wasip2::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
@@ -73,6 +75,32 @@ pub trait Offload: Clone + 'static {
     /// Advisory: start writing `file`'s dirty data to storage now.
     fn start_writeback(&self, file: &Descriptor) {
         let _ = file;
+    }
+
+    /// Flush the regular files `paths` beneath `dir` all at once (see
+    /// [`Storage::sync_files`]); `Ok(false)`: not done, nothing flushed.
+    fn sync_files(&self, dir: &Descriptor, paths: &[String]) -> BatchResult<bool> {
+        let _ = (dir, paths);
+        Ok(false)
+    }
+
+    /// Start the writeback of and hash the regular files `paths` beneath
+    /// `dir` (see [`Storage::hash_files`]).
+    fn hash_files(&self, dir: &Descriptor, paths: &[String]) -> BatchResult<Option<Vec<Digest>>> {
+        let _ = (dir, paths);
+        Ok(None)
+    }
+
+    /// Copy `paths` from beneath `src` to new files beneath `dst`, hashing
+    /// each source (see [`Storage::copy_files`]).
+    fn copy_files(
+        &self,
+        src: &Descriptor,
+        dst: &Descriptor,
+        paths: &[String],
+    ) -> BatchResult<Option<Vec<Digest>>> {
+        let _ = (src, dst, paths);
+        Ok(None)
     }
 }
 
@@ -337,6 +365,37 @@ impl<H: Offload> Storage for WasiDir<H> {
         self.host.sync_dir(&dir)
     }
 
+    fn sync_files(&self, dir: &str, paths: &[String]) -> BatchResult<bool> {
+        let dir = self.open_dir(dir).map_err(at_first)?;
+        self.host.sync_files(&dir, paths)
+    }
+
+    fn hash_files(&self, dir: &str, paths: &[String]) -> BatchResult<Option<Vec<Digest>>> {
+        let dir = self.open_dir(dir).map_err(at_first)?;
+        self.host.hash_files(&dir, paths)
+    }
+
+    fn copy_files(
+        &self,
+        source: &dyn std::any::Any,
+        from: &str,
+        to: &str,
+        paths: &[String],
+    ) -> BatchResult<Option<Vec<Digest>>> {
+        // Only a directory of this same build is a descriptor the host can
+        // reach.
+        let Some(source) = source.downcast_ref::<WasiDir<H>>() else {
+            return Ok(None);
+        };
+        let src = source.open_dir(from).map_err(at_first)?;
+        let dst = self.open_dir(to).map_err(at_first)?;
+        self.host.copy_files(&src, &dst, paths)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn display(&self, path: &str) -> String {
         match (self.shown.as_str(), path) {
             (base, "") => base.to_string(),
@@ -345,6 +404,12 @@ impl<H: Offload> Storage for WasiDir<H> {
             (base, rel) => format!("{base}/{rel}"),
         }
     }
+}
+
+/// A batch call's directory could not be opened: reported at its first
+/// file, which names where it failed.
+fn at_first(error: io::Error) -> handoff_core::BatchError {
+    handoff_core::BatchError { index: 0, error }
 }
 
 /// An open file of a [`WasiDir`].

@@ -128,6 +128,18 @@ def _unsupported(store: Any, descriptor: Any) -> Variant:
     return Variant("unsupported")
 
 
+def _batch_sync_unsupported(store: Any, directory: Any, paths: List[str]) -> Variant:
+    """``durability.sync-files``: ``unsupported``, for the same reason as
+    above; the component then opens and flushes each file itself.
+
+    ``batch-sync-error`` is untagged here (``None`` is ``unsupported``), which
+    makes ``result<_, batch-sync-error>`` tagged: ``err(unsupported)`` is
+    ``Variant("err", None)``, and a bare ``None`` would be refused.
+    """
+    directory.drop(store)
+    return Variant("err", None)
+
+
 def _bulk_supported(store: Any) -> set:
     """``bulk.supported``: none. The descriptors are opaque here too, so the
     component hashes and copies through WASI itself and makes none of the
@@ -150,6 +162,15 @@ def _bulk_unsupported(store: Any, *descriptors: Any) -> None:
     return None
 
 
+def _batch_unsupported(store: Any, *args: Any) -> None:
+    """``bulk.hash-files`` / ``copy-files``, should they be called anyway:
+    ``err(unsupported)``, which is ``None`` here as for ``bulk-error``."""
+    for arg in args:
+        if not isinstance(arg, list):
+            arg.drop(store)
+    return None
+
+
 def _no_writeback(store: Any, descriptor: Any) -> None:
     """``bulk.start-writeback`` is advisory: nothing to do without the fd."""
     descriptor.drop(store)
@@ -168,10 +189,13 @@ def _linker(engine: Engine) -> Linker:
         with root.add_instance(DURABILITY) as durability:
             durability.add_func("sync-file", _unsupported)
             durability.add_func("sync-directory", _unsupported)
+            durability.add_func("sync-files", _batch_sync_unsupported)
         with root.add_instance(BULK) as bulk:
             bulk.add_func("supported", _bulk_supported)
             bulk.add_func("hash-file", _bulk_unsupported)
             bulk.add_func("copy-file", _bulk_unsupported)
+            bulk.add_func("hash-files", _batch_unsupported)
+            bulk.add_func("copy-files", _batch_unsupported)
             bulk.add_func("start-writeback", _no_writeback)
     return linker
 
