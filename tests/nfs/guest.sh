@@ -638,6 +638,54 @@ scenario_seal_race() {
 }
 
 T_RUN=${EPOCHREALTIME/./}
+# many-files (run only when named in LANE_ONLY; a measurement, alone on the
+# VM): payloads of many small files written through node a, each shape in 50
+# folders, 3 times each, medians: `handoff publish` from the guest's tmpfs
+# against `cp -r` + `sync -f` (syncfs of the NFS mount), and `handoff seal`
+# of a tree just written in place against GNU `sync FILE...` of every file
+# and then every folder (one fsync after another, as a native program
+# would). Fails only if a handoff command fails.
+many_shape() { # FILES SIZE
+    local files=$1 size=$2 name="$1x$2" per=$(( $1 / 50 )) d i
+    local src=/run/lane/many/$name base=/mnt/a/many/$name fails=0
+    mkdir -p "$src" "$base"
+    for d in $(seq 0 49); do
+        mkdir -p "$src/d$d"
+        head -c $(( per * size )) /dev/urandom | (cd "$src/d$d" && split -b "$size" -a 4 -d - f)
+    done
+    local pub=() cp=() seal=() each=() t
+    for i in 1 2 3; do
+        t=${EPOCHREALTIME/./}
+        "$HB" publish --root "$base" --step "$i" "$src" >/dev/null || fails=$((fails + 1))
+        pub+=($(ms_since $t))
+        t=${EPOCHREALTIME/./}
+        cp -r "$src" "$base/cp_$i" && sync -f "$base/cp_$i"
+        cp+=($(ms_since $t))
+        cp -r "$src" "$base/step_$((10 + i))"
+        t=${EPOCHREALTIME/./}
+        "$HB" seal --root "$base" --step "$((10 + i))" >/dev/null || fails=$((fails + 1))
+        seal+=($(ms_since $t))
+        cp -r "$src" "$base/each_$i"
+        t=${EPOCHREALTIME/./}
+        find "$base/each_$i" -type f -print0 | xargs -0 sync && find "$base/each_$i" -depth -type d -print0 | xargs -0 sync
+        each+=($(ms_since $t))
+        # The export is small (1 GiB, 64 Ki inodes): keep one tree at a time.
+        rm -rf "$base/step_$i" "$base/cp_$i" "$base/step_$((10 + i))" "$base/each_$i"
+    done
+    median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+    local p c s e
+    p=$(median "${pub[@]}") c=$(median "${cp[@]}") s=$(median "${seal[@]}") e=$(median "${each[@]}")
+    echo "nfs: many shape=$name publish_ms=$p cp_sync_ms=$c seal_ms=$s fsync_each_ms=$e publish_ratio_vs_cp_sync=$(awk "BEGIN {printf \"%.2f\", $p / $c}") seal_ratio_vs_fsync_each=$(awk "BEGIN {printf \"%.2f\", $s / $e}") (publish ${pub[*]}; cp ${cp[*]}; seal ${seal[*]}; each ${each[*]})" | tee -a "$R"
+    MANY_FAILS=$(( ${MANY_FAILS:-0} + fails ))
+}
+
+scenario_many() {
+    MANY_FAILS=0
+    many_shape 5000 4096
+    many_shape 20000 256
+    report many-files handoff 6 "$MANY_FAILS"
+}
+
 # The scenarios run at the same time, each in its own directory of the export
 # (so each has its own directory caches on node b): most of their time is
 # spent waiting for caches to expire. Each one's runs are sequential. The
@@ -660,6 +708,7 @@ launch() {
             runs-superseded) scenario_runs ;;
             seal-race) scenario_seal_race ;;
             fetch-vs-gc) scenario_fetch_gc ;;
+            many-files) scenario_many ;;
         esac >/run/lane/report/$s 2>&1 &
         pids+=($!)
     done
@@ -672,7 +721,12 @@ launch naive-reader runs-superseded seal-race
 echo "nfs-guest: timed readers done after $(ms_since $T_RUN) ms"
 launch pin-vs-gc watch-pin-vs-gc fetch-vs-gc
 [ ${#pids[@]} = 0 ] || wait "${pids[@]}"
-for s in publish-seen seal-seen looked-before naive-reader runs-superseded seal-race pin-vs-gc watch-pin-vs-gc fetch-vs-gc; do
+# A measurement: alone, and only when asked for by name.
+if [[ ",${LANE_ONLY:-}," == *",many-files,"* ]]; then
+    launch many-files
+    wait "${pids[@]}"
+fi
+for s in publish-seen seal-seen looked-before naive-reader runs-superseded seal-race pin-vs-gc watch-pin-vs-gc fetch-vs-gc many-files; do
     [ -f /run/lane/report/$s ] || continue
     grep -v '^nfs: scenario=' /run/lane/report/$s
     grep '^nfs: scenario=' /run/lane/report/$s | tee -a "$R"
