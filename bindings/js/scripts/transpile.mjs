@@ -51,6 +51,16 @@ rewrite(
   1,
 );
 
+// Its arguments (often an object literal) are built before it checks the
+// flag: guard each call with the flag, so that the ~15 calls of an idle
+// wait's attempt build nothing unless it is set.
+rewrite(
+  '_debugLog calls',
+  /^( *)_debugLog\(/gm,
+  (_, indent) => `${indent}JCO_DEBUG && _debugLog(`,
+  [...source.matchAll(/^ *_debugLog\(/gm)].length || 1,
+);
+
 // Host imports without the component model's async-ABI bookkeeping. Around
 // every call of an import, jco's glue makes a subtask of the calling export's
 // task (_lowerImportBackwardsCompat), then a task for the host function
@@ -116,6 +126,17 @@ function _trackHostOperation(operation) {
 `,
   1,
 );
+// src/open.js answers a missing path from `statAt` and `openAt` by returning
+// the WIT result `{ tag: 'err', val: code }` instead of throwing the code:
+// the glue of both must take a returned result as the error.
+for (const method of ['statAt', 'openAt']) {
+  const taken = new RegExp(
+    `const (hostRet\\d+) = _trackHostOperation\\(\\(\\) => rsc0\\.${method}\\([^\\n]*\\)\\)\\n\\s*;\\n\\s*ret = \\1 !== null && typeof \\1 === 'object' && \\(\\1\\.tag === 'ok' \\|\\| \\1\\.tag === 'err'\\)\\n\\s*\\? \\1\\n`,
+    'g',
+  );
+  const n = [...source.matchAll(taken)].length;
+  if (n !== 1) throw new Error(`${glue}: ${method}: a returned result is not taken as such (${n} matches): jco's glue changed; update scripts/transpile.mjs and src/open.js`);
+}
 files[name] = new TextEncoder().encode(source);
 await writeFiles(files);
 console.log(`transpiled ${wasm} -> ${outDir}`);

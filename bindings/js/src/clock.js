@@ -16,22 +16,32 @@ const dispose = Symbol.dispose || Symbol.for('dispose');
 const FIRST_REP = 1 << 29;
 let nextRep = 0;
 const parked = new Int32Array(new SharedArrayBuffer(4));
+/** The longest single Atomics.wait, in ms: a huge duration stays a number. */
+const LONGEST = 2n ** 52n;
 
 /** The monotonic clock of the shim's `clocks`, with sleeps done here. */
 export function monotonicClock(shimClock, Pollable) {
+  // The generated bindings take any object whose prototype chain has the
+  // shim's Pollable, and call its own block(); it is dropped with
+  // [Symbol.dispose]. One prototype holds the methods, so a sleep (one per
+  // attempt of a wait) makes one small object and no closures.
+  const Sleeper = Object.create(Pollable.prototype, {
+    ready: { value: function ready() { return hrtime.bigint() >= this.until; } },
+    block: {
+      value: function block() {
+        const until = this.until;
+        for (let left = until - hrtime.bigint(); left > 0n; left = until - hrtime.bigint()) {
+          // Whole milliseconds, rounded up, capped so a huge duration stays a number.
+          Atomics.wait(parked, 0, 0, Number(left > LONGEST ? LONGEST : (left + 999_999n) / 1_000_000n));
+        }
+      },
+    },
+    [dispose]: { value: function dispose() {} },
+  });
   const sleeper = (until) => {
-    // The generated bindings take any object whose prototype is the shim's
-    // Pollable, and call its own block(); it is dropped with [Symbol.dispose].
-    const p = Object.create(Pollable.prototype);
+    const p = Object.create(Sleeper);
+    p.until = until;
     Object.defineProperty(p, cabiRep, { value: FIRST_REP + (nextRep = (nextRep + 1) % FIRST_REP) });
-    p.ready = () => hrtime.bigint() >= until;
-    p.block = () => {
-      for (let left = until - hrtime.bigint(); left > 0n; left = until - hrtime.bigint()) {
-        // Whole milliseconds, rounded up, capped so a huge duration stays a number.
-        Atomics.wait(parked, 0, 0, Number(left > 2n ** 52n ? 2n ** 52n : (left + 999_999n) / 1_000_000n));
-      }
-    };
-    p[dispose] = () => {};
     return p;
   };
   return {

@@ -18,11 +18,13 @@
 // unusual (a path the resolution refuses, another error) goes to the shim.
 //
 // `stat-at` on our descriptors does what the shim's does (in the calling
-// thread too), with two differences in cost only: the errors of the path
-// resolution and of the stat get no stack trace (a missing path is the usual
-// answer of an idle wait's attempts, and capturing a stack cost more than the
-// stat), and the base directory is resolved with one realpath(3) instead of
-// the shim's walk in JavaScript (the same canonical path).
+// thread too), with differences in cost only: a missing path (the usual
+// answer of an idle wait's attempts) makes no Error in the path resolution
+// nor in the stat, other errors get no stack trace, and the base directory is
+// resolved with one realpath(3) instead of the shim's walk in JavaScript (the
+// same canonical path). Both calls return a path error to jco's glue as a WIT
+// result instead of throwing it (`FAILED`), so no exception unwinds through
+// the glue either; only the failing open(2) itself still makes an Error.
 //
 // "Ours" are the descriptors that src/index.js hands the component (one per
 // preopen) and every descriptor opened from them; a WeakMap holds each one's
@@ -35,6 +37,9 @@ import { platform } from 'node:process';
 const paths = new WeakMap();
 const patched = new WeakSet();
 const MAX_SYMLINKS = 40; // the shim's
+/** lstat/stat options: undefined for a missing path, instead of an ENOENT Error. */
+const NO_THROW_IF_MISSING = { throwIfNoEntry: false };
+const STAT_OPTIONS = { bigint: true, throwIfNoEntry: false };
 
 /**
  * Errors of open(2) that concern the path itself and are answered here,
@@ -50,6 +55,16 @@ const ANSWERED = {
 };
 
 /**
+ * The same, as the WIT `result` that `statAt` and `openAt` return for them
+ * instead of throwing the code: jco's glue for both takes a returned
+ * `{ tag: 'err', val }` as the error, exactly as it takes a thrown code
+ * (scripts/transpile.mjs fails the build if it no longer does), and an idle
+ * wait's two missing paths per attempt then cost no exception unwinding
+ * through the glue.
+ */
+const FAILED = Object.assign(Object.create(null), Object.fromEntries(Object.entries(ANSWERED).map(([errno, code]) => [errno, Object.freeze({ tag: 'err', val: code })])));
+
+/**
  * Make `openAt` and `statAt` of `Descriptor` (the shim's class) work as
  * above on our descriptors, once per class; on any other descriptor they are
  * the shim's. Not on Windows, where the shim resolves paths differently.
@@ -61,7 +76,8 @@ export function fastOpen(Descriptor) {
   Descriptor.prototype.openAt = function openAt(pathFlags, path, openFlags, descriptorFlags) {
     const base = paths.get(this);
     if (base === undefined) return shimOpenAt.call(this, pathFlags, path, openFlags, descriptorFlags);
-    const fullPath = quiet(() => probe(base, pathFlags, path, openFlags, descriptorFlags));
+    const fullPath = quiet(probe, base, pathFlags, path, openFlags, descriptorFlags);
+    if (typeof fullPath === 'object' && fullPath !== null) return fullPath; // the error, as a WIT result
     const opened = shimOpenAt.call(this, pathFlags, path, openFlags, descriptorFlags);
     // The path the shim gives the new descriptor (resolved again just now,
     // so taken from the same resolution as the shim's when nothing moved).
@@ -72,7 +88,7 @@ export function fastOpen(Descriptor) {
   const shimStatAt = Descriptor.prototype.statAt;
   Descriptor.prototype.statAt = function statAt(pathFlags, path) {
     const base = paths.get(this);
-    const stat = base === undefined ? undefined : quiet(() => statOf(base, pathFlags, path));
+    const stat = base === undefined ? undefined : quiet(statOf, base, pathFlags, path);
     return stat ?? shimStatAt.call(this, pathFlags, path);
   };
 }
@@ -89,26 +105,27 @@ export function trackPreopen(descriptor, hostPreopen, pathFlags, path) {
 function track(descriptor, base, pathFlags, path) {
   if (platform === 'win32') return;
   try {
-    paths.set(descriptor, quiet(() => fullPathOf(base, path, pathFlags.symlinkFollow)));
+    paths.set(descriptor, quiet(fullPathOf, base, path, pathFlags.symlinkFollow));
   } catch {
     // Not ours, then: the shim handles every open on it.
   }
 }
 
 /**
- * Run `f` with no stack traces captured for the errors made meanwhile: every
- * one is caught here, in this file, and none reaches the caller (it becomes
- * a WASI error code, or the shim's call redoes the work and makes its own).
+ * Run `f(...args)` with no stack traces captured for the errors made
+ * meanwhile: every one is caught here, in this file, and none reaches the
+ * caller (it becomes a WASI error code, or the shim's call redoes the work
+ * and makes its own).
  */
-function quiet(f) {
+function quiet(f, a, b, c, d, e) {
   const limit = Error.stackTraceLimit;
   try {
     Error.stackTraceLimit = 0;
   } catch {
-    return f(); // frozen: the same, with stack traces
+    return f(a, b, c, d, e); // frozen: the same, with stack traces
   }
   try {
-    return f();
+    return f(a, b, c, d, e);
   } finally {
     Error.stackTraceLimit = limit;
   }
@@ -116,8 +133,8 @@ function quiet(f) {
 
 /**
  * The shim's `statAt` (preview2-shim 0.26.1) for a descriptor of ours:
- * returns its result, throws its error code for an error about the path, or
- * returns undefined for the shim to decide.
+ * returns its result, its error code for an error about the path as a WIT
+ * result (`FAILED`), or undefined for the shim to decide.
  */
 function statOf(base, pathFlags, path) {
   let fullPath;
@@ -128,12 +145,11 @@ function statOf(base, pathFlags, path) {
   }
   let stats;
   try {
-    stats = (pathFlags.symlinkFollow ? statSync : lstatSync)(fullPath, { bigint: true });
+    stats = (pathFlags.symlinkFollow ? statSync : lstatSync)(fullPath, STAT_OPTIONS);
   } catch (e) {
-    const code = typeof e?.code === 'string' ? ANSWERED[e.code] : undefined;
-    if (code !== undefined) throw code;
-    return undefined;
+    return (typeof e?.code === 'string' && FAILED[e.code]) || undefined;
   }
+  if (stats === undefined) return FAILED.ENOENT; // throwIfNoEntry: false
   return {
     type: typeOf(stats),
     linkCount: stats.nlink,
@@ -162,9 +178,9 @@ function dateTime(ns) {
 }
 
 /**
- * Open `path` as the shim would, in this thread, and close it. Throws the
- * shim's error code for an error about the path; returns the host path on
- * success, or null when the shim is to decide alone.
+ * Open `path` as the shim would, in this thread, and close it. Returns the
+ * shim's error code for an error about the path as a WIT result (`FAILED`),
+ * the host path on success, or null when the shim is to decide alone.
  */
 function probe(base, pathFlags, path, openFlags, descriptorFlags) {
   const readOnly =
@@ -191,9 +207,7 @@ function probe(base, pathFlags, path, openFlags, descriptorFlags) {
   try {
     fd = openSync(fullPath.endsWith('/') ? fullPath.slice(0, -1) : fullPath, flags);
   } catch (e) {
-    const code = typeof e?.code === 'string' ? ANSWERED[e.code] : undefined;
-    if (code !== undefined) throw code;
-    return null;
+    return (typeof e?.code === 'string' && FAILED[e.code]) || null;
   }
   closeSync(fd);
   return fullPath;
@@ -206,7 +220,8 @@ function probe(base, pathFlags, path, openFlags, descriptorFlags) {
  * for POSIX hosts. Throws where it throws.
  */
 function fullPathOf(base, subpath, followFinalSymlink) {
-  subpath = subpath.replace(/\\/g, '/').replace(/\/\/+/g, '/');
+  if (subpath.includes('\\')) subpath = subpath.replace(/\\/g, '/');
+  if (subpath.includes('//')) subpath = subpath.replace(/\/\/+/g, '/');
   if (subpath.startsWith('/')) throw 'not-permitted';
   const trailingSlash = subpath.endsWith('/');
   const segments = [];
@@ -222,20 +237,19 @@ function fullPathOf(base, subpath, followFinalSymlink) {
   // canonical path, and any failure leaves the call to the shim.
   const baseResolved = realpathSync.native(base);
   let current = baseResolved;
-  let pending = [...segments];
+  let pending = segments;
   let followedSymlinks = 0;
   while (pending.length > 0) {
     const segment = pending.shift();
-    const candidate = hostPath.join(current, segment);
-    let stats;
-    try {
-      stats = lstatSync(candidate);
-    } catch (error) {
-      if (error.code === 'ENOENT') {
-        const unresolved = hostPath.join(candidate, ...pending);
-        return trailingSlash ? `${unresolved}/` : unresolved;
-      }
-      throw error;
+    // hostPath.join(current, segment), by concatenation: `current` is
+    // absolute and normalized, `segment` a plain name (no '/', '.' or '..').
+    const candidate = child(current, segment);
+    // A missing entry is the usual answer here: no Error object for it.
+    const stats = lstatSync(candidate, NO_THROW_IF_MISSING);
+    if (stats === undefined) {
+      // hostPath.join(candidate, ...pending), as above.
+      const unresolved = pending.length === 0 ? candidate : `${candidate}/${pending.join('/')}`;
+      return trailingSlash ? `${unresolved}/` : unresolved;
     }
     const isFinal = pending.length === 0;
     if (!stats.isSymbolicLink() || (isFinal && !followFinalSymlink && !trailingSlash)) {
@@ -259,4 +273,9 @@ function fullPathOf(base, subpath, followFinalSymlink) {
     current = baseResolved;
   }
   return trailingSlash && current !== baseResolved ? `${current}/` : current;
+}
+
+/** hostPath.join(dir, name) for an absolute, normalized `dir` and a plain `name`. */
+function child(dir, name) {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
 }

@@ -39,7 +39,13 @@ function rootDescriptor(root, tracked) {
 
 function outcome(f) {
   try {
-    const value = f();
+    let value = f();
+    // A returned WIT result is what jco's glue takes it as (src/open.js
+    // returns `{ tag: 'err', val: code }` where the shim throws the code).
+    if (value && (value.tag === 'ok' || value.tag === 'err') && 'val' in value) {
+      if (value.tag === 'err') return value.val;
+      value = value.val;
+    }
     if (value && typeof value[dispose] === 'function') {
       value[dispose]();
       return 'opened';
