@@ -61,13 +61,19 @@ PARALLEL_MIN = 16 << 20
 #: (``None`` is ``unsupported``, a string is ``failed``).
 Answer = Union[Tuple[int, bytes], str, None]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: Where a flag the walk needs is missing (Windows), hash-path is not
+#: offered at all.
+_CAN_WALK = (
+    all(hasattr(os, f) for f in ("O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "preadv"))
+    and os.open in os.supports_dir_fd
+)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def available() -> bool:
     """Whether this host can do ``hash-path``."""
-    return _blake3 is not None
+    return _blake3 is not None and _CAN_WALK
 
 
 _sync_file_range: Optional[Callable[[int, int, int, int], int]] = None
@@ -95,7 +101,7 @@ def supported() -> set:
     calls = set()
     if available():
         calls.add("hash-path")
-    if _sync_file_range is not None:
+    if _sync_file_range is not None and _CAN_WALK:
         calls.add("start-writeback-path")
     return calls
 
@@ -314,9 +320,12 @@ def _hash_large(fd: int, shown: str, stopped: Callable[[], Optional[str]]) -> An
     reader = _read_ahead()
     offset = 0
     current = 0
-    pending: "Optional[concurrent.futures.Future[int]]" = reader.submit(
-        os.preadv, fd, [buffers[0]], 0
-    )
+    try:
+        pending: "Optional[concurrent.futures.Future[int]]" = reader.submit(
+            os.preadv, fd, [buffers[0]], 0
+        )
+    except RuntimeError:  # the interpreter is shutting down: no new threads
+        return _hash_small(fd, shown, stopped)
     try:
         while True:
             assert pending is not None
