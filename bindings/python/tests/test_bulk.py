@@ -235,3 +235,25 @@ def test_the_component_starts_writeback_through_the_host_when_it_seals(root, src
     seal(root, 1)
     assert sorted(started) == ["step_1/adapter_config.json", "step_1/adapter_model.safetensors", "step_1/sub/extra.bin"]
     assert json.loads((step / "handoff.manifest.json").read_text())["files"]
+
+
+def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monkeypatch):
+    root, _, dirs = tree
+    data = os.urandom(_bulk.PARALLEL_MIN + 5 * _bulk.CHUNK + 777)
+    (root / "step_1" / "big.bin").write_bytes(data)
+    real = os.preadv
+    short = {_bulk.CHUNK, 3 * _bulk.CHUNK}  # offsets whose read comes back short
+
+    def preadv(fd, buffers, offset):
+        if offset in short:
+            short.discard(offset)
+            view = memoryview(buffers[0])[: _bulk.CHUNK // 3]
+            return real(fd, [view], offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    size, digest = hashed(dirs, root, "step_1/big.bin")
+    assert not short, "the short reads were not made"
+    import blake3
+
+    assert (size, digest) == (len(data), blake3.blake3(data).digest())
