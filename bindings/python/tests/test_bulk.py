@@ -242,7 +242,7 @@ def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monk
     data = os.urandom(_bulk.PARALLEL_MIN + 5 * _bulk.CHUNK + 777)
     (root / "step_1" / "big.bin").write_bytes(data)
     real = os.preadv
-    short = {_bulk.CHUNK, 3 * _bulk.CHUNK}  # offsets whose read comes back short
+    short = {3 * _bulk.CHUNK}  # the offset whose read comes back short
 
     def preadv(fd, buffers, offset):
         if offset in short:
@@ -257,3 +257,19 @@ def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monk
     import blake3
 
     assert (size, digest) == (len(data), blake3.blake3(data).digest())
+
+
+def test_a_read_error_in_either_thread_fails_naming_the_file(tree, monkeypatch):
+    root, _, dirs = tree
+    (root / "step_1" / "big.bin").write_bytes(b"\1" * (_bulk.PARALLEL_MIN + 5 * _bulk.CHUNK))
+    real = os.preadv
+    for bad in (4 * _bulk.CHUNK, 7 * _bulk.CHUNK):  # one piece of each thread
+
+        def preadv(fd, buffers, offset, bad=bad):
+            if offset == bad:
+                raise OSError(5, "Input/output error")
+            return real(fd, buffers, offset)
+
+        monkeypatch.setattr(os, "preadv", preadv)
+        answer = hashed(dirs, root, "step_1/big.bin")
+        assert isinstance(answer, str) and "Input/output error" in answer and "step_1/big.bin" in answer, answer

@@ -7,7 +7,7 @@ can hash the file at a path, though: the component names the preopen it
 opened the file beneath and the path beneath it, and this module opens that
 path afresh beneath the directory the call preopened, following no
 symbolic link, and hashes it with the ``blake3`` package (the Rust crate,
-with the CPU's widest SIMD), while two more threads read ahead.
+with the CPU's widest SIMD), on two threads that take turns.
 
 The component's reach stays what it was handed: ``root`` must be a
 directory this call preopened (opened here when the call starts, as
@@ -32,7 +32,6 @@ native CLI 113-175 ms).
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import ctypes
 import errno
@@ -40,52 +39,24 @@ import os
 import stat
 import sys
 import threading
-from typing import Callable, Deque, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 try:
     import blake3 as _blake3
 except ImportError:  # pragma: no cover - a dependency; without it, hash in wasm
     _blake3 = None
 
-#: Bytes read per piece, and pieces the read-ahead threads may be ahead of
-#: the hashing by (8 MiB in all). Pieces of 2-4 MiB fit the CPU's caches
-#: (one piece read ahead, 256 MiB: 1 MiB 75 ms, 2 MiB 52, 4 MiB 45,
-#: 16 MiB 65, 64 MiB 120). Reading up to four ahead keeps the threads from
-#: waiting for each other's next time slice on a busy machine, as the
-#: native host's two halves never wait for each other: with one piece
-#: ahead, hashing from Python measured 0.72-0.84 of the CLI's rate under a
-#: load average of 3 on 2 cores.
-CHUNK = 2 << 20
-DEPTH = 4
+#: Bytes per piece. Two threads take turns: each reads a piece into a
+#: buffer of its own while the other hashes the piece before, then hashes
+#: its own, so that a piece is hashed on the CPU that copied it, from that
+#: CPU's cache, as each of the native host's two halves is (1 MiB fits the
+#: 2 MiB L2 here).
+CHUNK = 1 << 20
 
-#: Threads that read ahead. Reading a page-cache file costs more CPU than
-#: hashing it (a profile of 256 MiB: 48% copying and looking up pages in
-#: the kernel, 32% BLAKE3), so one reader left the hashing thread waiting;
-#: with two the work evens out, as it does between the native host's two
-#: halves (0.89-0.95 of the CLI's rate against 0.86-0.90 with one, same
-#: runs, load average 3).
-READERS = 2
-
-#: Files at least this large are read ahead by a second thread (as the
-#: native host hashes files of 16 MiB or more with two); smaller ones are
-#: read and hashed on the calling thread, with no threads to start.
+#: Files at least this large are read and hashed by two threads taking
+#: turns (the native host hashes files of 16 MiB or more with two); smaller
+#: ones on the calling thread, with no thread to wake.
 PARALLEL_MIN = 16 << 20
-
-
-def _hash_threads() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
-
-
-#: Threads that hash a large file: the CPUs this process may use, less one
-#: for reading ahead. On 2 CPUs that is the hashing thread alone:
-#: ``blake3``'s thread pool there only added work (its threads wait
-#: spinning), measured 0.83-0.86 of the CLI's rate against 0.92 without it
-#: under a load average of 4.
-HASH_THREADS = _hash_threads()
 
 #: What the host function returns: ``(size, hash)``, or the ``bulk-error``
 #: (``None`` is ``unsupported``, a string is ``failed``).
@@ -285,11 +256,11 @@ _writer: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
 def _read_ahead() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that read the next pieces while one is hashed."""
+    """The second thread of ``_hash_large``."""
     global _reader
     with _threads_lock:
         if _reader is None:
-            _reader = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="handoff-read")
+            _reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="handoff-hash")
         return _reader
 
 
@@ -302,10 +273,9 @@ def _writeback() -> concurrent.futures.ThreadPoolExecutor:
         return _writer
 
 
-#: Rings of read buffers kept for the next large file: making a new one
-#: costs 2 ms of page faults, 5% of hashing 256 MiB. At most two (16 MiB)
-#: are kept.
-_spare: "list[list[bytearray]]" = []
+#: Pairs of buffers kept for the next large file: fresh ones cost page
+#: faults on every call. At most two pairs (4 MiB) are kept.
+_spare: "list[Tuple[bytearray, bytearray]]" = []
 _KEEP = 2
 
 
@@ -339,57 +309,96 @@ def _hash_small(fd: int, shown: str, stopped: Callable[[], Optional[str]]) -> An
 
 
 def _hash_large(fd: int, shown: str, stopped: Callable[[], Optional[str]]) -> Answer:
-    """Hash ``fd`` from offset 0 until a read returns nothing. The read-ahead
-    threads fill a ring of ``DEPTH`` pieces while this one hashes them in
-    file order (on ``HASH_THREADS`` threads)."""
+    """Hash ``fd`` from offset 0 until a read returns nothing: this thread
+    and the helper thread take the pieces in turn (``_take_turns``), then
+    this one reads on from where they stopped."""
     assert _blake3 is not None
-    hasher = _blake3.blake3(max_threads=HASH_THREADS)
+    hasher = _blake3.blake3()
     try:
         buffers = _spare.pop()
     except IndexError:
-        buffers = [bytearray(CHUNK) for _ in range(DEPTH)]
-    reader = _read_ahead()
-    free = list(buffers)
-    reading: "Deque[Tuple[concurrent.futures.Future[int], bytearray]]" = collections.deque()
-    offset = 0  # hashed up to here
-    ahead = 0  # the next read starts here
+        buffers = (bytearray(CHUNK), bytearray(CHUNK))
+    turns = _Turns()
     try:
-        while True:
-            while free:
-                buffer = free.pop()
-                reading.append((reader.submit(os.preadv, fd, [buffer], ahead), buffer))
-                ahead += CHUNK
-            pending, buffer = reading.popleft()
-            n = pending.result()
-            if n == 0:
-                return offset, hasher.digest()
+        helper = _read_ahead().submit(_take_turns, fd, 1, buffers[1], hasher, turns, stopped)
+    except RuntimeError:  # the interpreter is shutting down: no new threads
+        return _hash_small(fd, shown, stopped)
+    try:
+        _take_turns(fd, 0, buffers[0], hasher, turns, stopped)
+    finally:
+        # The descriptor is closed after this returns: the helper must be
+        # done with it, and with its buffer, first.
+        turns.finish()
+        concurrent.futures.wait([helper])
+    if len(_spare) < _KEEP:
+        _spare.append(buffers)
+    if turns.error is not None:
+        raise turns.error
+    if turns.why is not None:
+        return _stopped(shown, turns.why)
+    # The turns end at the first short piece (the end of the file, or a
+    # read cut short): read on from there until a read returns nothing.
+    offset = turns.hashed
+    while True:
+        data = os.pread(fd, CHUNK, offset)
+        if not data:
+            return offset, hasher.digest()
+        hasher.update(data)
+        offset += len(data)
+
+
+class _Turns:
+    """Whose turn it is to hash, and why the turns ended."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.turn = 0
+        """The piece to hash next."""
+        self.hashed = 0
+        """Bytes hashed, in order from offset 0."""
+        self.done = False
+        self.why: Optional[str] = None
+        self.error: Optional[OSError] = None
+
+    def finish(self, why: Optional[str] = None, error: Optional[OSError] = None) -> None:
+        with self.cond:
+            if not self.done:
+                self.done, self.why, self.error = True, why, error
+            self.cond.notify_all()
+
+
+def _take_turns(
+    fd: int,
+    first: int,
+    buffer: bytearray,
+    hasher: Any,
+    turns: _Turns,
+    stopped: Callable[[], Optional[str]],
+) -> None:
+    """Read pieces ``first``, ``first + 2``, ... into ``buffer``, and hash
+    each once the piece before it is hashed, until a piece comes back short
+    or the turns end."""
+    view = memoryview(buffer)
+    piece = first
+    try:
+        while not turns.done:
+            n = os.preadv(fd, [buffer], piece * CHUNK)
+            with turns.cond:
+                while turns.turn != piece and not turns.done:
+                    turns.cond.wait()
+                if turns.done:
+                    return
             why = stopped()
             if why is not None:
-                return _stopped(shown, why)
-            hasher.update(memoryview(buffer)[:n])
-            offset += n
-            free.append(buffer)
-            if n < CHUNK:
-                # A short read before the end: the reads queued after it
-                # were of the wrong offsets. Drop them and read on from here.
-                free.extend(_drain(reading))
-                ahead = offset
-    finally:
-        # The descriptor is closed after this returns: no read may be left
-        # running on it, nor into a buffer handed on.
-        _drain(reading)
-        if len(_spare) < _KEEP:
-            _spare.append(buffers)
-
-
-def _drain(reading: "Deque[Tuple[concurrent.futures.Future[int], bytearray]]") -> "list[bytearray]":
-    """Wait for the queued reads, ignoring what they read: their buffers."""
-    done = []
-    while reading:
-        pending, buffer = reading.popleft()
-        try:
-            pending.result()
-        except OSError:
-            pass
-        done.append(buffer)
-    return done
+                turns.finish(why=why)
+                return
+            hasher.update(view[:n])
+            with turns.cond:
+                turns.turn += 1
+                turns.hashed += n
+                if n < CHUNK:
+                    turns.done = True
+                turns.cond.notify_all()
+            piece += 2
+    except OSError as e:
+        turns.finish(error=e)
