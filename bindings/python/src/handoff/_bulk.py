@@ -18,7 +18,7 @@ the file with ``O_NOFOLLOW | O_NONBLOCK``; only a regular file (``fstat``)
 is read. ``wit/bulk.wit`` states the contract.
 
 Files are read, not memory-mapped, though hashing a mapping measured faster
-(256 MiB: 27 ms against 45-50 ms): a mapped file that is truncated meanwhile
+(256 MiB: 27 ms against about 50 ms): a mapped file that is truncated meanwhile
 (a trainer still writing it; on NFS, a file another node removed) kills the
 whole Python process with ``SIGBUS``, where a read just ends early.
 
