@@ -49,7 +49,9 @@ run() {
 # (pytest itself would leave a pytest-of-$USER folder behind).
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/handoff-bindings-XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
-run "pytest (bindings/python)" "$py" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" bindings/python/tests
+# HANDOFF_BIN: tests/test_bulk.py compares the manifests of the Python host's
+# native hashing with the CLI's.
+run "pytest (bindings/python)" env HANDOFF_BIN="$cli" "$py" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" bindings/python/tests
 run "node --test (bindings/js)" bash -c 'cd bindings/js && node --test test/'
 run "parity matrix (writer x reader)" "$py" bindings/parity/parity.py --cli "$cli"
 run "prime_rl example" "$py" examples/prime_rl/run.py

@@ -654,7 +654,7 @@ many_shape() { # FILES SIZE
         head -c $(( per * size )) /dev/urandom | (cd "$src/d$d" && split -b "$size" -a 4 -d - f)
     done
     local pub=() cp=() seal=() each=() t
-    for i in 1 2 3; do
+    for i in $(seq "${LANE_RUNS_MANY:-3}"); do
         t=${EPOCHREALTIME/./}
         "$HB" publish --root "$base" --step "$i" "$src" >/dev/null || fails=$((fails + 1))
         pub+=($(ms_since $t))
@@ -669,10 +669,11 @@ many_shape() { # FILES SIZE
         t=${EPOCHREALTIME/./}
         find "$base/each_$i" -type f -print0 | xargs -0 sync && find "$base/each_$i" -depth -type d -print0 | xargs -0 sync
         each+=($(ms_since $t))
+        echo "nfs-guest: many $name run $i: publish ${pub[-1]} cp ${cp[-1]} seal ${seal[-1]} each ${each[-1]} ms" >>"$LANE_OUT/many.progress"
         # The export is small (1 GiB, 64 Ki inodes): keep one tree at a time.
         rm -rf "$base/step_$i" "$base/cp_$i" "$base/step_$((10 + i))" "$base/each_$i"
     done
-    median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+    median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
     local p c s e
     p=$(median "${pub[@]}") c=$(median "${cp[@]}") s=$(median "${seal[@]}") e=$(median "${each[@]}")
     echo "nfs: many shape=$name publish_ms=$p cp_sync_ms=$c seal_ms=$s fsync_each_ms=$e publish_ratio_vs_cp_sync=$(awk "BEGIN {printf \"%.2f\", $p / $c}") seal_ratio_vs_fsync_each=$(awk "BEGIN {printf \"%.2f\", $s / $e}") (publish ${pub[*]}; cp ${cp[*]}; seal ${seal[*]}; each ${each[*]})" | tee -a "$R"
@@ -681,9 +682,12 @@ many_shape() { # FILES SIZE
 
 scenario_many() {
     MANY_FAILS=0
-    many_shape 5000 4096
-    many_shape 20000 256
-    report many-files handoff 6 "$MANY_FAILS"
+    local shape
+    local shapes=${LANE_MANY_SHAPES:-5000x4096,20000x256}
+    for shape in ${shapes//,/ }; do
+        many_shape "${shape%x*}" "${shape#*x}"
+    done
+    report many-files handoff "${LANE_RUNS_MANY:-3}" "$MANY_FAILS"
 }
 
 # The scenarios run at the same time, each in its own directory of the export

@@ -17,6 +17,7 @@ mod machine;
 mod many;
 mod payload;
 mod proc;
+mod python;
 mod readers;
 mod report;
 mod seal;
@@ -35,7 +36,7 @@ use crate::report::Report;
 
 /// The sections, in the order they run.
 const SECTIONS: &[&str] = &[
-    "seal", "copy", "many", "fetch", "hash", "wait", "process", "idle", "readers",
+    "seal", "copy", "many", "fetch", "hash", "python", "wait", "process", "idle", "readers",
 ];
 
 /// Measure handoff against the baselines a user would otherwise use.
@@ -61,7 +62,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Run only these sections (comma-separated: seal, copy, many, fetch,
-    /// hash, wait, process, idle, readers)
+    /// hash, python, wait, process, idle, readers)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Repetitions of each timed comparison [default: 5, or 7 without --quick]
@@ -151,6 +152,8 @@ pub struct Bench {
     pub work: PathBuf,
     /// `python3`, when there is one (the Python baselines need it).
     pub python: Option<PathBuf>,
+    /// The workspace root (`target/py-venv` and `bindings/python` are in it).
+    pub workspace: PathBuf,
 }
 
 impl Bench {
@@ -276,6 +279,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         runtime_without_bulk,
         work,
         python: proc::which("python3"),
+        workspace,
     };
     if bench.python.is_none() {
         note!("python3 not found: the Python baselines are skipped (null)");
@@ -290,6 +294,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "many" => many::run(&bench, &mut report),
             "fetch" => fetch::run(&bench, &mut report),
             "hash" => hash::run(&bench, &mut report),
+            "python" => python::run(&bench, &mut report),
             "wait" => wait::latency(&bench, &mut report),
             "process" => wait::process(&bench, &mut report),
             "idle" => wait::idle(&bench, &mut report),

@@ -2,6 +2,9 @@
 //! back to `descriptor.sync()` where the host cannot flush a descriptor
 //! itself, and hashing, copying and writeback through the `bulk` import,
 //! falling back to doing the work in the component where the host declines.
+//! A host that cannot reach descriptors may still hash and start writeback
+//! by path (`hash-path`, `start-writeback-path`): each file knows the
+//! preopen and path it was opened at.
 //! The storage itself is `handoff-wasi`'s [`WasiDir`](handoff_wasi::WasiDir).
 
 use std::io;
@@ -45,16 +48,14 @@ impl Offload for Imports {
         if !supported(BulkSupport::HASH_FILE) {
             return Ok(None);
         }
-        match bulk::hash_file(file) {
-            Ok((size, hash)) => match <[u8; 32]>::try_from(hash.as_slice()) {
-                Ok(hash) => Ok(Some((size, hash))),
-                Err(_) => Err(io::Error::other(format!(
-                    "the host's hash-file returned {} bytes, not a 32-byte BLAKE3 hash",
-                    hash.len()
-                ))),
-            },
-            Err(e) => declined(e),
+        hashed(bulk::hash_file(file), "hash-file")
+    }
+
+    fn hash_path(&self, root: &str, path: &str) -> io::Result<Option<(u64, [u8; 32])>> {
+        if !supported(BulkSupport::HASH_PATH) {
+            return Ok(None);
         }
+        hashed(bulk::hash_path(root, path), "hash-path")
     }
 
     fn copy_file(&self, src: &Descriptor, dst: &Descriptor) -> io::Result<Option<u64>> {
@@ -67,6 +68,13 @@ impl Offload for Imports {
     fn start_writeback(&self, file: &Descriptor) {
         if supported(BulkSupport::START_WRITEBACK) {
             bulk::start_writeback(file);
+        }
+    }
+
+    fn start_writeback_path(&self, root: &str, path: &str) {
+        if !supported(BulkSupport::START_WRITEBACK) && supported(BulkSupport::START_WRITEBACK_PATH)
+        {
+            bulk::start_writeback_path(root, path);
         }
     }
 
@@ -161,6 +169,23 @@ fn batch_error(failure: FileFailure, len: usize) -> handoff_core::BatchError {
 fn supported(call: BulkSupport) -> bool {
     static SUPPORT: OnceLock<BulkSupport> = OnceLock::new();
     SUPPORT.get_or_init(bulk::supported).contains(call)
+}
+
+/// What a host's hash call answered, its hash checked for length.
+fn hashed(
+    answer: Result<(u64, Vec<u8>), BulkError>,
+    call: &str,
+) -> io::Result<Option<(u64, [u8; 32])>> {
+    match answer {
+        Ok((size, hash)) => match <[u8; 32]>::try_from(hash.as_slice()) {
+            Ok(hash) => Ok(Some((size, hash))),
+            Err(_) => Err(io::Error::other(format!(
+                "the host's {call} returned {} bytes, not a 32-byte BLAKE3 hash",
+                hash.len()
+            ))),
+        },
+        Err(e) => declined(e),
+    }
 }
 
 /// `unsupported` lets the component do the work; `failed` stops it.

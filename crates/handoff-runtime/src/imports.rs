@@ -182,7 +182,9 @@ fn digests(
 
 /// Hashing and copying natively: BLAKE3 with the CPU's widest SIMD, copies
 /// inside the kernel. None of it flushes; the guest still calls
-/// `durability` for that.
+/// `durability` for that. `hash-path` and `start-writeback-path` are for
+/// hosts that cannot reach a descriptor; this one can, so it neither offers
+/// nor does them.
 impl bulk::Host for CallState {
     fn supported(&mut self) -> wasmtime::Result<BulkSupport> {
         Ok(if self.bulk {
@@ -216,6 +218,14 @@ impl bulk::Host for CallState {
             hashed.map(|(size, hash)| (size, hash.as_bytes().to_vec())),
             "reading to hash",
         )
+    }
+
+    fn hash_path(
+        &mut self,
+        _root: String,
+        _path: String,
+    ) -> wasmtime::Result<Result<(u64, Vec<u8>), BulkError>> {
+        Ok(Err(BulkError::Unsupported))
     }
 
     fn copy_file(
@@ -302,6 +312,10 @@ impl bulk::Host for CallState {
             self.deadline,
             self.progress.as_ref(),
         ))
+    }
+
+    fn start_writeback_path(&mut self, _root: String, _path: String) -> wasmtime::Result<()> {
+        Ok(())
     }
 
     fn start_writeback(&mut self, file: Resource<Descriptor>) -> wasmtime::Result<()> {

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 use std::io;
+use std::rc::Rc;
 
 use handoff_core::{
     BatchResult, Digest, DirEntry, Error, ErrorKind, Kind, Metadata, Platform, Storage, StorageFile,
@@ -66,6 +67,16 @@ pub trait Offload: Clone + 'static {
         Ok(None)
     }
 
+    /// BLAKE3 of the regular file at `path` beneath the preopen named
+    /// `root`, opened afresh by the host: bytes read and hash. Asked only
+    /// where [`hash_file`](Offload::hash_file) declined, for a file the
+    /// program has open at that path (for hosts that cannot reach a
+    /// descriptor's file but can open one beneath a preopen of their own).
+    fn hash_path(&self, root: &str, path: &str) -> io::Result<Option<(u64, [u8; 32])>> {
+        let _ = (root, path);
+        Ok(None)
+    }
+
     /// Copy all of `src` into the new, empty file `dst`: bytes copied.
     fn copy_file(&self, src: &Descriptor, dst: &Descriptor) -> io::Result<Option<u64>> {
         let _ = (src, dst);
@@ -102,6 +113,14 @@ pub trait Offload: Clone + 'static {
         let _ = (src, dst, paths);
         Ok(None)
     }
+
+    /// Advisory: [`start_writeback`](Offload::start_writeback) for the
+    /// regular file at `path` beneath the preopen named `root`. Asked right
+    /// after `start_writeback`, for a file the program has open at that
+    /// path; a host that can reach descriptors does only one of the two.
+    fn start_writeback_path(&self, root: &str, path: &str) {
+        let _ = (root, path);
+    }
 }
 
 /// Flush with `wasi:filesystem`'s own `descriptor.sync()`, which hosts
@@ -132,6 +151,11 @@ pub struct WasiDir<H: Offload = DescriptorSync> {
     base: Descriptor,
     /// The directory's guest path, for messages.
     shown: String,
+    /// The name of the preopen it is beneath, and its path beneath that
+    /// (`""` for the preopen itself): where [`Offload::hash_path`] finds
+    /// its files.
+    preopen: Rc<str>,
+    beneath: String,
     host: H,
 }
 
@@ -160,7 +184,7 @@ impl<H: Offload> WasiDir<H> {
                 best = Some((descriptor, name, rest));
             }
         }
-        let Some((preopen, _, rest)) = best else {
+        let Some((preopen, preopen_name, rest)) = best else {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -189,15 +213,12 @@ impl<H: Offload> WasiDir<H> {
         }
         // Even the preopen itself is opened afresh: jco answers `invalid` to
         // `stat` and `sync` on a preopen descriptor.
-        let rest = if parts.is_empty() {
-            ".".to_string()
-        } else {
-            parts.join("/")
-        };
+        let beneath = parts.join("/");
+        let rest = if parts.is_empty() { "." } else { &beneath };
         let base = preopen
             .open_at(
                 PathFlags::empty(),
-                &rest,
+                rest,
                 OpenFlags::DIRECTORY,
                 DescriptorFlags::READ,
             )
@@ -217,6 +238,8 @@ impl<H: Offload> WasiDir<H> {
         Ok(WasiDir {
             base,
             shown: wanted.to_string(),
+            preopen: preopen_name.into(),
+            beneath,
             host,
         })
     }
@@ -231,6 +254,21 @@ impl<H: Offload> WasiDir<H> {
                 DescriptorFlags::READ,
             )
             .map_err(error)
+    }
+
+    /// A file of this directory opened at `path`.
+    fn file(&self, file: Descriptor, path: &str) -> WasiFile<H> {
+        let beneath = if self.beneath.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.beneath)
+        };
+        WasiFile {
+            file,
+            preopen: Rc::clone(&self.preopen),
+            beneath,
+            host: self.host.clone(),
+        }
     }
 }
 
@@ -319,10 +357,7 @@ impl<H: Offload> Storage for WasiDir<H> {
         // open-at without symlink-follow still opens a directory; the
         // protocol wants regular files only.
         match file.get_type() {
-            Ok(DescriptorType::RegularFile) => Ok(WasiFile {
-                file,
-                host: self.host.clone(),
-            }),
+            Ok(DescriptorType::RegularFile) => Ok(self.file(file, path)),
             Ok(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} is not a regular file", self.display(path)),
@@ -339,10 +374,7 @@ impl<H: Offload> Storage for WasiDir<H> {
                 OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
                 DescriptorFlags::READ | DescriptorFlags::WRITE,
             )
-            .map(|file| WasiFile {
-                file,
-                host: self.host.clone(),
-            })
+            .map(|file| self.file(file, path))
             .map_err(error)
     }
 
@@ -415,6 +447,10 @@ fn at_first(error: io::Error) -> handoff_core::BatchError {
 /// An open file of a [`WasiDir`].
 pub struct WasiFile<H: Offload = DescriptorSync> {
     file: Descriptor,
+    /// The preopen it was opened beneath, and the path it was opened at
+    /// beneath that.
+    preopen: Rc<str>,
+    beneath: String,
     host: H,
 }
 
@@ -440,7 +476,10 @@ impl<H: Offload> StorageFile for WasiFile<H> {
     }
 
     fn hash(&mut self) -> io::Result<Option<(u64, [u8; 32])>> {
-        self.host.hash_file(&self.file)
+        match self.host.hash_file(&self.file)? {
+            Some(hashed) => Ok(Some(hashed)),
+            None => self.host.hash_path(&self.preopen, &self.beneath),
+        }
     }
 
     fn copy_from(&mut self, src: &mut dyn StorageFile) -> io::Result<Option<u64>> {
@@ -456,6 +495,7 @@ impl<H: Offload> StorageFile for WasiFile<H> {
 
     fn start_writeback(&mut self) {
         self.host.start_writeback(&self.file);
+        self.host.start_writeback_path(&self.preopen, &self.beneath);
     }
 
     fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {

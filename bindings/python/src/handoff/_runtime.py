@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, ExportIndex, Linker, Record, Variant
 
+from . import _bulk
 from ._types import ComponentError, DeadlineExceededError, HandoffError, error_from
 
 PROTOCOL = "handoff:protocol/protocol@0.1.0"
@@ -141,10 +142,32 @@ def _batch_sync_unsupported(store: Any, directory: Any, paths: List[str]) -> Var
 
 
 def _bulk_supported(store: Any) -> set:
-    """``bulk.supported``: none. The descriptors are opaque here too, so the
-    component hashes and copies through WASI itself and makes none of the
-    calls below."""
-    return set()
+    """``bulk.supported``: ``hash-path`` and ``start-writeback-path``. The
+    descriptors are opaque here too, so the component copies through WASI
+    itself and makes none of the descriptor calls below; it has this host
+    hash a file, and start its writeback, by its path instead (``_bulk``)."""
+    return _bulk.supported()
+
+
+def _bulk_hash_path(store: Any, root: str, path: str) -> _bulk.Answer:
+    """``bulk.hash-path``, beneath the directories of the call running on
+    this thread (host functions run on the thread that called the
+    component)."""
+    running: Optional[_Call] = getattr(_current, "call", None)
+    if running is None:
+        return f"hash-path refused {root}/{path}: no call is running"
+    return _bulk.hash_path(running.dirs, root, path, lambda: running.stopped)
+
+
+#: The call running on this thread, for ``_bulk_hash_path``.
+_current = threading.local()
+
+
+def _bulk_start_writeback_path(store: Any, root: str, path: str) -> None:
+    """``bulk.start-writeback-path``: advisory, so nothing outside a call."""
+    running: Optional[_Call] = getattr(_current, "call", None)
+    if running is not None:
+        _bulk.start_writeback_path(running.dirs, root, path)
 
 
 def _bulk_unsupported(store: Any, *descriptors: Any) -> None:
@@ -193,10 +216,12 @@ def _linker(engine: Engine) -> Linker:
         with root.add_instance(BULK) as bulk:
             bulk.add_func("supported", _bulk_supported)
             bulk.add_func("hash-file", _bulk_unsupported)
+            bulk.add_func("hash-path", _bulk_hash_path)
             bulk.add_func("copy-file", _bulk_unsupported)
             bulk.add_func("hash-files", _batch_unsupported)
             bulk.add_func("copy-files", _batch_unsupported)
             bulk.add_func("start-writeback", _no_writeback)
+            bulk.add_func("start-writeback-path", _bulk_start_writeback_path)
     return linker
 
 
@@ -245,13 +270,15 @@ def _load() -> Loaded:
 class _Call:
     """One call running in a slot, and why it was stopped, if it was."""
 
-    __slots__ = ("slot", "stopped", "done")
+    __slots__ = ("slot", "stopped", "done", "dirs")
 
     def __init__(self, slot: "_Slot"):
         self.slot = slot
         self.stopped: Optional[str] = None
         """``"deadline"`` or ``"cancelled"``, set before the epoch is bumped."""
         self.done = False
+        self.dirs: Dict[str, Optional[int]] = {}
+        """The call's preopens by name, opened for ``bulk.hash-path``."""
 
 
 class _Slot:
@@ -422,6 +449,7 @@ def _after_fork_in_child() -> None:
     _slots_lock = threading.Lock()
     _idle_slots = []
     _deadlines = _Deadlines()
+    _bulk.after_fork_in_child()
     from . import _worker
 
     _worker.after_fork_in_child()
@@ -633,6 +661,7 @@ def call(
         wasi.inherit_stderr()  # a panicking component says why
         for path, writable in preopens:
             wasi.preopen_dir(path, path, writable)
+        running.dirs = _bulk.open_preopens([path for path, _ in preopens])
         store.set_wasi(wasi)
         store.set_limits(memory_size=MEMORY_LIMIT)
         # Armed before the call can be stopped: a stop that comes earlier
@@ -644,6 +673,7 @@ def call(
             unwatch = token._watch(lambda: _interrupt(running, "cancelled"))
         finished = False
         if running.stopped is None:
+            _current.call = running
             try:
                 instance = slot.linker.instantiate(store, slot.component)
                 func = instance.get_func(store, slot.functions[name])
@@ -664,6 +694,8 @@ def call(
                 )
             raise _cancelled(name)
     finally:
+        _current.call = None
+        _bulk.close_preopens(running.dirs)
         if unwatch is not None:
             unwatch()
         with slot.lock:
