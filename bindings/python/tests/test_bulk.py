@@ -4,7 +4,9 @@ natively, and the host keeps it to the directories the call was given."""
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -237,7 +239,16 @@ def test_the_component_starts_writeback_through_the_host_when_it_seals(root, src
     assert json.loads((step / "handoff.manifest.json").read_text())["files"]
 
 
-def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monkeypatch):
+@pytest.fixture
+def reading(monkeypatch):
+    """Large files read and hashed in this process, as when the mapping
+    hasher cannot be started."""
+    mapper = _bulk._MapHasher()
+    mapper.unavailable = True
+    monkeypatch.setattr(_bulk, "_mapper", mapper)
+
+
+def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monkeypatch, reading):
     root, _, dirs = tree
     data = os.urandom(_bulk.PARALLEL_MIN + 5 * _bulk.CHUNK + 777)
     (root / "step_1" / "big.bin").write_bytes(data)
@@ -259,7 +270,7 @@ def test_a_short_read_before_the_end_is_read_on_from_where_it_stopped(tree, monk
     assert (size, digest) == (len(data), blake3.blake3(data).digest())
 
 
-def test_a_read_error_in_either_thread_fails_naming_the_file(tree, monkeypatch):
+def test_a_read_error_in_either_thread_fails_naming_the_file(tree, monkeypatch, reading):
     root, _, dirs = tree
     (root / "step_1" / "big.bin").write_bytes(b"\1" * (_bulk.PARALLEL_MIN + 5 * _bulk.CHUNK))
     real = os.preadv
@@ -273,3 +284,86 @@ def test_a_read_error_in_either_thread_fails_naming_the_file(tree, monkeypatch):
         monkeypatch.setattr(os, "preadv", preadv)
         answer = hashed(dirs, root, "step_1/big.bin")
         assert isinstance(answer, str) and "Input/output error" in answer and "step_1/big.bin" in answer, answer
+
+
+def big_file(tree):
+    root, _, dirs = tree
+    data = os.urandom(_bulk.PARALLEL_MIN + 12345)
+    (root / "step_1" / "big.bin").write_bytes(data)
+    import blake3
+
+    return root, dirs, (len(data), blake3.blake3(data).digest())
+
+
+def test_a_large_file_is_hashed_by_the_mapping_hasher(tree, monkeypatch):
+    root, dirs, expected = big_file(tree)
+    mapper = _bulk._MapHasher()
+    monkeypatch.setattr(_bulk, "_mapper", mapper)
+
+    def no_reading(*args):
+        raise AssertionError("read in this process")
+
+    monkeypatch.setattr(_bulk, "_hash_large", no_reading)
+    try:
+        assert hashed(dirs, root, "step_1/big.bin") == expected
+        assert mapper.process is not None and mapper.process.poll() is None
+    finally:
+        mapper.stop()
+
+
+def helper_script(tmp_path, body):
+    """A stand-in for ``_maphash.py`` that takes a request and then runs
+    ``body``."""
+    script = tmp_path / "helper.py"
+    script.write_text(
+        "import os, signal, socket, sys, time\n"
+        "sock = socket.socket(fileno=int(sys.argv[1]))\n"
+        "socket.recv_fds(sock, 1, 1)\n" + body + "\n"
+    )
+    return str(script)
+
+
+def test_a_mapping_hasher_killed_by_sigbus_leaves_the_file_to_be_read(tree, tmp_path, monkeypatch):
+    # What a file truncated under the map does to the helper: SIGBUS. This
+    # process goes on, and reads the file itself.
+    root, dirs, expected = big_file(tree)
+    mapper = _bulk._MapHasher()
+    mapper.script = helper_script(tmp_path, "os.kill(os.getpid(), signal.SIGBUS)")
+    monkeypatch.setattr(_bulk, "_mapper", mapper)
+    assert hashed(dirs, root, "step_1/big.bin") == expected
+    assert mapper.process is None, "the dead helper is let go, to be started again"
+
+
+def test_the_real_helper_dies_of_sigbus_on_a_file_truncated_under_its_map(tmp_path):
+    # The danger the helper process contains: the file truncated once mapped.
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * (1 << 20))
+    code = (
+        "import mmap, os, sys; sys.path.insert(0, sys.argv[1]); import _maphash; "
+        "real = mmap.mmap\n"
+        "def truncating(*args, **kwargs):\n"
+        "    mapped = real(*args, **kwargs); os.truncate(sys.argv[2], 4096); return mapped\n"
+        "mmap.mmap = truncating\n"
+        "_maphash._hash(os.open(sys.argv[2], os.O_RDONLY))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(_bulk.__file__), str(path)],
+        capture_output=True,
+    )
+    assert done.returncode == -signal.SIGBUS, done
+
+
+def test_a_stopped_call_ends_a_mapping_hasher_that_does_not_answer(tree, tmp_path, monkeypatch):
+    root, dirs, _ = big_file(tree)
+    mapper = _bulk._MapHasher()
+    mapper.script = helper_script(tmp_path, "time.sleep(60)")
+    monkeypatch.setattr(_bulk, "_mapper", mapper)
+    calls = []
+
+    def stopped():
+        calls.append(1)
+        return "cancelled" if len(calls) > 3 else None
+
+    answer = _bulk.hash_path(dirs, str(root), "step_1/big.bin", stopped)
+    assert isinstance(answer, str) and "the call was cancelled" in answer, answer
+    assert mapper.process is None
