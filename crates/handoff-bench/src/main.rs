@@ -43,7 +43,7 @@ const SECTIONS: &[&str] = &[
 #[derive(Debug, Parser)]
 #[command(name = "handoff-bench")]
 struct Args {
-    /// Smaller payloads, fewer repetitions and shorter windows (under 60 s)
+    /// Smaller payloads, fewer repetitions and shorter windows (about 2 min)
     #[arg(long)]
     quick: bool,
     /// Print one JSON object on stdout (progress still goes to stderr)

@@ -14,6 +14,10 @@
 //!   after another and each folder after its files, writes and fsyncs a
 //!   manifest of names and sizes, creates `STABLE` and fsyncs the step and
 //!   the root.
+//!
+//! Before each side the filesystem is flushed (`sync -f`, untimed), so that
+//! no side pays for what the one before left dirty (a removed tree is
+//! thousands of journaled unlinks, and with `discard` their trims).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -108,6 +112,10 @@ fn run_shape(
             let variant = (rep + i) % 4;
             step += 1;
             let dir = root.join(format!("step_{step}"));
+            // Nothing left dirty by the side before (its tree's removal is
+            // thousands of journaled unlinks): each side's flushes are its
+            // own.
+            proc::timed(Command::new("sync").arg("-f").arg(&root))?;
             let elapsed = match variant {
                 0 => {
                     let (elapsed, out) = timed_stdout(
