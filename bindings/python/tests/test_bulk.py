@@ -222,7 +222,7 @@ def test_writeback_is_started_only_for_what_hash_path_would_read(tree, monkeypat
     os.symlink(outside / "secret.bin", root / "step_1" / "leak.bin")
     for path in ("step_1/leak.bin", "../outside/secret.bin", "step_1/model.bin"):
         _bulk.start_writeback_path(dirs, str(root), path)
-    _bulk._writeback().submit(lambda: None).result()
+    _bulk._thread("handoff-writeback").submit(lambda: None).result()
     assert started == [len(b"weights")]
 
 

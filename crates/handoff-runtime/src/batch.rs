@@ -383,6 +383,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_reports_its_progress_as_one_piece_of_work() {
+        use crate::imports::tests::Recorded;
+        let (tmp, names) = tree(50);
+        let total: u64 = (0..50).map(|i: usize| i.to_string().len() as u64).sum();
+        let recorded = std::sync::Arc::new(Recorded::default());
+        let hook = Hook(recorded.clone());
+        hash_files(&batch_dir(tmp.path(), false), &names, None, Some(&hook)).unwrap();
+        let seen = recorded.0.lock().unwrap().clone();
+        assert_eq!(seen.first().unwrap(), &format!("start Hashing {total}"));
+        assert_eq!(seen.last().unwrap(), "finish");
+        // Files finish on several threads, so their reports may come in any
+        // order, but together they reach the total.
+        let most = seen
+            .iter()
+            .filter_map(|s| s.strip_prefix("at "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .max();
+        assert_eq!(most, Some(total), "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| *s == "finish").count(), 1);
+    }
+
+    #[test]
     fn a_passed_deadline_stops_the_batch() {
         let (tmp, names) = tree(5);
         let past = Some(Instant::now() - Duration::from_secs(1));

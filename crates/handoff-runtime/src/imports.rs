@@ -752,7 +752,7 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::OpenOptionsExt;
 
@@ -932,7 +932,7 @@ mod tests {
 
     /// What a [`Progress`](crate::Progress) was told, in order.
     #[derive(Default)]
-    struct Recorded(std::sync::Mutex<Vec<String>>);
+    pub(crate) struct Recorded(pub(crate) std::sync::Mutex<Vec<String>>);
 
     impl crate::Progress for Recorded {
         fn start(&self, work: BulkWork, len: u64) {

@@ -15,12 +15,14 @@ pub enum BulkWork {
     Copying,
 }
 
-/// Watches the bulk import's work file by file, for example to draw a
-/// progress bar. Called on the thread running the call, between chunks of
-/// at most 64 MiB, so it should return quickly. Work the component does
+/// Watches the bulk import's work file by file (a batch of files worked on
+/// together counts as one piece of work, of all their bytes), for example
+/// to draw a progress bar. Called between chunks of at most 64 MiB, on the
+/// thread running the call or, for a batch, on the host's batch threads
+/// (hence `Sync`), so it should return quickly. Work the component does
 /// itself (with bulk off) is not reported.
 pub trait Progress: Send + Sync {
-    /// Work on a file of `len` bytes begins.
+    /// Work on a file (or a batch of files) of `len` bytes begins.
     fn start(&self, work: BulkWork, len: u64);
     /// `done` bytes of it are through.
     fn advance(&self, done: u64);

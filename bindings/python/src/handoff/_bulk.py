@@ -206,7 +206,7 @@ def start_writeback_path(dirs: Dict[str, Optional[int]], root: str, path: str) -
         return
     fd = opened[0]
     try:
-        _writeback().submit(_write_out, fd)
+        _thread("handoff-writeback").submit(_write_out, fd)
     except RuntimeError:  # the interpreter is shutting down
         os.close(fd)
 
@@ -266,26 +266,18 @@ def _kind(mode: int) -> str:
 
 
 _threads_lock = threading.Lock()
-_reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
-_writer: Optional[concurrent.futures.ThreadPoolExecutor] = None
+#: Single-thread executors by thread name, started on first use.
+_threads: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
 
-def _read_ahead() -> concurrent.futures.ThreadPoolExecutor:
-    """The second thread of ``_hash_large``."""
-    global _reader
+def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """The thread ``name``: ``handoff-hash`` (the second thread of
+    ``_hash_large``) or ``handoff-writeback`` (starting writeback, one file
+    after another)."""
     with _threads_lock:
-        if _reader is None:
-            _reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="handoff-hash")
-        return _reader
-
-
-def _writeback() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread that starts writeback, one file after another."""
-    global _writer
-    with _threads_lock:
-        if _writer is None:
-            _writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="handoff-writeback")
-        return _writer
+        if name not in _threads:
+            _threads[name] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        return _threads[name]
 
 
 #: Pairs of buffers kept for the next large file: fresh ones cost page
@@ -406,10 +398,9 @@ def _stop_mapper() -> None:
 def after_fork_in_child() -> None:
     """A forked child has none of its parent's threads, and must not talk
     to its parent's mapping hasher."""
-    global _threads_lock, _reader, _writer, _mapper
+    global _threads_lock, _threads, _mapper
     _threads_lock = threading.Lock()
-    _reader = None
-    _writer = None
+    _threads = {}
     if _mapper.sock is not None:
         _mapper.sock.close()
     _mapper = _MapHasher()
@@ -448,7 +439,7 @@ def _hash_large(fd: int, shown: str, stopped: Callable[[], Optional[str]]) -> An
         buffers = (bytearray(CHUNK), bytearray(CHUNK))
     turns = _Turns()
     try:
-        helper = _read_ahead().submit(_take_turns, fd, 1, buffers[1], hasher, turns, stopped)
+        helper = _thread("handoff-hash").submit(_take_turns, fd, 1, buffers[1], hasher, turns, stopped)
     except RuntimeError:  # the interpreter is shutting down: no new threads
         return _hash_small(fd, shown, stopped)
     try:
