@@ -294,7 +294,7 @@ function component() {
     imports['wasi:filesystem/preopens'] = { getDirectories: () => (current ? opened(current) : []) };
     imports['handoff:protocol/durability'] = durability;
     imports['handoff:protocol/bulk'] = bulk;
-    fastOpen(imports['wasi:filesystem/types'].Descriptor);
+    fastOpen(imports['wasi:filesystem/types']);
     for (const name of Object.keys(imports).filter((n) => n.startsWith('wasi:clocks/monotonic-clock'))) {
       imports[name] = monotonicClock(imports[name], imports['wasi:io/poll'].Pollable);
     }

@@ -20,10 +20,32 @@ const MAX_IDLE = Math.max(1, Math.min(4, availableParallelism()));
 /** setTimeout's longest delay; a longer deadline is waited out in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/**
+ * A worker inherits the process's Node flags, passing over those of the
+ * whole process (--title, V8's own such as --trace-gc), but --input-type
+ * makes it fail: it is refused for a worker's file. Then the flags are given
+ * without it, and if Node refuses some of those (it does not pass over any
+ * flag given explicitly), none: the worker runs this package alone, which
+ * needs none of them.
+ */
+function newWorker(file) {
+  const flags = [];
+  for (let i = 0; i < process.execArgv.length; i++) {
+    const flag = process.execArgv[i];
+    if (flag === '--input-type') i++; // and its value
+    else if (!flag.startsWith('--input-type=')) flags.push(flag);
+  }
+  if (flags.length === process.execArgv.length) return new Worker(file);
+  try {
+    return new Worker(file, { execArgv: flags });
+  } catch (e) {
+    if (e?.code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
+    return new Worker(file, { execArgv: [] });
+  }
+}
+
 function spawn() {
-  // The process's flags, but --input-type: it is refused for a worker's file.
-  const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-  const worker = new Worker(new URL('./worker.js', import.meta.url), { execArgv });
+  const worker = newWorker(new URL('./worker.js', import.meta.url));
   // A worker keeps the process alive only while it runs a call.
   worker.unref();
   // One that fails or ends between calls is dropped (and its error is not

@@ -4,7 +4,7 @@
 // directories.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WASIShim } from '@bytecodealliance/preview2-shim/instantiation';
 import { fastOpen, trackPreopen } from '../src/open.js';
@@ -29,7 +29,7 @@ function tree() {
 /** A directory descriptor on `root` from the shim, tracked by src/open.js or not. */
 function rootDescriptor(root, tracked) {
   const imports = new WASIShim({ sandbox: { preopens: { [root]: root } } }).getImportObject();
-  fastOpen(imports['wasi:filesystem/types'].Descriptor);
+  fastOpen(imports['wasi:filesystem/types']);
   const [[preopen, path]] = imports['wasi:filesystem/preopens'].getDirectories();
   const flags = { symlinkFollow: false };
   const d = preopen.openAt(flags, '.', { directory: true }, { read: true });
@@ -94,4 +94,71 @@ test('a descriptor opened from ours is ours too, with the same answers', () => {
       assert.deepEqual(outcome(() => ours.openAt(pathFlags, path, {}, { read: true })), outcome(() => shim.openAt(pathFlags, path, {}, { read: true })), `openAt ${path}`);
     }
   }
+});
+
+test('a directory opened to read answers every call as the shim does', () => {
+  const root = tree();
+  const both = [true, false].map((tracked) => rootDescriptor(root, tracked).openAt({ symlinkFollow: false }, 'd', { directory: true }, { read: true }));
+  const [ours, shim] = both;
+  const listing = (d) => {
+    const stream = d.readDirectory();
+    const names = [];
+    for (let entry = stream.readDirectoryEntry(); entry !== undefined; entry = stream.readDirectoryEntry()) names.push(entry);
+    stream[dispose]();
+    return names.sort((a, b) => a.name.localeCompare(b.name));
+  };
+  const same = (what, f) => assert.deepEqual(outcome(() => f(ours)), outcome(() => f(shim)), what);
+  assert.deepEqual(listing(ours), [{ name: 'x', type: 'regular-file' }]);
+  same('readDirectory', listing);
+  same('stat', (d) => d.stat());
+  same('getType', (d) => d.getType());
+  same('getFlags', (d) => d.getFlags());
+  same('sync', (d) => d.sync());
+  same('metadataHash', (d) => d.metadataHash());
+  same('metadataHashAt', (d) => d.metadataHashAt({ symlinkFollow: false }, 'x'));
+  same('read', (d) => d.read(1n, 0n));
+  same('isSameObject', (d) => d.isSameObject(d));
+  same('statAt', (d) => d.statAt({ symlinkFollow: false }, 'x'));
+  same('openAt', (d) => d.openAt({ symlinkFollow: false }, 'x', {}, { read: true }));
+  same('openAt missing', (d) => d.openAt({ symlinkFollow: false }, 'nothing', {}, { read: true }));
+  // The calls that change the directory, each on a directory of its own.
+  for (const [i, d] of both.entries()) {
+    d.createDirectoryAt(`new${i}`);
+    d.renameAt(`new${i}`, d, `moved${i}`);
+    d.symlinkAt('x', `link${i}`);
+  }
+  same('readlinkAt', (d) => d.readlinkAt(`link${both.indexOf(d)}`));
+  same('listing after changes', (d) => listing(d).filter((e) => !/\d$/.test(e.name)));
+  for (const [i, d] of both.entries()) {
+    d.unlinkFileAt(`link${i}`);
+    d.removeDirectoryAt(`moved${i}`);
+  }
+  same('listing after removals', listing);
+  // One removed since its open: the listing fails as the shim's does.
+  const gone = both.map((d) => d.openAt({ symlinkFollow: false }, '.', { directory: true }, { read: true }));
+  rmSync(join(root, 'd'), { recursive: true });
+  assert.deepEqual(outcome(() => listing(gone[0])), outcome(() => listing(gone[1])));
+  for (const d of [...both, ...gone]) d[dispose]();
+});
+
+test('links above the root moved during a call: the same answers as the shim', () => {
+  const { dir } = fixture();
+  for (const side of ['a', 'b']) {
+    mkdirSync(join(dir, side, 'root'), { recursive: true });
+    writeFileSync(join(dir, side, 'root', side), side);
+  }
+  symlinkSync('a', join(dir, 'link'));
+  const both = [true, false].map((tracked) => rootDescriptor(join(dir, 'link', 'root'), tracked));
+  const sees = () => both.map((d) => ['a', 'b'].filter((name) => outcome(() => d.statAt({ symlinkFollow: false }, name)) !== 'no-entry'));
+  assert.deepEqual(sees(), [['a'], ['a']]);
+  // The link the root was named by, repointed: both descriptors hold the
+  // path it resolved to, and stay there.
+  rmSync(join(dir, 'link'));
+  symlinkSync('b', join(dir, 'link'));
+  assert.deepEqual(sees(), [['a'], ['a']]);
+  // A directory of that path replaced by a link: both follow it.
+  renameSync(join(dir, 'a'), join(dir, 'a.old'));
+  symlinkSync('b', join(dir, 'a'));
+  assert.deepEqual(sees(), [['b'], ['b']]);
+  for (const d of both) d[dispose]();
 });

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import * as handoff from '../src/index.js';
 import * as promises from '../src/promises.js';
@@ -92,4 +92,21 @@ test('the process exits when no call is running, and stays while one is', () => 
   const busy = run(`p.wait(${JSON.stringify(root)}, 9, { timeoutMs: 1500 }).catch((e) => console.log(e.kind));`);
   assert.equal(busy.stdout.trim(), 'timed-out', busy.stderr);
   assert.ok(busy.elapsed >= 1500, `${busy.elapsed} ms`);
+});
+
+test('the async calls work whatever Node flags the process was started with', () => {
+  const { root } = fixture();
+  const index = JSON.stringify(pathToFileURL(fileURLToPath(new URL('../src/promises.js', import.meta.url))).href);
+  const ls = `.ls(${JSON.stringify(root)})`;
+  const esm = `import * as p from ${index}; console.log(JSON.stringify(await p${ls}));`;
+  const commonJs = `import(${index}).then((p) => p${ls}).then((r) => console.log(JSON.stringify(r)));`;
+  // --title and --v8-pool-size are flags of the whole process, which a
+  // worker refuses when they are given to it, and --input-type one it
+  // refuses for its file; --no-deprecation is one it takes.
+  for (const flags of [['--title=handoff-test'], ['--v8-pool-size=2', '--no-deprecation'], ['--input-type', 'module', '--title=handoff-test'], ['--input-type=module', '--no-deprecation']]) {
+    const code = flags.some((f) => f.startsWith('--input-type')) ? esm : commonJs;
+    const r = spawnSync(process.execPath, [...flags, '-e', code], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 0, `${flags.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stdout.trim(), '[]', flags.join(' '));
+  }
 });
