@@ -230,12 +230,53 @@ pub fn process(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Node package's waiter: a synchronous `wait` on the root in argv[2],
+/// with the poll interval in argv[3], after an `ls` that instantiates the
+/// component (the package's `src/index.js` is argv[1]).
+const NODE_WAIT: &str = r#"
+import { pathToFileURL } from 'node:url';
+const [index, root, poll] = process.argv.slice(1);
+const handoff = await import(pathToFileURL(index).href);
+handoff.ls(root);
+handoff.wait(root, 999999, { pollMs: Number(poll), timeoutMs: 120000 });
+"#;
+
+/// How long the Node waiter runs before its window: past the one-off
+/// memory-reducing GC that each V8 isolate runs about 8 s after it starts.
+const NODE_SETTLE: Duration = Duration::from_secs(14);
+
 /// CPU burned by a waiter while nothing is published: every thread's CPU
 /// time over the window, after a second to get past start-up. The naive
-/// Python poller runs alongside as the baseline.
+/// Python poller runs alongside as the baseline, and so does the Node
+/// package's waiter (started 15 s before the window), when `node` and the
+/// built package (`bindings/js/gen`) are there.
 pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let root = b.fresh_dir("idle-root")?;
     let poll = default_poll_ms();
+    let node = match (proc::which("node"), b.workspace.join("bindings/js")) {
+        (Some(node), package) if package.join("gen/handoff.js").is_file() => {
+            let waiter = Watched::spawn(
+                Command::new(node)
+                    .args(["--input-type=module", "-e", NODE_WAIT])
+                    .arg(package.join("src/index.js"))
+                    .arg(&root)
+                    .arg(poll.to_string()),
+            )?;
+            std::thread::sleep(NODE_SETTLE);
+            Some(waiter)
+        }
+        (None, _) => {
+            note!("node not found: the Node waiter is skipped (null)");
+            None
+        }
+        _ => {
+            note!(
+                "bindings/js is not built (bindings/test.sh, or npm run build there): \
+                 the Node waiter is skipped (null)"
+            );
+            None
+        }
+    };
     let handoff = Watched::spawn(&mut wait_cmd(b, &root, 999_999, poll))?;
     let python = match &b.python {
         Some(python) => Some(Watched::spawn(
@@ -247,9 +288,14 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         None => None,
     };
     std::thread::sleep(Duration::from_secs(1));
-    let pids: Vec<u32> = std::iter::once(handoff.pid)
-        .chain(python.as_ref().map(|p| p.pid))
-        .collect();
+    let pids: Vec<u32> = [
+        Some(handoff.pid),
+        python.as_ref().map(|p| p.pid),
+        node.as_ref().map(|n| n.pid),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let before: Vec<Duration> = pids
         .iter()
         .map(|&p| proc::cpu_time(p))
@@ -264,20 +310,41 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     if handoff.finished() {
         bail!("the idle waiter exited during the window");
     }
-    let percent = |i: usize| (after[i] - before[i]).as_secs_f64() / window * 100.0;
-    let h = percent(0);
-    let p = python.as_ref().map(|_| percent(1));
-    handoff.kill()?;
-    if let Some(python) = python {
-        python.kill()?;
+    if node.as_ref().is_some_and(Watched::finished) {
+        bail!("the Node waiter exited during the window");
     }
-    note!("idle waiter CPU: handoff {h:.3}%, python exists() poll {p:?}% over {window:.1} s");
+    let percent = |pid: u32| {
+        let i = pids.iter().position(|&p| p == pid).expect("measured");
+        (after[i] - before[i]).as_secs_f64() / window * 100.0
+    };
+    let h = percent(handoff.pid);
+    let p = python.as_ref().map(|python| percent(python.pid));
+    let n = node.as_ref().map(|node| percent(node.pid));
+    for waiter in [Some(handoff), python, node].into_iter().flatten() {
+        waiter.kill()?;
+    }
+    let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}%"));
+    note!(
+        "idle waiter CPU over {window:.1} s: handoff {h:.3}%, node {}, python exists() poll {}",
+        shown(n),
+        shown(p)
+    );
     report.figure(
         "idle_waiter_cpu_percent",
         Some(h),
         format!("handoff wait, nothing published, {window:.0} s window (poll {poll} ms)"),
         Some(Goal::AtMost(1.0)),
     );
+    report.figure(
+        "idle_waiter_cpu_percent_node",
+        n,
+        format!(
+            "the Node package's wait, same window, from {} s after its first call",
+            NODE_SETTLE.as_secs() + 1
+        ),
+        Some(Goal::AtMost(1.0)),
+    );
+    report.set("idle_node_ratio_vs_cli", n.map(|n| round(n / h, 2)));
     report.set("idle_window_s", round(window, 1));
     report.set(
         "idle_waiter_cpu_percent_python_poll",
