@@ -46,6 +46,7 @@ function outcome(f) {
       if (value.tag === 'err') return value.val;
       value = value.val;
     }
+    if (value === undefined) return 'done';
     if (value && typeof value[dispose] === 'function') {
       value[dispose]();
       return 'opened';
