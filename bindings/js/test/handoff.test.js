@@ -317,3 +317,22 @@ test('every reported fsync is a real fsync', { skip: spawnSync('strace', ['-V'])
   assert.ok(reported >= 6);
   assert.ok(fsyncs.length >= reported, `${reported} reported, ${fsyncs.length} traced`);
 });
+
+test('a publish flushes every file before the commit, and the root and staging after it', { skip: spawnSync('strace', ['-V']).error ? 'strace is not installed' : false }, () => {
+  const { dir, root, src } = fixture();
+  const trace = join(dir, 'trace');
+  const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
+  const script = `import * as h from ${JSON.stringify(index)}; h.publish(${JSON.stringify(root)}, 1, ${JSON.stringify(src)});`;
+  // -y names each descriptor's file: the flushes are told apart by path.
+  execFileSync('strace', ['-f', '-qq', '-y', '-o', trace, '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2', process.execPath, '--input-type=module', '-e', script]);
+  const lines = readFileSync(trace, 'utf8').split('\n');
+  const real = realpathSync(root);
+  const committed = lines.findIndex((l) => /\brename/.test(l) && l.includes(`"${real}/step_1"`));
+  assert.ok(committed >= 0, `no rename to step_1:\n${lines.join('\n')}`);
+  const flushed = (path, from, to) => lines.slice(from, to).some((l) => /\b(fsync|fdatasync)\(/.test(l) && l.includes(`<${path}>`));
+  const staging = `${real}/.handoff/staging`;
+  for (const file of ['adapter_model.safetensors', 'adapter_config.json', 'sub/extra.bin']) {
+    assert.ok(lines.slice(0, committed).some((l) => /\bfsync\(/.test(l) && l.includes(`${staging}/`) && l.includes(`/${file}>`)), `${file} not flushed before the commit`);
+  }
+  for (const path of [real, staging]) assert.ok(flushed(path, committed, lines.length), `${path} not flushed after the commit:\n${lines.join('\n')}`);
+});
