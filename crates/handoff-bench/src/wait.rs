@@ -263,7 +263,13 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
                     .arg(poll.to_string()),
             )?;
             std::thread::sleep(NODE_SETTLE);
-            Some(waiter)
+            if waiter.finished() {
+                let (status, _) = waiter.join()?;
+                note!("the Node waiter ended before its window ({status}): skipped (null)");
+                None
+            } else {
+                Some(waiter)
+            }
         }
         (None, _) => {
             note!("node not found: the Node waiter is skipped (null)");
@@ -307,12 +313,12 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
         .map(|&p| proc::cpu_time(p))
         .collect::<Result<_, _>>()?;
     let window = start.elapsed().as_secs_f64();
-    if handoff.finished() {
-        bail!("the idle waiter exited during the window");
-    }
-    if node.as_ref().is_some_and(Watched::finished) {
-        bail!("the Node waiter exited during the window");
-    }
+    let exited = [
+        handoff.finished().then_some("the idle waiter"),
+        node.as_ref()
+            .is_some_and(Watched::finished)
+            .then_some("the Node waiter"),
+    ];
     let percent = |pid: u32| {
         let i = pids.iter().position(|&p| p == pid).expect("measured");
         (after[i] - before[i]).as_secs_f64() / window * 100.0
@@ -322,6 +328,9 @@ pub fn idle(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let n = node.as_ref().map(|node| percent(node.pid));
     for waiter in [Some(handoff), python, node].into_iter().flatten() {
         waiter.kill()?;
+    }
+    if let Some(which) = exited.into_iter().flatten().next() {
+        bail!("{which} exited during the window");
     }
     let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}%"));
     note!(
