@@ -336,3 +336,25 @@ test('a publish flushes every file before the commit, and the root and staging a
   }
   for (const path of [real, staging]) assert.ok(flushed(path, committed, lines.length), `${path} not flushed after the commit:\n${lines.join('\n')}`);
 });
+
+test('an idle wait opens no STABLE in a step not there, resolves its root once, and lists it without the shim worker', { skip: spawnSync('strace', ['-V']).error ? 'strace is not installed' : false }, () => {
+  const { dir, root } = fixture();
+  const trace = join(dir, 'trace');
+  const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
+  const script = `import * as h from ${JSON.stringify(index)}; try { h.wait(${JSON.stringify(root)}, 9, { timeoutMs: 2500 }); } catch (e) { if (e.kind !== 'timed-out') throw e; }`;
+  execFileSync('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=openat,readlink,statx,newfstatat,lstat', process.execPath, '--input-type=module', '-e', script]);
+  const lines = readFileSync(trace, 'utf8').split('\n');
+  const real = realpathSync(root);
+  const main = lines[0].split(' ')[0];
+  const attempts = lines.filter((l) => /\b(statx|newfstatat|lstat)\(/.test(l) && l.includes(`"${real}/step_9"`)).length;
+  assert.ok(attempts >= 20, `${attempts} looks at step_9`);
+  // The step is missing: its STABLE is answered from that lookup, not opened.
+  assert.deepEqual(lines.filter((l) => l.includes('openat(') && l.includes(`"${real}/step_9/STABLE"`)), []);
+  // The root's realpath(3) once per descriptor, not per attempt.
+  const resolved = lines.filter((l) => l.startsWith(`${main} `) && l.includes(`readlink("${real}"`)).length;
+  assert.ok(resolved <= 4, `${resolved} readlinks of the root for ${attempts} attempts`);
+  // Listed twice or more (once a second), but the shim's I/O worker opens
+  // the root only for the preopen and for the root's stat.
+  const elsewhere = lines.filter((l) => !l.startsWith(`${main} `) && /openat\(AT_FDCWD, "[^"]*", [^)]*O_DIRECTORY/.test(l) && l.includes(`"${real}"`));
+  assert.ok(elsewhere.length <= 2, elsewhere.join('\n'));
+});
