@@ -34,9 +34,13 @@
 // looked at every time). And the resolution's lstat of each segment is an
 // answer in itself: a path whose resolution met a missing entry is not
 // stat-ed again (the same lstat would say the same), nor opened when the
-// missing entry is a directory on the way (the open's walk would look that
-// directory up exactly as the lstat did; only the last name of an open gets
-// the open's own revalidation on NFS).
+// missing entry is a directory on the way: the open's walk would look that
+// directory up as the lstat did. On the Linux NFS client only the last name
+// of an open is looked up with the open's intent (which an open of a
+// missing last name, an in-place writer's STABLE, still gets here); that is
+// read from the client's code, not shown on the NFS lane, which runs the
+// CLI. A wait also lists the root once a second, which drops a cached
+// negative entry of the step's directory.
 //
 // "Ours" are the descriptors that src/index.js hands the component (one per
 // preopen) and every descriptor opened from them; a WeakMap holds each one's
